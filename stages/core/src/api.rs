@@ -1,0 +1,177 @@
+//! The contract between the engine and a stage kind.
+//!
+//! The engine owns everything around a stage: expansion, keys, caching, scheduling, progress bars.
+//! A stage kind only (1) checks and completes its parameters before anything runs, and (2) turns
+//! its inputs' output folders plus its parameters into files in a fresh output folder.
+//! A `metrics.json` written at the top of the output folder becomes the stage's metrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{Map, Value};
+
+/// Resolved parameters of one stage instance (every `${axis}` already substituted).
+pub type Params = Map<String, Value>;
+
+/// How a `cmd` stage's command is written in the pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum RunSpec {
+    /// A shell string, run with `sh -c`.
+    Shell(String),
+    /// An argument vector, run without a shell.
+    Argv(Vec<String>),
+}
+
+/// What a kind sees of a stage declaration when it checks it (before anything runs).
+#[derive(Debug, Clone)]
+pub struct StageDecl<'a> {
+    /// The stage's name in the pipeline file.
+    pub name: &'a str,
+    /// The `run:` field, if the file has one.
+    pub run: Option<&'a RunSpec>,
+    /// The kinds of the stages listed in `inputs:`, in file order, as `(stage name, kind)`.
+    pub inputs: &'a [(String, String)],
+}
+
+/// One problem found in a stage declaration. `field` is a dotted path relative to the stage,
+/// such as `params.image_ratio` or `run`, so the engine can point at the line in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An input of a running stage: another stage's (read-only) output folder.
+#[derive(Debug, Clone)]
+pub struct InputArtifact {
+    /// The input stage's name in the pipeline file (e.g. `prep`).
+    pub stage: String,
+    /// The input stage's kind (e.g. `ingest`), so a kind can find "its ingest input".
+    pub kind: String,
+    /// The folder holding that stage's output files. Never write into it.
+    pub dir: PathBuf,
+}
+
+/// Where a stage reports progress; the engine draws it as a progress bar.
+pub trait ProgressSink: Send + Sync {
+    /// The number of units (steps, epochs, files) the stage expects to do.
+    fn set_total(&self, total: u64);
+    /// How many units are done.
+    fn set_position(&self, done: u64);
+    /// A short status text, e.g. `loss 2.314`.
+    fn set_message(&self, message: &str);
+}
+
+/// A progress sink that drops everything (tests, `--json` runs).
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn set_total(&self, _total: u64) {}
+    fn set_position(&self, _done: u64) {}
+    fn set_message(&self, _message: &str) {}
+}
+
+/// Everything a stage gets while it runs.
+pub struct StageContext<'a> {
+    /// Readable instance id, e.g. `train[ratio=0.5,seed=1]`.
+    pub id: &'a str,
+    /// The stage's name in the pipeline file.
+    pub name: &'a str,
+    /// Resolved parameters (defaults filled in by [`StageKind::resolve_params`]).
+    pub params: &'a Params,
+    /// The `run:` field of a `cmd` stage, with axes substituted.
+    pub run: Option<&'a RunSpec>,
+    /// The inputs' output folders, in the order of `inputs:`.
+    pub inputs: &'a [InputArtifact],
+    /// A fresh, empty folder: what the stage leaves here is its output.
+    pub out_dir: &'a Path,
+    /// The folder that holds the pipeline file; relative paths in params resolve against it.
+    pub work_dir: &'a Path,
+    /// The stage's own log file, kept in the cache beside its output.
+    pub log_path: &'a Path,
+    /// How many threads the stage may use.
+    pub threads: usize,
+    /// Progress reporting.
+    pub progress: &'a dyn ProgressSink,
+    /// Set when the user pressed Ctrl-C: stop soon and return [`StageError::Cancelled`].
+    pub cancel: &'a AtomicBool,
+}
+
+impl StageContext<'_> {
+    /// True once the run was interrupted; long stages check it between steps.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// The first input whose stage has the given kind.
+    pub fn input_of_kind(&self, kind: &str) -> Option<&InputArtifact> {
+        self.inputs.iter().find(|input| input.kind == kind)
+    }
+
+    /// Like [`Self::input_of_kind`], but a missing input is an error naming the stage.
+    pub fn require_input(&self, kind: &str) -> Result<&InputArtifact, StageError> {
+        self.input_of_kind(kind).ok_or_else(|| {
+            StageError::Failed(format!(
+                "stage `{}` needs an input of kind `{kind}` in its `inputs:`",
+                self.name
+            ))
+        })
+    }
+}
+
+/// Why a stage did not produce an output.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("interrupted")]
+    Cancelled,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StageError {
+    pub fn failed(message: impl Into<String>) -> Self {
+        StageError::Failed(message.into())
+    }
+
+    /// Wraps an I/O error with what was being done, e.g. `reading data/train.json`.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StageError {
+        let context = context.into();
+        move |source| StageError::Io { context, source }
+    }
+}
+
+/// A stage kind: `cmd`, `ingest`, `mask`, `pretrain`, ...
+pub trait StageKind: Send + Sync {
+    /// The name used in `kind:`.
+    fn name(&self) -> &'static str;
+
+    /// Bumped whenever the kind's output for the same inputs and params changes (or a default
+    /// changes); it is part of every key, so a bump reruns all stages of this kind.
+    fn version(&self) -> u32;
+
+    /// One line for `umdflow kinds` and error messages.
+    fn summary(&self) -> &'static str;
+
+    /// Checks a declaration and returns the parameters with every default filled in; the result
+    /// is what enters the key. Called once per instance, after axes are substituted.
+    fn resolve_params(&self, decl: &StageDecl<'_>, params: Params) -> Result<Params, Vec<Problem>>;
+
+    /// Produces the output. Must be deterministic given params, inputs and thread count.
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError>;
+}

@@ -1,0 +1,14 @@
+//! umdflow's stage interface and the generic `cmd` stage kind.
+//!
+//! ML stage kinds live in sibling crates (`umdflow-data`, `umdflow-model`) and implement
+//! [`StageKind`]; the engine lists every kind in its registry.
+
+pub mod api;
+pub mod cmd;
+pub mod params;
+
+pub use api::{
+    InputArtifact, NoProgress, Params, Problem, ProgressSink, RunSpec, StageContext, StageDecl,
+    StageError, StageKind,
+};
+pub use cmd::CmdKind;
