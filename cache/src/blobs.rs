@@ -1,0 +1,193 @@
+//! Content-addressed files: `blobs/ab/cdef…` named by the blake3 hash of their content.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use crate::error::CacheError;
+
+/// Size and modification time of a blob when it was written or last verified. A blob whose stat
+/// still matches is trusted without re-hashing; any write to it changes the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobStat {
+    pub size: u64,
+    pub mtime_ns: u64,
+}
+
+impl BlobStat {
+    fn of(path: &Path) -> std::io::Result<BlobStat> {
+        let meta = fs::metadata(path)?;
+        let mtime_ns = meta
+            .modified()?
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Ok(BlobStat {
+            size: meta.len(),
+            mtime_ns,
+        })
+    }
+}
+
+/// blake3 of a file's content, hex, and its size.
+pub fn hash_file(path: &Path) -> Result<(String, u64), CacheError> {
+    let mut file = File::open(path).map_err(CacheError::io(path))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(CacheError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    Ok((hasher.finalize().to_hex().to_string(), size))
+}
+
+pub(crate) struct BlobStore {
+    dir: PathBuf,
+}
+
+impl BlobStore {
+    pub fn new(dir: PathBuf) -> Self {
+        BlobStore { dir }
+    }
+
+    pub fn path(&self, hash: &str) -> PathBuf {
+        let split = 2.min(hash.len());
+        self.dir.join(&hash[..split]).join(&hash[split..])
+    }
+
+    /// Moves a finished file into the store: hash, fsync, make read-only, rename. If the blob
+    /// already exists the file is dropped (same content, same name). Returns hash, size and stat.
+    pub fn store(&self, file: &Path) -> Result<(String, u64, BlobStat), CacheError> {
+        let (hash, size) = hash_file(file)?;
+        let target = self.path(&hash);
+        if let Ok(existing) = BlobStat::of(&target)
+            && existing.size == size
+        {
+            let _ = fs::remove_file(file);
+            return Ok((hash, size, existing));
+        }
+        File::open(file)
+            .and_then(|f| f.sync_all())
+            .map_err(CacheError::io(file))?;
+        let mut permissions = fs::metadata(file).map_err(CacheError::io(file))?.permissions();
+        permissions.set_readonly(true);
+        fs::set_permissions(file, permissions).map_err(CacheError::io(file))?;
+        let parent = target.parent().unwrap_or(&self.dir);
+        fs::create_dir_all(parent).map_err(CacheError::io(parent))?;
+        fs::rename(file, &target).map_err(CacheError::io(&target))?;
+        let stat = BlobStat::of(&target).map_err(CacheError::io(&target))?;
+        Ok((hash, size, stat))
+    }
+
+    /// fsyncs every blob folder so that the renames are durable before the index names them.
+    pub fn sync_dirs(&self) -> Result<(), CacheError> {
+        for dir in self.subdirs()? {
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(CacheError::io(&dir))?;
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(CacheError::io(&self.dir))
+    }
+
+    /// Ok when the blob is present and its content matches its name. A damaged blob is deleted.
+    pub fn check(&self, hash: &str, size: u64, known: Option<&BlobStat>) -> Result<(), String> {
+        let path = self.path(hash);
+        let stat = BlobStat::of(&path).map_err(|_| "missing from the blob store".to_string())?;
+        if stat.size != size {
+            let _ = fs::remove_file(&path);
+            return Err(format!("size is {} bytes, expected {size}", stat.size));
+        }
+        if known == Some(&stat) {
+            return Ok(());
+        }
+        match hash_file(&path) {
+            Ok((actual, _)) if actual == hash => Ok(()),
+            Ok(_) => {
+                let _ = fs::remove_file(&path);
+                Err("content no longer matches its hash".into())
+            }
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    pub fn link_or_copy(&self, hash: &str, target: &Path) -> Result<(), CacheError> {
+        let source = self.path(hash);
+        if fs::hard_link(&source, target).is_ok() {
+            return Ok(());
+        }
+        fs::copy(&source, target).map_err(CacheError::io(target))?;
+        Ok(())
+    }
+
+    fn subdirs(&self) -> Result<Vec<PathBuf>, CacheError> {
+        let mut dirs = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(CacheError::io(&self.dir))? {
+            let entry = entry.map_err(CacheError::io(&self.dir))?;
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                dirs.push(entry.path());
+            }
+        }
+        Ok(dirs)
+    }
+
+    /// Every blob as (hash, path).
+    fn all(&self) -> Result<Vec<(String, PathBuf)>, CacheError> {
+        let mut blobs = Vec::new();
+        for dir in self.subdirs()? {
+            let prefix = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            for entry in fs::read_dir(&dir).map_err(CacheError::io(&dir))? {
+                let entry = entry.map_err(CacheError::io(&dir))?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                blobs.push((format!("{prefix}{name}"), entry.path()));
+            }
+        }
+        Ok(blobs)
+    }
+
+    pub fn count(&self) -> Result<usize, CacheError> {
+        Ok(self.all()?.len())
+    }
+
+    /// Deletes blobs that no record references; returns how many and their bytes.
+    pub fn remove_unreferenced(&self, referenced: &BTreeSet<String>) -> Result<(usize, u64), CacheError> {
+        let mut count = 0;
+        let mut bytes = 0;
+        for (hash, path) in self.all()? {
+            if !referenced.contains(&hash) {
+                let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if fs::remove_file(&path).is_ok() {
+                    count += 1;
+                    bytes += size;
+                }
+            }
+        }
+        Ok((count, bytes))
+    }
+
+    /// Re-hashes every blob; deletes and returns those whose content does not match their name.
+    pub fn verify_all(&self) -> Result<Vec<(String, String)>, CacheError> {
+        use rayon::prelude::*;
+        let damaged: Vec<(String, String)> = self
+            .all()?
+            .par_iter()
+            .filter_map(|(hash, path)| match hash_file(path) {
+                Ok((actual, _)) if &actual == hash => None,
+                Ok((actual, _)) => Some((hash.clone(), format!("content hashes to {actual}"))),
+                Err(err) => Some((hash.clone(), err.to_string())),
+            })
+            .collect();
+        for (hash, _) in &damaged {
+            let _ = fs::remove_file(self.path(hash));
+        }
+        Ok(damaged)
+    }
+}
