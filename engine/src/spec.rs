@@ -1,0 +1,243 @@
+//! The pipeline file: its YAML form, `--set` overrides, and typed parsing with positions.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::{Map, Value};
+use umdflow_stages::RunSpec;
+
+use crate::diagnostics::{Diagnostic, Invalid, Reporter};
+use crate::locate::{Locator, Position};
+
+/// A map that keeps the file's order (stages and axes are listed in the order written).
+#[derive(Debug, Clone, Default)]
+pub struct Ordered<V>(pub Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OrderedVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for OrderedVisitor<V> {
+            type Value = Ordered<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Ordered(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(String, V)> = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, V>()? {
+                    if entries.iter().any(|(existing, _)| existing == &key) {
+                        return Err(serde::de::Error::custom(format!("`{key}` is given twice")));
+                    }
+                    entries.push((key, value));
+                }
+                Ok(Ordered(entries))
+            }
+        }
+        deserializer.deserialize_map(OrderedVisitor(PhantomData))
+    }
+}
+
+/// How sweep axes combine into points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Design {
+    /// Every combination of every axis.
+    #[default]
+    Grid,
+    /// The i-th value of every axis together (all axes equally long).
+    Zip,
+    /// The `baseline`, plus one point per other value of each axis with the rest at baseline.
+    OneAtATime,
+}
+
+/// `seeds: 3` (0, 1, 2) or `seeds: [0, 7, 42]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Seeds {
+    Count(u64),
+    List(Vec<Value>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    pub kind: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub run: Option<RunSpec>,
+    #[serde(default)]
+    pub deps: Vec<String>,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub seeds: Option<Seeds>,
+    #[serde(default)]
+    pub sweep: Ordered<Vec<Value>>,
+    #[serde(default)]
+    pub design: Design,
+    #[serde(default)]
+    pub baseline: Option<Map<String, Value>>,
+    pub stages: Ordered<RawStage>,
+}
+
+/// A pipeline file as read, before validation.
+pub struct Source {
+    pub file: PathBuf,
+    /// The folder holding the file: relative paths resolve against it.
+    pub dir: PathBuf,
+    pub locator: Locator,
+    /// `(yaml path, the --set text)` per override.
+    pub overrides: Vec<(String, String)>,
+    pub raw: RawPipeline,
+}
+
+impl Source {
+    pub fn reporter(&self) -> Reporter<'_> {
+        Reporter::new(&self.file, &self.locator, &self.overrides)
+    }
+}
+
+const TOP_LEVEL: [&str; 7] = ["name", "description", "seeds", "sweep", "design", "baseline", "stages"];
+
+/// `sweep.ratio` stays as is; `train.params.lr` means `stages.train.params.lr`.
+fn override_path(path: &str) -> String {
+    let first = path.split(['.', '[']).next().unwrap_or("");
+    if TOP_LEVEL.contains(&first) { path.to_string() } else { format!("stages.{path}") }
+}
+
+fn apply_override(
+    document: &mut serde_yaml::Value,
+    path: &str,
+    value: serde_yaml::Value,
+) -> Result<(), String> {
+    let mut node = document;
+    let segments: Vec<&str> = path.split('.').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.is_empty() {
+            return Err("empty segment in the path".into());
+        }
+        let serde_yaml::Value::Mapping(map) = node else {
+            return Err(format!("`{}` is not a mapping", segments[..i].join(".")));
+        };
+        let key = serde_yaml::Value::String(segment.to_string());
+        if i + 1 == segments.len() {
+            map.insert(key, value);
+            return Ok(());
+        }
+        node = map
+            .entry(key)
+            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    }
+    Ok(())
+}
+
+fn file_error(file: &Path, message: String) -> Invalid {
+    Invalid(vec![Diagnostic {
+        file: file.to_path_buf(),
+        position: None,
+        origin: None,
+        message,
+    }])
+}
+
+/// Reads a pipeline file and applies `--set PATH=VALUE` overrides (VALUE is YAML: `0.5`,
+/// `[1, 2]`, `text`).
+pub fn load(file: &Path, sets: &[String]) -> Result<Source, Invalid> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|err| file_error(file, format!("cannot read the pipeline file: {err}")))?;
+    let locator = Locator::new(&text);
+    let mut document: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|err| {
+        let position = err.location().map(|l| Position {
+            line: l.line(),
+            column: l.column(),
+        });
+        Invalid(vec![Diagnostic {
+            file: file.to_path_buf(),
+            position,
+            origin: None,
+            message: format!("not valid YAML: {err}"),
+        }])
+    })?;
+    if !matches!(document, serde_yaml::Value::Mapping(_)) {
+        return Err(file_error(file, "expected a mapping with `name:` and `stages:` at the top".into()));
+    }
+
+    let mut overrides = Vec::new();
+    for set in sets {
+        let Some((path, value_text)) = set.split_once('=') else {
+            return Err(file_error(file, format!("--set {set}: expected PATH=VALUE, e.g. sweep.ratio=[0.5,0.75]")));
+        };
+        let path = override_path(path.trim());
+        let value = serde_yaml::from_str::<serde_yaml::Value>(value_text)
+            .unwrap_or_else(|_| serde_yaml::Value::String(value_text.to_string()));
+        apply_override(&mut document, &path, value)
+            .map_err(|message| file_error(file, format!("--set {set}: {message}")))?;
+        overrides.push((path, set.clone()));
+    }
+
+    let raw: RawPipeline = serde_path_to_error::deserialize(document).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner().to_string();
+        let mut reporter = Reporter::new(file, &locator, &overrides);
+        let message = describe_type_error(&path, &inner);
+        reporter.at_value(if path == "." { "" } else { &path }, message);
+        Invalid(reporter.found)
+    })?;
+
+    let dir = file
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    Ok(Source {
+        file: file.to_path_buf(),
+        dir,
+        locator,
+        overrides,
+        raw,
+    })
+}
+
+/// serde's messages plus the field they are about and, for the usual slips, what was expected.
+fn describe_type_error(path: &str, inner: &str) -> String {
+    let field = if path == "." || path.is_empty() { "the file".to_string() } else { format!("`{path}`") };
+    let hint = if path.ends_with(".run") {
+        " (`run:` is a shell string or a list of arguments)"
+    } else if path == "seeds" {
+        " (`seeds:` is a count such as 3, or a list such as [0, 1, 2])"
+    } else if path.starts_with("sweep") {
+        " (each axis under `sweep:` is a list of values)"
+    } else {
+        ""
+    };
+    let inner = inner.split(" at line ").next().unwrap_or(inner);
+    format!("{field}: {inner}{hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_paths_default_to_stages() {
+        assert_eq!(override_path("sweep.ratio"), "sweep.ratio");
+        assert_eq!(override_path("train.params.lr"), "stages.train.params.lr");
+        assert_eq!(override_path("stages.train.params.lr"), "stages.train.params.lr");
+    }
+}
