@@ -44,6 +44,18 @@ pub struct VerifyReport {
     pub records_forgotten: Vec<String>,
 }
 
+/// An open read transaction.
+pub struct Reader<'a> {
+    index: &'a Index,
+    txn: redb::ReadTransaction,
+}
+
+impl Reader<'_> {
+    pub fn lookup(&self, keys: &[&str]) -> Result<HashMap<String, Found>, CacheError> {
+        self.index.lookup_in(&self.txn, keys)
+    }
+}
+
 pub(crate) struct Index {
     path: PathBuf,
 }
@@ -85,31 +97,43 @@ impl Index {
     pub fn lookup(&self, keys: &[&str]) -> Result<HashMap<String, Found>, CacheError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(|e| self.err()(e.into()))?;
-            let records = match txn.open_table(RECORDS) {
-                Ok(table) => table,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
-                Err(err) => return Err(self.err()(err.into())),
+            self.lookup_in(&txn, keys)
+        })
+    }
+
+    /// Runs `f` with one read transaction open, for many lookups in a row (the planning pass).
+    pub fn read<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T, CacheError>) -> Result<T, CacheError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(|e| self.err()(e.into()))?;
+            f(&Reader { index: self, txn })
+        })
+    }
+
+    fn lookup_in(&self, txn: &redb::ReadTransaction, keys: &[&str]) -> Result<HashMap<String, Found>, CacheError> {
+        let records = match txn.open_table(RECORDS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+            Err(err) => return Err(self.err()(err.into())),
+        };
+        let stats_table = txn.open_table(BLOB_STATS).ok();
+        let mut found = HashMap::new();
+        for key in keys {
+            let Some(bytes) = records.get(*key).map_err(|e| self.err()(e.into()))? else {
+                continue;
             };
-            let stats_table = txn.open_table(BLOB_STATS).ok();
-            let mut found = HashMap::new();
-            for key in keys {
-                let Some(bytes) = records.get(*key).map_err(|e| self.err()(e.into()))? else {
-                    continue;
-                };
-                let record = self.decode(bytes.value())?;
-                let mut stats = HashMap::new();
-                if let Some(table) = &stats_table {
-                    for entry in record.files_with_log() {
-                        if let Some(stat) = table.get(entry.hash.as_str()).map_err(|e| self.err()(e.into()))? {
-                            let (size, mtime_ns) = stat.value();
-                            stats.insert(entry.hash.clone(), BlobStat { size, mtime_ns });
-                        }
+            let record = self.decode(bytes.value())?;
+            let mut stats = HashMap::new();
+            if let Some(table) = &stats_table {
+                for entry in record.files_with_log() {
+                    if let Some(stat) = table.get(entry.hash.as_str()).map_err(|e| self.err()(e.into()))? {
+                        let (size, mtime_ns) = stat.value();
+                        stats.insert(entry.hash.clone(), BlobStat { size, mtime_ns });
                     }
                 }
-                found.insert(key.to_string(), Found { record, stats });
             }
-            Ok(found)
-        })
+            found.insert(key.to_string(), Found { record, stats });
+        }
+        Ok(found)
     }
 
     pub fn insert(&self, record: &Record, stats: &[(String, BlobStat)]) -> Result<(), CacheError> {

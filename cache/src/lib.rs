@@ -19,7 +19,7 @@ mod staging;
 
 pub use blobs::{BlobStat, hash_file};
 pub use error::CacheError;
-pub use index::{GcReport, VerifyReport};
+pub use index::{GcReport, Reader, VerifyReport};
 pub use lease::{Lease, LeaseAttempt};
 pub use record::{FileEntry, Record, output_digest};
 pub use staging::Staging;
@@ -83,6 +83,11 @@ impl Cache {
     /// Looks up many keys in one read transaction. Missing keys are absent from the map.
     pub fn lookup(&self, keys: &[&str]) -> Result<HashMap<String, Found>, CacheError> {
         self.index.lookup(keys)
+    }
+
+    /// Runs `f` with one index read transaction open: many lookups for the price of one open.
+    pub fn read<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T, CacheError>) -> Result<T, CacheError> {
+        self.index.read(f)
     }
 
     /// Checks that every blob of a record is present and unmodified. A blob whose size or

@@ -7,3 +7,8 @@ pub mod keys;
 pub mod locate;
 pub mod registry;
 pub mod spec;
+pub mod commands;
+pub mod progress;
+pub mod resolve;
+pub mod scheduler;
+pub mod summary;

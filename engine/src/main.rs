@@ -1,1 +1,312 @@
-fn main() {}
+//! The `umdflow` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Args, Parser, Subcommand};
+use umdflow::commands::{self, DagFormat, Loaded, PipelineArgs};
+use umdflow::diagnostics::Invalid;
+use umdflow::registry::Registry;
+use umdflow::scheduler::{RunOptions, Status, cache_dir};
+
+#[derive(Parser)]
+#[command(name = "umdflow", version, about = "Declarative, cached ML experiment pipelines")]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// No progress bars or summary table.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Pipeline {
+    /// The pipeline file (YAML).
+    file: PathBuf,
+    /// Override a value: `sweep.ratio=[0.5,0.75]`, `train.params.lr=0.001`, `seeds=3`.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    sets: Vec<String>,
+    /// Refuse sweeps with more points than this.
+    #[arg(long, default_value_t = 10_000)]
+    max_points: usize,
+    /// Cache folder (default: `.umdflow/` beside the pipeline file; or $UMDFLOW_CACHE).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
+impl Pipeline {
+    fn args(&self) -> PipelineArgs {
+        PipelineArgs {
+            file: self.file.clone(),
+            sets: self.sets.clone(),
+            max_points: self.max_points,
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every stage instance that is not cached yet.
+    Run {
+        #[command(flatten)]
+        pipeline: Pipeline,
+        /// Stages to run at once (default: the number of cores).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// After a failure, keep starting stages that do not depend on it.
+        #[arg(short, long)]
+        keep_going: bool,
+        /// Recompute these stages (a stage name, an instance id, or `all`) even if cached.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Threads each stage may use (default: cores / jobs).
+        #[arg(long)]
+        threads_per_stage: Option<usize>,
+        /// Print one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say what `run` would execute and why, running nothing.
+    Plan {
+        #[command(flatten)]
+        pipeline: Pipeline,
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the instance graph.
+    Dag {
+        #[command(flatten)]
+        pipeline: Pipeline,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: DagFormat,
+    },
+    /// Each instance: cached or not, key prefix, metrics.
+    Show {
+        #[command(flatten)]
+        pipeline: Pipeline,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the kept log of an instance, e.g. `umdflow log p.yaml 'train[seed=1]'`.
+    Log {
+        #[command(flatten)]
+        pipeline: Pipeline,
+        /// The instance id.
+        id: String,
+    },
+    /// Remove what the given pipelines no longer reach (with no file: only unreferenced files).
+    Gc {
+        /// Pipelines whose cached results to keep.
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Re-hash every blob in the cache; damaged ones are removed and their stages recompute.
+    Verify {
+        /// A pipeline file whose cache to verify (default: --cache, $UMDFLOW_CACHE or ./.umdflow).
+        file: Option<PathBuf>,
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// List the stage kinds.
+    Kinds,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+fn install_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if CANCEL.swap(true, Ordering::SeqCst) {
+            eprintln!("\numdflow: second interrupt, exiting now (completed stages are cached)");
+            std::process::exit(130);
+        }
+        eprintln!("\numdflow: interrupted; stopping running stages (completed stages stay cached; press Ctrl-C again to exit now)");
+    });
+}
+
+/// Exit code 2 for an invalid pipeline, with every problem listed.
+fn invalid(err: Invalid) -> ExitCode {
+    eprintln!("{err}");
+    ExitCode::from(2)
+}
+
+fn load(pipeline: &Pipeline, registry: &Registry) -> Result<Loaded, ExitCode> {
+    commands::load_pipeline(&pipeline.args(), registry).map_err(invalid)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match execute(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let registry = Registry::builtin();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    match cli.command {
+        Command::Run {
+            pipeline,
+            jobs,
+            keep_going,
+            force,
+            threads_per_stage,
+            json,
+        } => {
+            let loaded = match load(&pipeline, &registry) {
+                Ok(loaded) => loaded,
+                Err(code) => return Ok(code),
+            };
+            let jobs = jobs.unwrap_or(cores).max(1);
+            let options = RunOptions {
+                jobs,
+                keep_going,
+                threads_per_stage: threads_per_stage.unwrap_or((cores / jobs).max(1)),
+                umdflow_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            install_ctrl_c();
+            let result = commands::run(&loaded, &options, &force, json, cli.quiet, &CANCEL)?;
+            Ok(if result.interrupted {
+                ExitCode::from(130)
+            } else if result.outcomes.iter().any(|o| o.status == Status::Failed) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Plan { pipeline, force, json } => {
+            let loaded = match load(&pipeline, &registry) {
+                Ok(loaded) => loaded,
+                Err(code) => return Ok(code),
+            };
+            commands::plan(&loaded, &force, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dag { pipeline, format } => {
+            let loaded = match load(&pipeline, &registry) {
+                Ok(loaded) => loaded,
+                Err(code) => return Ok(code),
+            };
+            print!("{}", commands::dag(&loaded.expanded, format));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { pipeline, json } => {
+            let loaded = match load(&pipeline, &registry) {
+                Ok(loaded) => loaded,
+                Err(code) => return Ok(code),
+            };
+            commands::show(&loaded, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Log { pipeline, id } => {
+            let loaded = match load(&pipeline, &registry) {
+                Ok(loaded) => loaded,
+                Err(code) => return Ok(code),
+            };
+            print!("{}", commands::log(&loaded, &id)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc { files, cache, sets } => {
+            let mut loaded = Vec::new();
+            for file in &files {
+                let args = PipelineArgs {
+                    file: file.clone(),
+                    sets: sets.clone(),
+                    max_points: usize::MAX,
+                    cache: cache.clone(),
+                };
+                match commands::load_pipeline(&args, &registry) {
+                    Ok(pipeline) => loaded.push(pipeline),
+                    Err(err) => return Ok(invalid(err)),
+                }
+            }
+            let dir = match loaded.first() {
+                Some(first) => first.cache_dir.clone(),
+                None => cache_dir(cache.as_deref(), std::path::Path::new(".")),
+            };
+            if let Some(other) = loaded.iter().find(|l| l.cache_dir != dir) {
+                anyhow::bail!(
+                    "{} and {} use different caches ({} and {}); gc one cache at a time",
+                    files[0].display(),
+                    other.source.file.display(),
+                    dir.display(),
+                    other.cache_dir.display()
+                );
+            }
+            let report = commands::gc(&dir, &loaded)?;
+            println!(
+                "removed {} records and {} blobs, freed {} in {}",
+                report.records_removed,
+                report.blobs_removed,
+                human_bytes(report.bytes_freed),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { file, cache } => {
+            let dir = match (&cache, &file) {
+                (None, Some(file)) => {
+                    let parent = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                    cache_dir(None, parent)
+                }
+                _ => cache_dir(cache.as_deref(), std::path::Path::new(".")),
+            };
+            let report = commands::verify(&dir)?;
+            for (hash, problem) in &report.damaged {
+                eprintln!("damaged blob {hash}: {problem}");
+            }
+            for instance in &report.records_forgotten {
+                eprintln!("forgot the cached result of {instance}; it recomputes on the next run");
+            }
+            println!("{} blobs checked, {} damaged in {}", report.blobs_checked, report.damaged.len(), dir.display());
+            Ok(if report.damaged.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Kinds => {
+            for kind in registry.all() {
+                println!("{:<16} v{:<3} {}", kind.name(), kind.version(), kind.summary());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The `umdflow` subcommands, as library functions the binary calls.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+use umdflow_cache::Cache;
+
+use crate::diagnostics::Invalid;
+use crate::expand::{Expanded, expand};
+use crate::registry::Registry;
+use crate::resolve::{DepDigests, Resolution, resolve_all};
+use crate::scheduler::{self, Outcome, RunOptions, Status, cache_dir};
+use crate::spec::{Source, load};
+use crate::summary::{self, StageLine, short_key, table};
+use crate::progress::Progress;
+
+/// What every pipeline command reads: the file, overrides, limits and the cache location.
+pub struct PipelineArgs {
+    pub file: PathBuf,
+    pub sets: Vec<String>,
+    pub max_points: usize,
+    pub cache: Option<PathBuf>,
+}
+
+/// A loaded, validated and expanded pipeline with its cache.
+pub struct Loaded {
+    pub source: Source,
+    pub expanded: Expanded,
+    pub deps: DepDigests,
+    pub cache_dir: PathBuf,
+}
+
+pub fn load_pipeline(args: &PipelineArgs, registry: &Registry) -> Result<Loaded, Invalid> {
+    let source = load(&args.file, &args.sets)?;
+    let expanded = expand(&source, registry, args.max_points)?;
+    let deps = DepDigests::compute(&source, &expanded)?;
+    let cache_dir = cache_dir(args.cache.as_deref(), &source.dir);
+    Ok(Loaded {
+        source,
+        expanded,
+        deps,
+        cache_dir,
+    })
+}
+
+fn open_cache(dir: &Path) -> Result<Cache> {
+    Cache::open(dir).with_context(|| format!("opening the cache at {}", dir.display()))
+}
+
+/// `--force` names a stage (every instance) or one instance id.
+pub fn forced_matcher<'a>(expanded: &'a Expanded, force: &'a [String]) -> impl Fn(usize) -> bool + 'a {
+    move |index| {
+        let instance = &expanded.instances[index];
+        let stage = &expanded.stages[instance.stage].name;
+        force.iter().any(|f| f == stage || f == &instance.id || f == "all")
+    }
+}
+
+pub struct RunResult {
+    pub outcomes: Vec<Outcome>,
+    pub interrupted: bool,
+}
+
+pub fn run(
+    loaded: &Loaded,
+    options: &RunOptions,
+    force: &[String],
+    json: bool,
+    quiet: bool,
+    cancel: &AtomicBool,
+) -> Result<RunResult> {
+    let cache = open_cache(&loaded.cache_dir)?;
+    let expanded = &loaded.expanded;
+    let progress = Progress::new(expanded.instances.len() as u64, !json && !quiet);
+    let forced = forced_matcher(expanded, force);
+    let outcomes = scheduler::run(expanded, &cache, &loaded.deps, options, &forced, &progress, cancel)?;
+    progress.finish();
+    let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
+    for (instance, outcome) in expanded.instances.iter().zip(&outcomes) {
+        if let (Status::Failed, Some(tail)) = (outcome.status, &outcome.log_tail) {
+            eprintln!("--- last lines of the log of {} ---\n{tail}\n---", instance.id);
+        }
+    }
+    if json {
+        let document = summary::run_document(expanded, &outcomes, interrupted);
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else if !quiet {
+        print!("{}", summary::run_table(expanded, &outcomes));
+    }
+    Ok(RunResult { outcomes, interrupted })
+}
+
+/// `plan`: what `run` would do and why; runs nothing. Returns how many instances would run.
+pub fn plan(loaded: &Loaded, force: &[String], json: bool) -> Result<usize> {
+    let cache = open_cache(&loaded.cache_dir)?;
+    let expanded = &loaded.expanded;
+    let forced = forced_matcher(expanded, force);
+    let resolutions = resolve_all(expanded, &cache, &loaded.deps, &forced)?;
+    let to_run = resolutions.iter().filter(|r| matches!(r, Resolution::Run { .. })).count();
+    if json {
+        #[derive(serde::Serialize)]
+        struct PlanDocument<'a> {
+            pipeline: &'a str,
+            stages: Vec<StageLine<'a>>,
+            run: usize,
+            cached: usize,
+        }
+        let stages = expanded
+            .instances
+            .iter()
+            .zip(&resolutions)
+            .map(|(instance, resolution)| {
+                let stage = expanded.stage_of(instance);
+                let (status, key, reason) = match resolution {
+                    Resolution::Cached(record) => ("cached", Some(record.key.as_str()), "cached"),
+                    Resolution::Run { key, reason } => ("run", key.as_deref(), reason.as_str()),
+                };
+                StageLine {
+                    id: &instance.id,
+                    name: &stage.name,
+                    kind: stage.kind.name(),
+                    key,
+                    status,
+                    reason,
+                    seconds: 0.0,
+                }
+            })
+            .collect();
+        let document = PlanDocument {
+            pipeline: &expanded.name,
+            stages,
+            run: to_run,
+            cached: resolutions.len() - to_run,
+        };
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        let mut rows = vec![vec!["plan".to_string(), "stage".into(), "key".into(), "why".into()]];
+        for (instance, resolution) in expanded.instances.iter().zip(&resolutions) {
+            rows.push(match resolution {
+                Resolution::Cached(record) => {
+                    vec!["cached".into(), instance.id.clone(), short_key(Some(&record.key)).into(), String::new()]
+                }
+                Resolution::Run { key, reason } => {
+                    vec!["run".into(), instance.id.clone(), short_key(key.as_deref()).into(), reason.clone()]
+                }
+            });
+        }
+        print!("{}", table(&rows));
+        println!(
+            "{} to run, {} cached ({} points, {} instances)",
+            to_run,
+            resolutions.len() - to_run,
+            expanded.points,
+            expanded.instances.len()
+        );
+    }
+    Ok(to_run)
+}
+
+/// `show`: each instance with its status, key prefix and metrics.
+pub fn show(loaded: &Loaded, json: bool) -> Result<()> {
+    let cache = open_cache(&loaded.cache_dir)?;
+    let expanded = &loaded.expanded;
+    let resolutions = resolve_all(expanded, &cache, &loaded.deps, &|_| false)?;
+    if json {
+        let items: Vec<serde_json::Value> = expanded
+            .instances
+            .iter()
+            .zip(&resolutions)
+            .map(|(instance, resolution)| match resolution {
+                Resolution::Cached(record) => serde_json::json!({
+                    "id": instance.id, "status": "cached", "key": record.key,
+                    "metrics": record.metrics, "seconds": record.duration_s,
+                    "finished_at_ms": record.finished_at_ms,
+                }),
+                Resolution::Run { key, reason } => serde_json::json!({
+                    "id": instance.id, "status": "missing", "key": key, "reason": reason,
+                }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"pipeline": expanded.name, "stages": items}))?);
+        return Ok(());
+    }
+    let mut rows = vec![vec!["status".to_string(), "stage".into(), "key".into(), "seconds".into(), "metrics".into()]];
+    for (instance, resolution) in expanded.instances.iter().zip(&resolutions) {
+        rows.push(match resolution {
+            Resolution::Cached(record) => vec![
+                "cached".into(),
+                instance.id.clone(),
+                short_key(Some(&record.key)).into(),
+                format!("{:.2}", record.duration_s),
+                record.metrics.as_ref().map(compact_metrics).unwrap_or_default(),
+            ],
+            Resolution::Run { key, reason } => vec![
+                "missing".into(),
+                instance.id.clone(),
+                short_key(key.as_deref()).into(),
+                "-".into(),
+                format!("({reason})"),
+            ],
+        });
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+/// `{"acc": 0.91234, "loss": 1.2}` -> `acc=0.9123 loss=1.2`
+fn compact_metrics(metrics: &serde_json::Value) -> String {
+    match metrics {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| match v.as_f64() {
+                Some(x) if v.is_f64() => format!("{k}={x:.4}"),
+                _ => format!("{k}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DagFormat {
+    Dot,
+    Mermaid,
+}
+
+/// `dag`: the instance graph as Graphviz dot or Mermaid.
+pub fn dag(expanded: &Expanded, format: DagFormat) -> String {
+    let mut out = String::new();
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    match format {
+        DagFormat::Dot => {
+            out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", quote(&expanded.name)));
+            for (i, instance) in expanded.instances.iter().enumerate() {
+                let kind = expanded.stage_of(instance).kind.name();
+                out.push_str(&format!("  n{i} [label=\"{}\\n({kind})\"];\n", quote(&instance.id)));
+            }
+            for (i, instance) in expanded.instances.iter().enumerate() {
+                for input in &instance.inputs {
+                    out.push_str(&format!("  n{input} -> n{i};\n"));
+                }
+            }
+            out.push_str("}\n");
+        }
+        DagFormat::Mermaid => {
+            out.push_str("flowchart LR\n");
+            for (i, instance) in expanded.instances.iter().enumerate() {
+                let kind = expanded.stage_of(instance).kind.name();
+                out.push_str(&format!("  n{i}[\"{} ({kind})\"]\n", instance.id.replace('"', "#quot;")));
+            }
+            for (i, instance) in expanded.instances.iter().enumerate() {
+                for input in &instance.inputs {
+                    out.push_str(&format!("  n{input} --> n{i}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `gc`: with pipeline files, keep only what they reach; without, drop only unreferenced files.
+pub fn gc(cache_dir: &Path, pipelines: &[Loaded]) -> Result<umdflow_cache::GcReport> {
+    let cache = open_cache(cache_dir)?;
+    let keep = if pipelines.is_empty() {
+        None
+    } else {
+        let mut keep = BTreeSet::new();
+        for loaded in pipelines {
+            for resolution in resolve_all(&loaded.expanded, &cache, &loaded.deps, &|_| false)? {
+                if let Resolution::Cached(record) = resolution {
+                    keep.insert(record.key.clone());
+                }
+            }
+        }
+        Some(keep)
+    };
+    Ok(cache.gc(keep.as_ref())?)
+}
+
+pub fn verify(cache_dir: &Path) -> Result<umdflow_cache::VerifyReport> {
+    Ok(open_cache(cache_dir)?.verify()?)
+}
+
+/// `log`: the kept log of a cached instance.
+pub fn log(loaded: &Loaded, id: &str) -> Result<String> {
+    let cache = open_cache(&loaded.cache_dir)?;
+    let expanded = &loaded.expanded;
+    let Some(index) = expanded.instances.iter().position(|i| i.id == id) else {
+        let ids: Vec<&str> = expanded.instances.iter().take(20).map(|i| i.id.as_str()).collect();
+        anyhow::bail!("no instance `{id}` in {}; instances include: {}", expanded.file.display(), ids.join(", "));
+    };
+    let resolutions = resolve_all(expanded, &cache, &loaded.deps, &|_| false)?;
+    match &resolutions[index] {
+        Resolution::Cached(record) => match &record.log {
+            Some(entry) => std::fs::read_to_string(cache.blob_path(&entry.hash))
+                .with_context(|| format!("reading the log blob of {id}")),
+            None => Ok(String::new()),
+        },
+        Resolution::Run { reason, .. } => {
+            let failed = loaded.cache_dir.join("logs").join(format!("{}.failed.log", crate::scheduler::file_safe(id)));
+            match std::fs::read_to_string(&failed) {
+                Ok(text) => Ok(format!("(not cached: {reason}; this is the log of its last failed run)\n{text}")),
+                Err(_) => anyhow::bail!("{id} is not in the cache ({reason})"),
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Working out each instance's key and whether the cache already holds it, and explaining why
+//! not. `plan` and `show` use this alone; `run` uses it for the up-front pass and again whenever
+//! an input finishes (early cutoff: a rerun that produced the same bytes is a cache hit below).
+
+use std::collections::{BTreeMap, HashMap};
+
+use umdflow_cache::{Cache, CacheError, Found, Record};
+
+use crate::diagnostics::Invalid;
+use crate::expand::Expanded;
+use crate::keys::{KEY_FORMAT, KeyComponents, dep_digest, describe_changes};
+use crate::spec::Source;
+
+/// Content digests of every `deps` path of the pipeline, computed once per run.
+pub struct DepDigests(HashMap<String, String>);
+
+impl DepDigests {
+    /// Hashes every dependency; a missing one is a pipeline error pointing at its line.
+    pub fn compute(source: &Source, expanded: &Expanded) -> Result<DepDigests, Invalid> {
+        let mut reporter = source.reporter();
+        let mut digests = HashMap::new();
+        for instance in &expanded.instances {
+            let stage = &expanded.stages[instance.stage];
+            for (i, dep) in instance.deps.iter().enumerate() {
+                if digests.contains_key(dep) {
+                    continue;
+                }
+                match dep_digest(&expanded.dir.join(dep)) {
+                    Ok(digest) => {
+                        digests.insert(dep.clone(), digest);
+                    }
+                    Err(err) => reporter.at_value(
+                        &format!("stages.{}.deps[{i}]", stage.name),
+                        format!("dependency `{dep}` of stage `{}` cannot be read: {err}", stage.name),
+                    ),
+                }
+            }
+        }
+        reporter.finish()?;
+        Ok(DepDigests(digests))
+    }
+}
+
+/// The components of an instance's key, given its inputs' output digests (in input order).
+pub fn components(expanded: &Expanded, index: usize, deps: &DepDigests, input_digests: &[&str]) -> KeyComponents {
+    let instance = &expanded.instances[index];
+    let stage = &expanded.stages[instance.stage];
+    let inputs: BTreeMap<String, String> = instance
+        .inputs
+        .iter()
+        .zip(input_digests)
+        .map(|(&input, digest)| (expanded.stages[expanded.instances[input].stage].name.clone(), digest.to_string()))
+        .collect();
+    KeyComponents {
+        key_format: KEY_FORMAT,
+        kind: stage.kind.name().to_string(),
+        kind_version: stage.kind.version(),
+        params: instance.params.clone(),
+        run: instance.run.clone(),
+        inputs,
+        deps: instance
+            .deps
+            .iter()
+            .map(|dep| (dep.clone(), deps.0.get(dep).cloned().unwrap_or_default()))
+            .collect(),
+    }
+}
+
+/// What the up-front pass found for one instance.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// In the cache and intact.
+    Cached(Box<Record>),
+    /// Must run; the key is known when every input is cached.
+    Run { key: Option<String>, reason: String },
+}
+
+/// Checks a looked-up record's blobs; a damaged record is forgotten so the stage recomputes.
+pub fn usable(cache: &Cache, found: Found) -> Result<Record, String> {
+    let damage = cache.check(&found);
+    if damage.is_empty() {
+        return Ok(found.record);
+    }
+    let _ = cache.forget(&found.record.key);
+    let described: Vec<String> = damage.iter().map(|d| d.to_string()).collect();
+    Err(format!("cached output damaged, recomputing: {}", described.join("; ")))
+}
+
+/// Explains a cache miss against the earlier runs of the same stage.
+pub struct Explainer<'a> {
+    cache: &'a Cache,
+    pipeline: String,
+    history: HashMap<String, Vec<Record>>,
+}
+
+impl<'a> Explainer<'a> {
+    pub fn new(cache: &'a Cache, pipeline: &str) -> Self {
+        Explainer {
+            cache,
+            pipeline: pipeline.to_string(),
+            history: HashMap::new(),
+        }
+    }
+
+    pub fn explain(&mut self, stage: &str, instance_id: &str, now: &KeyComponents) -> String {
+        let history = self
+            .history
+            .entry(stage.to_string())
+            .or_insert_with(|| self.cache.history(&self.pipeline, stage).unwrap_or_default());
+        let comparable: Vec<(&Record, KeyComponents)> = history
+            .iter()
+            .rev()
+            .filter_map(|record| {
+                serde_json::from_value::<KeyComponents>(record.components.clone())
+                    .ok()
+                    .map(|c| (record, c))
+            })
+            .collect();
+        // The same instance's last run if there is one, else the closest earlier run of the stage.
+        let same = comparable.iter().find(|(record, _)| record.instance == instance_id);
+        let closest = same.or_else(|| {
+            comparable
+                .iter()
+                .min_by_key(|(_, components)| describe_changes(components, now).len())
+        });
+        match closest {
+            None => "not run before".to_string(),
+            Some((record, old)) => {
+                let changes = describe_changes(old, now);
+                let changes = if changes.is_empty() {
+                    "no recorded difference (the earlier result was removed from the cache)".to_string()
+                } else {
+                    changes.join(", ")
+                };
+                if record.instance == instance_id {
+                    changes
+                } else {
+                    format!("new instance; vs {}: {changes}", record.instance)
+                }
+            }
+        }
+    }
+}
+
+/// The up-front pass: keys and cache state of every instance whose inputs are all cached, in
+/// waves of one batched index read each; everything below a miss is `Run` ("input X reruns").
+pub fn resolve_all(
+    expanded: &Expanded,
+    cache: &Cache,
+    deps: &DepDigests,
+    forced: &dyn Fn(usize) -> bool,
+) -> Result<Vec<Resolution>, CacheError> {
+    let count = expanded.instances.len();
+    let mut resolved: Vec<Option<Resolution>> = vec![None; count];
+    let mut explainer = Explainer::new(cache, &expanded.name);
+    loop {
+        // Instances are created after their inputs, so one forward sweep per wave suffices.
+        let mut wave: Vec<(usize, KeyComponents, String)> = Vec::new();
+        for index in 0..count {
+            if resolved[index].is_some() {
+                continue;
+            }
+            let instance = &expanded.instances[index];
+            let mut digests = Vec::new();
+            let mut blocked = None;
+            let mut waiting = false;
+            for &input in &instance.inputs {
+                match &resolved[input] {
+                    Some(Resolution::Cached(record)) => digests.push(record.output_digest.as_str()),
+                    Some(Resolution::Run { .. }) => {
+                        blocked = Some(input);
+                        break;
+                    }
+                    None => {
+                        waiting = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(input) = blocked {
+                resolved[index] = Some(Resolution::Run {
+                    key: None,
+                    reason: format!("input {} reruns", expanded.instances[input].id),
+                });
+                continue;
+            }
+            if waiting {
+                continue;
+            }
+            let components = components(expanded, index, deps, &digests);
+            let key = components.key();
+            wave.push((index, components, key));
+        }
+        if wave.is_empty() {
+            break;
+        }
+        let keys: Vec<&str> = wave.iter().map(|(_, _, key)| key.as_str()).collect();
+        let mut found = cache.read(|reader| reader.lookup(&keys))?;
+        for (index, components, key) in wave {
+            let instance = &expanded.instances[index];
+            let stage = &expanded.stages[instance.stage];
+            resolved[index] = Some(match found.remove(&key) {
+                _ if forced(index) => Resolution::Run {
+                    key: Some(key),
+                    reason: "forced (--force)".into(),
+                },
+                Some(hit) => match usable(cache, hit) {
+                    Ok(record) => Resolution::Cached(Box::new(record)),
+                    Err(reason) => Resolution::Run { key: Some(key), reason },
+                },
+                None => Resolution::Run {
+                    reason: explainer.explain(&stage.name, &instance.id, &components),
+                    key: Some(key),
+                },
+            });
+        }
+    }
+    Ok(resolved
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or(Resolution::Run {
+                key: None,
+                reason: "not resolved".into(),
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,497 @@
+//! Runs the instances that are not cached, in parallel up to `--jobs`, in dependency order.
+//!
+//! The main thread owns all state; worker threads only execute jobs and send results back. A
+//! failed stage skips its descendants; without `--keep-going` no new stage starts after a failure,
+//! but running ones finish and are cached. Ctrl-C stops stages and keeps every completed one.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use umdflow_cache::{Cache, CacheError, LeaseAttempt, Record};
+use umdflow_stages::{InputArtifact, StageContext, StageError};
+
+use crate::expand::Expanded;
+use crate::keys::KeyComponents;
+use crate::progress::Progress;
+use crate::resolve::{DepDigests, Explainer, Resolution, components, resolve_all, usable};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Executed,
+    Cached,
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Executed => "executed",
+            Status::Cached => "cached",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// What happened to one instance.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    pub key: Option<String>,
+    pub reason: String,
+    pub seconds: f64,
+    pub record: Option<Record>,
+    /// The end of the stage's log, for failures.
+    pub log_tail: Option<String>,
+}
+
+pub struct RunOptions {
+    pub jobs: usize,
+    pub keep_going: bool,
+    pub threads_per_stage: usize,
+    pub umdflow_version: String,
+}
+
+struct Job {
+    index: usize,
+    key: String,
+    components: KeyComponents,
+    inputs: Vec<Record>,
+}
+
+enum JobResult {
+    Executed(Record),
+    /// Another process computed it while we waited for its lease.
+    CachedElsewhere(Record),
+    Failed { message: String, log_tail: Option<String> },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The last lines of a log, to show with a failure.
+fn tail(path: &Path, lines: usize) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let tail = all[start..].join("\n");
+    (!tail.trim().is_empty()).then_some(tail)
+}
+
+/// `train[ratio=0.5]` -> `train_ratio_0.5_` : safe as a file name.
+pub fn file_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+struct Executor<'a> {
+    expanded: &'a Expanded,
+    cache: &'a Cache,
+    options: &'a RunOptions,
+    progress: &'a Progress,
+    cancel: &'a AtomicBool,
+}
+
+impl Executor<'_> {
+    fn execute(&self, job: &Job) -> JobResult {
+        match self.execute_inner(job) {
+            Ok(result) => result,
+            Err(err) => JobResult::Failed {
+                message: err.to_string(),
+                log_tail: None,
+            },
+        }
+    }
+
+    fn execute_inner(&self, job: &Job) -> Result<JobResult, CacheError> {
+        let instance = &self.expanded.instances[job.index];
+        let stage = &self.expanded.stages[instance.stage];
+        let _lease = match self.cache.try_lease(&job.key)? {
+            LeaseAttempt::Taken(lease) => lease,
+            LeaseAttempt::Busy { holder, waiter } => {
+                self.progress.note(&format!(
+                    "{}: waiting for {holder}, which is computing the same stage in this cache",
+                    instance.id
+                ));
+                let lease = waiter.wait()?;
+                if let Some(found) = self.cache.lookup(&[&job.key])?.remove(&job.key)
+                    && let Ok(record) = usable(self.cache, found)
+                {
+                    return Ok(JobResult::CachedElsewhere(record));
+                }
+                lease
+            }
+        };
+
+        let staging = self.cache.staging()?;
+        let mut artifacts = Vec::with_capacity(job.inputs.len());
+        for (record, &input) in job.inputs.iter().zip(&instance.inputs) {
+            let input_stage = &self.expanded.stages[self.expanded.instances[input].stage];
+            let dir = staging.inputs_dir().join(&input_stage.name);
+            self.cache.materialize(record, &dir)?;
+            artifacts.push(InputArtifact {
+                stage: input_stage.name.clone(),
+                kind: input_stage.kind.name().to_string(),
+                dir,
+            });
+        }
+        let out_dir = staging.out_dir();
+        let log_path = staging.log_path();
+        let work_dir = std::fs::canonicalize(&self.expanded.dir).unwrap_or_else(|_| self.expanded.dir.clone());
+        let bar = self.progress.stage(&instance.id);
+        let started_at_ms = now_ms();
+        let clock = Instant::now();
+        let ctx = StageContext {
+            id: &instance.id,
+            name: &stage.name,
+            params: &instance.params,
+            run: instance.run.as_ref(),
+            inputs: &artifacts,
+            out_dir: &out_dir,
+            work_dir: &work_dir,
+            log_path: &log_path,
+            threads: self.options.threads_per_stage,
+            progress: &bar,
+            cancel: self.cancel,
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx)))
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(StageError::failed(format!("internal error in stage kind `{}`: {message}", stage.kind.name())))
+            });
+        bar.done();
+        let duration_s = clock.elapsed().as_secs_f64();
+        let failure = match outcome {
+            Ok(()) => match read_metrics(&out_dir) {
+                Ok(metrics) => {
+                    let record = Record {
+                        key: job.key.clone(),
+                        pipeline: self.expanded.name.clone(),
+                        stage: stage.name.clone(),
+                        instance: instance.id.clone(),
+                        components: job.components.to_value(),
+                        files: Vec::new(),
+                        output_digest: String::new(),
+                        log: None,
+                        metrics,
+                        started_at_ms,
+                        finished_at_ms: now_ms(),
+                        duration_s,
+                        umdflow_version: self.options.umdflow_version.clone(),
+                    };
+                    return Ok(JobResult::Executed(self.cache.commit(staging, record)?));
+                }
+                Err(message) => message,
+            },
+            Err(err) => err.to_string(),
+        };
+        // Keep the failed stage's log where the user can read it; the output is discarded.
+        let kept = self.cache.root().join("logs").join(format!("{}.failed.log", file_safe(&instance.id)));
+        let log_note = std::fs::create_dir_all(kept.parent().unwrap_or(Path::new(".")))
+            .and_then(|_| std::fs::copy(&log_path, &kept))
+            .map(|_| format!(" (log: {})", kept.display()))
+            .unwrap_or_default();
+        Ok(JobResult::Failed {
+            message: format!("{failure}{log_note}"),
+            log_tail: tail(&log_path, 15),
+        })
+    }
+}
+
+/// A `metrics.json` at the top of the output becomes the record's metrics.
+fn read_metrics(out_dir: &Path) -> Result<Option<Value>, String> {
+    let path = out_dir.join("metrics.json");
+    match std::fs::read_to_string(&path) {
+        Err(_) => Ok(None),
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|err| format!("the stage wrote a metrics.json that is not valid JSON: {err}")),
+    }
+}
+
+/// Runs the pipeline; returns one outcome per instance (in instance order).
+pub fn run(
+    expanded: &Expanded,
+    cache: &Cache,
+    deps: &DepDigests,
+    options: &RunOptions,
+    forced: &dyn Fn(usize) -> bool,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<Vec<Outcome>, CacheError> {
+    let count = expanded.instances.len();
+    let resolutions = resolve_all(expanded, cache, deps, forced)?;
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; count];
+    let mut reasons: Vec<String> = vec![String::new(); count];
+    let mut prechecked: Vec<Option<String>> = vec![None; count];
+    for (index, resolution) in resolutions.into_iter().enumerate() {
+        match resolution {
+            Resolution::Cached(record) => {
+                outcomes[index] = Some(Outcome {
+                    status: Status::Cached,
+                    key: Some(record.key.clone()),
+                    reason: "cached".into(),
+                    seconds: 0.0,
+                    record: Some(*record),
+                    log_tail: None,
+                });
+                progress.advance("");
+            }
+            Resolution::Run { key, reason } => {
+                prechecked[index] = key;
+                reasons[index] = reason;
+            }
+        }
+    }
+
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); count];
+    for (index, instance) in expanded.instances.iter().enumerate() {
+        for &input in &instance.inputs {
+            dependents[input].push(index);
+        }
+    }
+    let mut waiting_on: Vec<usize> = expanded
+        .instances
+        .iter()
+        .map(|instance| instance.inputs.iter().filter(|&&i| outcomes[i].is_none()).count())
+        .collect();
+    let mut ready: VecDeque<usize> = (0..count)
+        .filter(|&i| outcomes[i].is_none() && waiting_on[i] == 0)
+        .collect();
+
+    let executor = Executor {
+        expanded,
+        cache,
+        options,
+        progress,
+        cancel,
+    };
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (done_tx, done_rx) = mpsc::channel::<(usize, JobResult, f64)>();
+    let mut explainer = Explainer::new(cache, &expanded.name);
+    let mut stopping: Option<String> = None;
+    let mut running = 0usize;
+    let mut counts = [0usize; 4];
+
+    std::thread::scope(|scope| -> Result<(), CacheError> {
+        for _ in 0..options.jobs.max(1) {
+            let job_rx = Arc::clone(&job_rx);
+            let done_tx = done_tx.clone();
+            let executor = &executor;
+            scope.spawn(move || {
+                loop {
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let clock = Instant::now();
+                    let result = executor.execute(&job);
+                    if done_tx.send((job.index, result, clock.elapsed().as_secs_f64())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+
+        loop {
+            if cancel.load(Ordering::Relaxed) && stopping.is_none() {
+                stopping = Some("not started: interrupted (Ctrl-C)".into());
+            }
+            // Start what is ready.
+            while stopping.is_none() && running < options.jobs.max(1) {
+                let Some(index) = ready.pop_front() else { break };
+                let instance = &expanded.instances[index];
+                let inputs: Vec<Record> = instance
+                    .inputs
+                    .iter()
+                    .filter_map(|&i| outcomes[i].as_ref().and_then(|o| o.record.clone()))
+                    .collect();
+                let digests: Vec<&str> = inputs.iter().map(|r| r.output_digest.as_str()).collect();
+                let components = components(expanded, index, deps, &digests);
+                let key = components.key();
+                // A key first known now (an input reran): its output may be cached already.
+                if prechecked[index].as_deref() != Some(key.as_str()) && !forced(index) {
+                    if let Some(found) = cache.lookup(&[&key])?.remove(&key) {
+                        match usable(cache, found) {
+                            Ok(record) => {
+                                outcomes[index] = Some(Outcome {
+                                    status: Status::Cached,
+                                    key: Some(key),
+                                    reason: "cached (its inputs reran and produced identical outputs)".into(),
+                                    seconds: 0.0,
+                                    record: Some(record),
+                                    log_tail: None,
+                                });
+                                counts[1] += 1;
+                                progress.advance("");
+                                for &next in &dependents[index] {
+                                    waiting_on[next] -= 1;
+                                    if waiting_on[next] == 0 {
+                                        ready.push_back(next);
+                                    }
+                                }
+                                continue;
+                            }
+                            Err(reason) => reasons[index] = reason,
+                        }
+                    } else if reasons[index].starts_with("input ") {
+                        let stage = &expanded.stages[instance.stage];
+                        let explained = explainer.explain(&stage.name, &instance.id, &components);
+                        reasons[index] = format!("{} ({explained})", reasons[index]);
+                    }
+                }
+                running += 1;
+                if job_tx
+                    .send(Job {
+                        index,
+                        key,
+                        components,
+                        inputs,
+                    })
+                    .is_err()
+                {
+                    running -= 1;
+                    break;
+                }
+            }
+            if running == 0 && (ready.is_empty() || stopping.is_some()) {
+                break;
+            }
+            let (index, result, seconds) = match done_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(done) => done,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            running -= 1;
+            let id = &expanded.instances[index].id;
+            let outcome = match result {
+                JobResult::Executed(record) => Outcome {
+                    status: Status::Executed,
+                    key: Some(record.key.clone()),
+                    reason: std::mem::take(&mut reasons[index]),
+                    seconds,
+                    record: Some(record),
+                    log_tail: None,
+                },
+                JobResult::CachedElsewhere(record) => Outcome {
+                    status: Status::Cached,
+                    key: Some(record.key.clone()),
+                    reason: "computed by another umdflow process meanwhile".into(),
+                    seconds,
+                    record: Some(record),
+                    log_tail: None,
+                },
+                JobResult::Failed { message, log_tail } => {
+                    if cancel.load(Ordering::Relaxed) {
+                        stopping.get_or_insert_with(|| "not started: interrupted (Ctrl-C)".into());
+                    } else if !options.keep_going {
+                        stopping.get_or_insert_with(|| format!("not started: {id} failed (use --keep-going to run independent stages)"));
+                    }
+                    progress.note(&format!("stage {id} failed: {message}"));
+                    Outcome {
+                        status: Status::Failed,
+                        key: None,
+                        reason: message,
+                        seconds,
+                        record: None,
+                        log_tail,
+                    }
+                }
+            };
+            counts[match outcome.status {
+                Status::Executed => 0,
+                Status::Cached => 1,
+                Status::Failed => 2,
+                Status::Skipped => 3,
+            }] += 1;
+            progress.advance(&format!("ran {} failed {}", counts[0], counts[2]));
+            let failed = outcome.status == Status::Failed;
+            outcomes[index] = Some(outcome);
+            if failed {
+                skip_descendants(index, &dependents, &mut outcomes, expanded, progress);
+            } else {
+                for &next in &dependents[index] {
+                    waiting_on[next] -= 1;
+                    if waiting_on[next] == 0 && outcomes[next].is_none() {
+                        ready.push_back(next);
+                    }
+                }
+            }
+        }
+        drop(job_tx);
+        Ok(())
+    })?;
+
+    let stop_reason = stopping.unwrap_or_else(|| "not started".into());
+    Ok(outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(index, outcome)| {
+            outcome.unwrap_or_else(|| Outcome {
+                status: Status::Skipped,
+                key: prechecked[index].clone(),
+                reason: stop_reason.clone(),
+                seconds: 0.0,
+                record: None,
+                log_tail: None,
+            })
+        })
+        .collect())
+}
+
+fn skip_descendants(
+    failed: usize,
+    dependents: &[Vec<usize>],
+    outcomes: &mut [Option<Outcome>],
+    expanded: &Expanded,
+    progress: &Progress,
+) {
+    let mut stack = vec![failed];
+    while let Some(index) = stack.pop() {
+        for &next in &dependents[index] {
+            if outcomes[next].is_none() {
+                outcomes[next] = Some(Outcome {
+                    status: Status::Skipped,
+                    key: None,
+                    reason: format!("input {} failed", expanded.instances[index].id),
+                    seconds: 0.0,
+                    record: None,
+                    log_tail: None,
+                });
+                progress.advance("");
+                stack.push(next);
+            }
+        }
+    }
+}
+
+/// Where the cache of a pipeline lives: `--cache`, else `UMDFLOW_CACHE`, else `.umdflow/` beside
+/// the pipeline file.
+pub fn cache_dir(explicit: Option<&Path>, pipeline_dir: &Path) -> PathBuf {
+    if let Some(dir) = explicit {
+        return dir.to_path_buf();
+    }
+    if let Some(dir) = std::env::var_os("UMDFLOW_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    pipeline_dir.join(".umdflow")
+}
