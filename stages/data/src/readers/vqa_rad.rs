@@ -1,0 +1,120 @@
+//! VQA-RAD (data-sources.md §3.1): either the release (`VQA_RAD Dataset Public.json` and
+//! `VQA_RAD Image Folder/`) or the MEVF/M3AE layout (`trainset.json`, `valset.json`,
+//! `testset.json` and `images/`). One record per (image, split); the label is the organ.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::normalize::{answer_text, normalize_answer};
+use super::{ImageRef, RawQuestion, RawRecord, RawSource, field_str, read_json_list};
+use crate::error::DataError;
+
+const RELEASE_JSON: &str = "VQA_RAD Dataset Public.json";
+const RELEASE_IMAGES: &str = "VQA_RAD Image Folder";
+pub const LICENCE: &str =
+    "VQA-RAD (Lau et al. 2018, https://osf.io/89kps/): see the release for its terms";
+
+pub fn read(dir: &Path) -> Result<RawSource, DataError> {
+    let mut files: Vec<(std::path::PathBuf, Option<u8>)> = Vec::new();
+    let images = if dir.join(RELEASE_JSON).exists() {
+        files.push((dir.join(RELEASE_JSON), None));
+        dir.join(RELEASE_IMAGES)
+    } else {
+        for (name, split) in [
+            ("trainset.json", 0),
+            ("valset.json", 1),
+            ("testset.json", 2),
+        ] {
+            if dir.join(name).exists() {
+                files.push((dir.join(name), Some(split)));
+            }
+        }
+        dir.join("images")
+    };
+    if files.is_empty() {
+        return Err(DataError::format(
+            dir,
+            format!(
+                "no `{RELEASE_JSON}` and no `trainset.json`/`testset.json`: not a VQA-RAD folder"
+            ),
+        ));
+    }
+    // (image, split) -> (organ, questions), ordered for a stable reading order.
+    let mut grouped: BTreeMap<(u8, String), (String, Vec<RawQuestion>)> = BTreeMap::new();
+    for (path, file_split) in files {
+        for (index, record) in read_json_list(&path)?.iter().enumerate() {
+            let image = field_str(&path, record, index, "image_name")?;
+            let question = field_str(&path, record, index, "question")?;
+            let answer = record.get("answer").and_then(answer_text).ok_or_else(|| {
+                DataError::record(
+                    &path,
+                    index.to_string(),
+                    "field `answer` is missing or not a string/number",
+                )
+            })?;
+            let answer_type = record
+                .get("answer_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("OPEN");
+            let closed = match answer_type.trim().to_ascii_uppercase().as_str() {
+                "CLOSED" => true,
+                "OPEN" => false,
+                other => {
+                    return Err(DataError::record(
+                        &path,
+                        index.to_string(),
+                        format!("answer_type `{other}` is not OPEN or CLOSED"),
+                    ));
+                }
+            };
+            let qtype = record
+                .get("question_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("OTHER");
+            // Combined types ("PRES, POS") count under their first type.
+            let qtype = qtype
+                .split(',')
+                .next()
+                .unwrap_or("OTHER")
+                .trim()
+                .to_ascii_lowercase();
+            let organ = record
+                .get("image_organ")
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .trim()
+                .to_ascii_lowercase();
+            let split = file_split.unwrap_or_else(|| {
+                let phrase = record
+                    .get("phrase_type")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
+                if phrase.starts_with("test") { 2 } else { 0 }
+            });
+            let entry = grouped
+                .entry((split, image.to_string()))
+                .or_insert_with(|| (organ, Vec::new()));
+            entry.1.push(RawQuestion {
+                text: question.trim().to_string(),
+                answer: normalize_answer(&answer),
+                closed,
+                qtype,
+            });
+        }
+    }
+    let records = grouped
+        .into_iter()
+        .map(|((split, image), (organ, questions))| RawRecord {
+            id: image.clone(),
+            image: ImageRef::File(images.join(&image)),
+            text: format!("radiology image of the {organ}"),
+            label: organ,
+            split: Some(split),
+            questions,
+        })
+        .collect();
+    Ok(RawSource {
+        licence: LICENCE.into(),
+        records,
+    })
+}
