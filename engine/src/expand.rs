@@ -467,15 +467,14 @@ pub fn expand(source: &Source, registry: &Registry, max_points: usize) -> Result
             }
         }
     }
-    for axis in &axes {
-        if !direct.iter().any(|used| used.contains(&axis_names.iter().position(|a| *a == axis.name).unwrap_or(usize::MAX))) {
-            tracing::warn!("axis `{}` is used by no stage", axis.name);
-        }
-    }
-
     let points = design_points(source, &axes, &mut reporter, max_points);
     if !reporter.is_clean() {
         return Err(Invalid(reporter.found));
+    }
+    for (a, axis) in axes.iter().enumerate() {
+        if !direct.iter().any(|used| used.contains(&a)) {
+            tracing::warn!("axis `{}` is used by no stage", axis.name);
+        }
     }
 
     // Which axes each stage varies over: its own plus its inputs'.

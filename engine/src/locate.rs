@@ -112,15 +112,19 @@ impl Locator {
         }
     }
 
-    /// Where the value at `path` starts; falls back to the closest enclosing value.
+    /// Where the value at `path` starts. For a path the file does not have (a missing field), the
+    /// key of the closest enclosing entry, e.g. the stage's name.
     pub fn value(&self, path: &str) -> Option<Position> {
+        if let Some(position) = self.positions.get(path) {
+            return Some(*position);
+        }
         let mut path = path;
         loop {
-            if let Some(position) = self.positions.get(path) {
-                return Some(*position);
-            }
             let cut = path.rfind(['.', '['])?;
             path = &path[..cut];
+            if let Some(position) = self.positions.get(&format!("{path}#key")).or_else(|| self.positions.get(path)) {
+                return Some(*position);
+            }
         }
     }
 
@@ -153,6 +157,7 @@ mod tests {
     #[test]
     fn unknown_paths_fall_back_to_the_parent() {
         let locator = Locator::new(TEXT);
-        assert_eq!(locator.value("stages.train.params.missing"), locator.value("stages.train.params"));
+        assert_eq!(locator.value("stages.train.params.missing"), locator.key("stages.train.params"));
+        assert_eq!(locator.value("stages.train.run"), Some(Position { line: 5, column: 3 }));
     }
 }

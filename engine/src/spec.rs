@@ -227,6 +227,7 @@ fn describe_type_error(path: &str, inner: &str) -> String {
         ""
     };
     let inner = inner.split(" at line ").next().unwrap_or(inner);
+    let inner = if inner.starts_with("data did not match any variant") { "wrong type" } else { inner };
     format!("{field}: {inner}{hint}")
 }
 

@@ -1,0 +1,9 @@
+//! End-to-end tests: each drives the built `umdflow` binary on a scratch project.
+
+mod support;
+
+mod caching;
+mod commands;
+mod concurrency;
+mod crash;
+mod validation;
