@@ -1,1 +1,17 @@
-//! (being written)
+//! The UMD model (an M3AE-style image-text transformer) and MR-Pretrain on candle, with the
+//! `mask` and `pretrain` stage kinds.
+//!
+//! Later stages reuse: [`model::UmdModel`] and [`config::ModelConfig`] (the network),
+//! [`checkpoint`] (loading a pretrain output), [`losses`] (the MR losses), [`device`] (device
+//! selection) and [`batch`] (tensors from the dataset artifact).
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod rng;
+pub mod store;
+
+pub use config::ModelConfig;
+pub use error::ModelError;

@@ -1,0 +1,167 @@
+//! Model sizes, all chosen at run time.
+//!
+//! The presets follow M3AE's layout (ViT image encoder, BERT-style text encoder, two stacks of
+//! co-attention fusion layers, a MAE decoder); `base` has M3AE's sizes, `small` and `tiny` shrink
+//! every width and depth so they train on a CPU.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// Every size of the UMD model. Saved beside each checkpoint as `model_config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Image side in pixels (square images).
+    pub image_size: usize,
+    /// Image channels (1 for grey).
+    pub channels: usize,
+    /// Patch side in pixels; must divide `image_size`.
+    pub patch_size: usize,
+    pub vision_width: usize,
+    /// Number of ViT blocks actually built (M3AE builds 11 of CLIP's 12).
+    pub vision_layers: usize,
+    pub vision_heads: usize,
+    pub vision_mlp: usize,
+    pub vocab_size: usize,
+    pub max_len: usize,
+    pub text_width: usize,
+    pub text_layers: usize,
+    pub text_heads: usize,
+    pub text_mlp: usize,
+    /// Width of the projections, the fusion layers, the poolers and the MLM head.
+    pub fusion_width: usize,
+    /// Co-attention layers per stream.
+    pub fusion_layers: usize,
+    pub fusion_heads: usize,
+    pub fusion_mlp: usize,
+    pub decoder_width: usize,
+    pub decoder_layers: usize,
+    pub decoder_heads: usize,
+    pub decoder_mlp: usize,
+    /// The MIM decoder reads the image stream after this many fusion layers (M3AE: 3 of 6).
+    pub mim_layer: usize,
+    /// Layer-norm epsilon (M3AE uses 1e-5 for CLIP parts and 1e-12 for BERT parts; one value here).
+    pub norm_eps: f64,
+}
+
+/// The named size presets.
+pub const PRESETS: [&str; 3] = ["tiny", "small", "base"];
+
+impl ModelConfig {
+    /// The widths and depths of a preset; image and vocabulary sizes come from the data.
+    pub fn preset(
+        name: &str,
+        image_size: usize,
+        channels: usize,
+        patch_size: usize,
+        vocab_size: usize,
+        max_len: usize,
+    ) -> Result<Self> {
+        // (vision w, layers, heads, mlp, text w, layers, heads, mlp, fusion w, layers, heads, mlp,
+        //  decoder w, layers, heads, mlp, mim_layer)
+        let s: [usize; 17] = match name {
+            "tiny" => [32, 2, 2, 64, 32, 2, 2, 64, 32, 2, 2, 64, 32, 1, 2, 64, 1],
+            "small" => [256, 4, 4, 1024, 256, 4, 4, 1024, 256, 2, 4, 1024, 128, 2, 4, 512, 1],
+            "base" => [768, 11, 12, 3072, 768, 12, 12, 3072, 768, 6, 12, 3072, 384, 4, 6, 1536, 3],
+            other => {
+                return Err(ModelError::Config(format!(
+                    "unknown model preset `{other}`; expected one of {}",
+                    PRESETS.join(", ")
+                )));
+            }
+        };
+        let config = ModelConfig {
+            image_size,
+            channels,
+            patch_size,
+            vision_width: s[0],
+            vision_layers: s[1],
+            vision_heads: s[2],
+            vision_mlp: s[3],
+            vocab_size,
+            max_len,
+            text_width: s[4],
+            text_layers: s[5],
+            text_heads: s[6],
+            text_mlp: s[7],
+            fusion_width: s[8],
+            fusion_layers: s[9],
+            fusion_heads: s[10],
+            fusion_mlp: s[11],
+            decoder_width: s[12],
+            decoder_layers: s[13],
+            decoder_heads: s[14],
+            decoder_mlp: s[15],
+            mim_layer: s[16],
+            norm_eps: 1e-5,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Patches per image side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Patches per image.
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// Values per patch (`patch_size² · channels`), the MAE decoder's output width.
+    pub fn patch_dim(&self) -> usize {
+        self.patch_size * self.patch_size * self.channels
+    }
+
+    /// Checks that the sizes fit together.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: String| Err(ModelError::Config(m));
+        if self.patch_size == 0 || self.image_size == 0 || self.image_size % self.patch_size != 0 {
+            return fail(format!(
+                "patch_size {} must be positive and divide image_size {}",
+                self.patch_size, self.image_size
+            ));
+        }
+        if self.channels == 0 || self.vocab_size == 0 || self.max_len < 2 {
+            return fail("channels and vocab_size must be positive and max_len at least 2".into());
+        }
+        for (what, width, heads) in [
+            ("vision", self.vision_width, self.vision_heads),
+            ("text", self.text_width, self.text_heads),
+            ("fusion", self.fusion_width, self.fusion_heads),
+            ("decoder", self.decoder_width, self.decoder_heads),
+        ] {
+            if heads == 0 || width == 0 || width % heads != 0 {
+                return fail(format!("{what}_width {width} must be a positive multiple of {what}_heads {heads}"));
+            }
+        }
+        if self.decoder_width % 4 != 0 {
+            return fail(format!("decoder_width {} must be a multiple of 4 (2-D sin-cos positions)", self.decoder_width));
+        }
+        if self.fusion_layers == 0 || self.mim_layer > self.fusion_layers {
+            return fail(format!(
+                "mim_layer {} must lie in 0..={} (fusion_layers, which must be positive)",
+                self.mim_layer, self.fusion_layers
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_unknown_names_fail() {
+        for name in PRESETS {
+            ModelConfig::preset(name, 32, 1, 8, 100, 16).unwrap();
+        }
+        let err = ModelConfig::preset("huge", 32, 1, 8, 100, 16).unwrap_err().to_string();
+        assert!(err.contains("unknown model preset `huge`"), "{err}");
+        let err = ModelConfig::preset("tiny", 30, 1, 8, 100, 16).unwrap_err().to_string();
+        assert!(err.contains("divide image_size"), "{err}");
+    }
+}

@@ -1,0 +1,85 @@
+//! Turns the pipeline's `device: auto|cpu|cuda:N` into a candle device.
+
+use candle_core::Device;
+
+use crate::error::{ModelError, Result};
+
+/// Selects the device named by `spec`. `auto` picks the first CUDA device when this build has
+/// CUDA support and a device answers, and the CPU otherwise; it never panics.
+pub fn select_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim();
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(try_cuda(0).unwrap_or(Device::Cpu)),
+        _ => {
+            let Some(ordinal) = spec.strip_prefix("cuda:").or(if spec == "cuda" { Some("0") } else { None })
+            else {
+                return Err(device_error(spec, "expected `auto`, `cpu` or `cuda:N` (N a device number)"));
+            };
+            let ordinal: usize = ordinal
+                .parse()
+                .map_err(|_| device_error(spec, "the part after `cuda:` must be a device number such as 0"))?;
+            if !cfg!(feature = "cuda") {
+                return Err(device_error(
+                    spec,
+                    "this build of umdflow has no CUDA support; rebuild with `--features cuda` \
+                     or use `device: cpu` (or `auto`)",
+                ));
+            }
+            try_cuda(ordinal).ok_or_else(|| {
+                device_error(spec, &format!("CUDA device {ordinal} could not be opened (no driver or no such device)"))
+            })
+        }
+    }
+}
+
+fn device_error(spec: &str, message: &str) -> ModelError {
+    ModelError::Device { spec: spec.to_string(), message: message.to_string() }
+}
+
+/// Opens a CUDA device, or None. cudarc panics when the driver library is missing, so the
+/// attempt runs under `catch_unwind` to turn that into "no device".
+fn try_cuda(ordinal: usize) -> Option<Device> {
+    if !cfg!(feature = "cuda") {
+        return None;
+    }
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| Device::new_cuda(ordinal));
+    std::panic::set_hook(previous_hook);
+    match opened {
+        Ok(Ok(device)) => Some(device),
+        _ => None,
+    }
+}
+
+/// A short name for logs and metrics.
+pub fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(_) => "cuda".to_string(),
+        Device::Metal(_) => "metal".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_auto_work_and_bad_specs_are_explained() {
+        assert!(select_device("cpu").unwrap().is_cpu());
+        select_device("auto").unwrap();
+        let err = select_device("gpu0").unwrap_err().to_string();
+        assert!(err.contains("expected `auto`, `cpu` or `cuda:N`"), "{err}");
+        let err = select_device("cuda:x").unwrap_err().to_string();
+        assert!(err.contains("device number"), "{err}");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_on_a_cpu_build_is_a_clear_error() {
+        let err = select_device("cuda:0").unwrap_err().to_string();
+        assert!(err.contains("no CUDA support"), "{err}");
+    }
+}

@@ -1,0 +1,257 @@
+//! Building blocks: linear layers, layer norms, multi-head attention, MLPs, transformer blocks
+//! and M3AE's co-attention ("BertCrossLayer") fusion layer.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::ops;
+use crate::store::{Init, ParamRole, ParamStore};
+
+/// Standard deviation of every newly created weight (M3AE's `normal_(0, 0.02)`).
+pub const INIT_STD: f64 = 0.02;
+
+/// Additive attention bias for padding keys (BERT's convention).
+pub const MASKED_KEY_BIAS: f64 = -10_000.0;
+
+/// `y = x Wᵀ + b`; parameters `{name}.weight` [out, in] and `{name}.bias` [out].
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(store: &mut ParamStore, name: &str, input: usize, output: usize, bias: bool) -> Result<Self> {
+        let weight = store.get(&format!("{name}.weight"), &[output, input], ParamRole::Weight, Init::Normal(INIT_STD))?;
+        let bias = if bias {
+            Some(store.get(&format!("{name}.bias"), &[output], ParamRole::Bias, Init::Zeros)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::linear(x, &self.weight, self.bias.as_ref())?)
+    }
+}
+
+/// Layer norm with `{name}.weight` (ones) and `{name}.bias` (zeros).
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub eps: f64,
+}
+
+impl Norm {
+    pub fn new(store: &mut ParamStore, name: &str, width: usize, eps: f64) -> Result<Self> {
+        Ok(Norm {
+            gamma: store.get(&format!("{name}.weight"), &[width], ParamRole::Norm, Init::Ones)?,
+            beta: store.get(&format!("{name}.bias"), &[width], ParamRole::Norm, Init::Zeros)?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::layer_norm(x, Some(&self.gamma), Some(&self.beta), self.eps)?)
+    }
+}
+
+/// A learned table `{name}.weight` [rows, width].
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    pub table: Tensor,
+}
+
+impl Embedding {
+    pub fn new(store: &mut ParamStore, name: &str, rows: usize, width: usize) -> Result<Self> {
+        Ok(Embedding { table: store.get(&format!("{name}.weight"), &[rows, width], ParamRole::Embedding, Init::Normal(INIT_STD))? })
+    }
+
+    /// Looks up `ids` (U32, any shape) and returns [..., width].
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut dims = ids.dims().to_vec();
+        dims.push(self.table.dim(1)?);
+        Ok(self.table.index_select(&ids.flatten_all()?, 0)?.reshape(dims)?)
+    }
+}
+
+/// The activation of an MLP.
+#[derive(Debug, Clone, Copy)]
+pub enum Activation {
+    Gelu,
+    QuickGelu,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Gelu => ops::gelu(x)?,
+            Activation::QuickGelu => ops::quick_gelu(x)?,
+        })
+    }
+}
+
+/// Two linear layers with an activation between them (`{name}.fc1`, `{name}.fc2`).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub act: Activation,
+}
+
+impl Mlp {
+    pub fn new(store: &mut ParamStore, name: &str, width: usize, hidden: usize, act: Activation) -> Result<Self> {
+        Ok(Mlp {
+            fc1: Linear::new(store, &format!("{name}.fc1"), width, hidden, true)?,
+            fc2: Linear::new(store, &format!("{name}.fc2"), hidden, width, true)?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.act.apply(&self.fc1.forward(x)?)?)
+    }
+}
+
+/// Multi-head attention with separate query/key/value/output projections (`{name}.q|k|v|o`).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub heads: usize,
+}
+
+impl Attention {
+    pub fn new(store: &mut ParamStore, name: &str, width: usize, kv_width: usize, heads: usize) -> Result<Self> {
+        Ok(Attention {
+            q: Linear::new(store, &format!("{name}.q"), width, width, true)?,
+            k: Linear::new(store, &format!("{name}.k"), kv_width, width, true)?,
+            v: Linear::new(store, &format!("{name}.v"), kv_width, width, true)?,
+            o: Linear::new(store, &format!("{name}.o"), width, width, true)?,
+            heads,
+        })
+    }
+
+    /// Queries from `x` [B, Sq, W], keys and values from `context` [B, Sk, Wc].
+    pub fn forward(&self, x: &Tensor, context: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
+        let q = split_heads(&self.q.forward(x)?, self.heads)?;
+        let k = split_heads(&self.k.forward(context)?, self.heads)?;
+        let v = split_heads(&self.v.forward(context)?, self.heads)?;
+        let out = merge_heads(&ops::attention(&q, &k, &v, key_bias)?)?;
+        self.o.forward(&out)
+    }
+}
+
+/// [B, S, W] → [B, H, S, W/H].
+fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, s, w) = x.dims3()?;
+    Ok(x.reshape((b, s, heads, w / heads))?.transpose(1, 2)?.contiguous()?)
+}
+
+/// [B, H, S, dh] → [B, S, H·dh].
+fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, s, dh) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.contiguous()?.reshape((b, s, h * dh))?)
+}
+
+/// Turns a [B, S] 0/1 mask (F32) into the additive [B, 1, 1, S] key bias.
+pub fn key_bias(mask: &Tensor) -> Result<Tensor> {
+    let (b, s) = mask.dims2()?;
+    Ok(mask.affine(-MASKED_KEY_BIAS, MASKED_KEY_BIAS)?.reshape((b, 1, 1, s))?)
+}
+
+/// A transformer block. Pre-LN (CLIP ViT, MAE decoder): `x + attn(ln1 x)`, `x + mlp(ln2 x)`.
+/// Post-LN (BERT/RoBERTa): `ln1(x + attn x)`, `ln2(x + mlp x)`.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub ln1: Norm,
+    pub attn: Attention,
+    pub ln2: Norm,
+    pub mlp: Mlp,
+    pub pre_norm: bool,
+}
+
+impl Block {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        width: usize,
+        heads: usize,
+        hidden: usize,
+        act: Activation,
+        pre_norm: bool,
+        eps: f64,
+    ) -> Result<Self> {
+        Ok(Block {
+            ln1: Norm::new(store, &format!("{name}.ln1"), width, eps)?,
+            attn: Attention::new(store, &format!("{name}.attn"), width, width, heads)?,
+            ln2: Norm::new(store, &format!("{name}.ln2"), width, eps)?,
+            mlp: Mlp::new(store, &format!("{name}.mlp"), width, hidden, act)?,
+            pre_norm,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
+        if self.pre_norm {
+            let h = self.ln1.forward(x)?;
+            let x = (x + self.attn.forward(&h, &h, key_bias)?)?;
+            Ok((&x + self.mlp.forward(&self.ln2.forward(&x)?)?)?)
+        } else {
+            let x = self.ln1.forward(&(x + self.attn.forward(x, x, key_bias)?)?)?;
+            self.ln2.forward(&(&x + self.mlp.forward(&x)?)?)
+        }
+    }
+}
+
+/// M3AE's co-attention layer (a BERT layer with cross-attention), post-LN:
+/// self-attention over the own stream, cross-attention to the other stream, feed-forward.
+#[derive(Debug, Clone)]
+pub struct CoAttentionLayer {
+    pub self_attn: Attention,
+    pub ln_self: Norm,
+    pub cross_attn: Attention,
+    pub ln_cross: Norm,
+    pub mlp: Mlp,
+    pub ln_out: Norm,
+}
+
+impl CoAttentionLayer {
+    pub fn new(store: &mut ParamStore, name: &str, width: usize, heads: usize, hidden: usize, eps: f64) -> Result<Self> {
+        Ok(CoAttentionLayer {
+            self_attn: Attention::new(store, &format!("{name}.self_attn"), width, width, heads)?,
+            ln_self: Norm::new(store, &format!("{name}.ln_self"), width, eps)?,
+            cross_attn: Attention::new(store, &format!("{name}.cross_attn"), width, width, heads)?,
+            ln_cross: Norm::new(store, &format!("{name}.ln_cross"), width, eps)?,
+            mlp: Mlp::new(store, &format!("{name}.mlp"), width, hidden, Activation::Gelu)?,
+            ln_out: Norm::new(store, &format!("{name}.ln_out"), width, eps)?,
+        })
+    }
+
+    /// `x`: own stream, `own_bias`: its padding bias; `other`/`other_bias`: the other stream.
+    pub fn forward(&self, x: &Tensor, own_bias: Option<&Tensor>, other: &Tensor, other_bias: Option<&Tensor>) -> Result<Tensor> {
+        let x = self.ln_self.forward(&(x + self.self_attn.forward(x, x, own_bias)?)?)?;
+        let x = self.ln_cross.forward(&(&x + self.cross_attn.forward(&x, other, other_bias)?)?)?;
+        self.ln_out.forward(&(&x + self.mlp.forward(&x)?)?)
+    }
+}
+
+/// `tanh(W h[:, 0] + b)`: the pooler on a stream's first token.
+#[derive(Debug, Clone)]
+pub struct Pooler {
+    pub dense: Linear,
+}
+
+impl Pooler {
+    pub fn new(store: &mut ParamStore, name: &str, width: usize) -> Result<Self> {
+        Ok(Pooler { dense: Linear::new(store, &format!("{name}.dense"), width, width, true)? })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.dense.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?)
+    }
+}

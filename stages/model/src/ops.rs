@@ -1,0 +1,103 @@
+//! The hot operations of the model, each behind one small function so that a fused kernel (a
+//! candle custom op with its own backward pass) can replace it later without touching the model.
+//!
+//! Everything here is built from differentiable candle primitives: candle's fused
+//! `candle_nn::LayerNorm` and `softmax_last_dim` record no backward pass and must not be used in
+//! training code.
+
+use candle_core::{D, Result, Tensor};
+
+/// `x · Wᵀ + b` for `x` of any rank, as ONE matrix product over all leading dimensions
+/// (candle would otherwise run one small product per batch element).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let in_dim = x.dim(D::Minus1)?;
+    let mut out_dims = x.dims().to_vec();
+    let rows = x.elem_count() / in_dim.max(1);
+    let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    if let Some(last) = out_dims.last_mut() {
+        *last = weight.dim(0)?;
+    }
+    y.reshape(out_dims)
+}
+
+/// Layer normalisation over the last dimension, with an optional affine part.
+pub fn layer_norm(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let scaled = match gamma {
+        Some(g) => normed.broadcast_mul(g)?,
+        None => normed,
+    };
+    match beta {
+        Some(b) => scaled.broadcast_add(b),
+        None => Ok(scaled),
+    }
+}
+
+/// BERT's GELU (exact, with erf).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// CLIP's QuickGELU, `x · σ(1.702 x)`.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    let sig = (x.affine(-1.702, 0.0)?.exp()? + 1.0)?.recip()?;
+    x * sig
+}
+
+/// Softmax over the last dimension (differentiable composite).
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// Scaled dot-product attention. `q`: [B, H, Sq, dh], `k`/`v`: [B, H, Sk, dh]; `key_bias`:
+/// [B, 1, 1, Sk] additive (0 for real keys, a large negative number for padding) or None.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
+    let head_dim = q.dim(D::Minus1)?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+    let scores = match key_bias {
+        Some(bias) => scores.broadcast_add(bias)?,
+        None => scores,
+    };
+    softmax(&scores)?.matmul(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn linear_matches_a_plain_product_and_layer_norm_normalises() {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 24.0, &dev).unwrap().reshape((2, 3, 4)).unwrap();
+        let w = Tensor::arange(0f32, 20.0, &dev).unwrap().reshape((5, 4)).unwrap();
+        let b = Tensor::ones(5, candle_core::DType::F32, &dev).unwrap();
+        let y = linear(&x, &w, Some(&b)).unwrap();
+        let expect = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        assert_eq!(y.to_vec3::<f32>().unwrap(), expect.to_vec3::<f32>().unwrap());
+        let n = layer_norm(&x, None, None, 1e-5).unwrap();
+        let mean = n.mean_keepdim(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(mean.iter().all(|m| m.abs() < 1e-5));
+    }
+
+    #[test]
+    fn softmax_and_layer_norm_pass_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::new(&[[1f32, 2.0, 0.5], [0.1, -1.0, 3.0]], &dev).unwrap()).unwrap();
+        let w = Tensor::new(&[[1f32, -2.0, 0.5], [2.0, 1.0, -1.0]], &dev).unwrap();
+        let loss = (softmax(&layer_norm(x.as_tensor(), None, None, 1e-5).unwrap()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads.get(x.as_tensor()).expect("gradient recorded");
+        assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    }
+}
