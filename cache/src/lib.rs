@@ -67,6 +67,9 @@ impl Cache {
         for sub in ["blobs", "staging", "leases"] {
             std::fs::create_dir_all(root.join(sub)).map_err(CacheError::io(root.join(sub)))?;
         }
+        // Absolute, because stages run in the pipeline's folder and get paths into the cache.
+        let root = std::fs::canonicalize(root).map_err(CacheError::io(root))?;
+        let root = root.as_path();
         let cache = Cache {
             root: root.to_path_buf(),
             blobs: BlobStore::new(root.join("blobs")),

@@ -469,10 +469,15 @@ fn skip_descendants(
     while let Some(index) = stack.pop() {
         for &next in &dependents[index] {
             if outcomes[next].is_none() {
+                let reason = if index == failed {
+                    format!("input {} failed", expanded.instances[failed].id)
+                } else {
+                    format!("input {} skipped ({} failed)", expanded.instances[index].id, expanded.instances[failed].id)
+                };
                 outcomes[next] = Some(Outcome {
                     status: Status::Skipped,
                     key: None,
-                    reason: format!("input {} failed", expanded.instances[index].id),
+                    reason,
                     seconds: 0.0,
                     record: None,
                     log_tail: None,
