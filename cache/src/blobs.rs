@@ -76,7 +76,9 @@ impl BlobStore {
         File::open(file)
             .and_then(|f| f.sync_all())
             .map_err(CacheError::io(file))?;
-        let mut permissions = fs::metadata(file).map_err(CacheError::io(file))?.permissions();
+        let mut permissions = fs::metadata(file)
+            .map_err(CacheError::io(file))?
+            .permissions();
         permissions.set_readonly(true);
         fs::set_permissions(file, permissions).map_err(CacheError::io(file))?;
         let parent = target.parent().unwrap_or(&self.dir);
@@ -143,7 +145,10 @@ impl BlobStore {
     fn all(&self) -> Result<Vec<(String, PathBuf)>, CacheError> {
         let mut blobs = Vec::new();
         for dir in self.subdirs()? {
-            let prefix = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let prefix = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             for entry in fs::read_dir(&dir).map_err(CacheError::io(&dir))? {
                 let entry = entry.map_err(CacheError::io(&dir))?;
                 let name = entry.file_name().to_string_lossy().to_string();
@@ -158,7 +163,10 @@ impl BlobStore {
     }
 
     /// Deletes blobs that no record references; returns how many and their bytes.
-    pub fn remove_unreferenced(&self, referenced: &BTreeSet<String>) -> Result<(usize, u64), CacheError> {
+    pub fn remove_unreferenced(
+        &self,
+        referenced: &BTreeSet<String>,
+    ) -> Result<(usize, u64), CacheError> {
         let mut count = 0;
         let mut bytes = 0;
         for (hash, path) in self.all()? {

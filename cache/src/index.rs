@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::Found;
 use crate::blobs::BlobStat;
 use crate::error::CacheError;
 use crate::record::Record;
-use crate::Found;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history");
@@ -70,7 +70,10 @@ impl Index {
     }
 
     /// Opens the database, waiting while another process has it open.
-    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, CacheError>) -> Result<T, CacheError> {
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, CacheError>,
+    ) -> Result<T, CacheError> {
         let _guard = OPEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
@@ -91,7 +94,8 @@ impl Index {
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<Record, CacheError> {
-        serde_json::from_slice(bytes).map_err(|err| CacheError::index(&self.path, format!("unreadable record: {err}")))
+        serde_json::from_slice(bytes)
+            .map_err(|err| CacheError::index(&self.path, format!("unreadable record: {err}")))
     }
 
     pub fn lookup(&self, keys: &[&str]) -> Result<HashMap<String, Found>, CacheError> {
@@ -102,14 +106,21 @@ impl Index {
     }
 
     /// Runs `f` with one read transaction open, for many lookups in a row (the planning pass).
-    pub fn read<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T, CacheError>) -> Result<T, CacheError> {
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Reader<'_>) -> Result<T, CacheError>,
+    ) -> Result<T, CacheError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(|e| self.err()(e.into()))?;
             f(&Reader { index: self, txn })
         })
     }
 
-    fn lookup_in(&self, txn: &redb::ReadTransaction, keys: &[&str]) -> Result<HashMap<String, Found>, CacheError> {
+    fn lookup_in(
+        &self,
+        txn: &redb::ReadTransaction,
+        keys: &[&str],
+    ) -> Result<HashMap<String, Found>, CacheError> {
         let records = match txn.open_table(RECORDS) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
@@ -125,7 +136,10 @@ impl Index {
             let mut stats = HashMap::new();
             if let Some(table) = &stats_table {
                 for entry in record.files_with_log() {
-                    if let Some(stat) = table.get(entry.hash.as_str()).map_err(|e| self.err()(e.into()))? {
+                    if let Some(stat) = table
+                        .get(entry.hash.as_str())
+                        .map_err(|e| self.err()(e.into()))?
+                    {
                         let (size, mtime_ns) = stat.value();
                         stats.insert(entry.hash.clone(), BlobStat { size, mtime_ns });
                     }
@@ -145,7 +159,9 @@ impl Index {
                 records
                     .insert(record.key.as_str(), bytes.as_slice())
                     .map_err(|e| self.err()(e.into()))?;
-                let mut blob_stats = txn.open_table(BLOB_STATS).map_err(|e| self.err()(e.into()))?;
+                let mut blob_stats = txn
+                    .open_table(BLOB_STATS)
+                    .map_err(|e| self.err()(e.into()))?;
                 for (hash, stat) in stats {
                     blob_stats
                         .insert(hash.as_str(), (stat.size, stat.mtime_ns))
@@ -153,7 +169,10 @@ impl Index {
                 }
                 let mut history = txn.open_table(HISTORY).map_err(|e| self.err()(e.into()))?;
                 let name = history_key(&record.pipeline, &record.stage);
-                let mut keys: Vec<String> = match history.get(name.as_str()).map_err(|e| self.err()(e.into()))? {
+                let mut keys: Vec<String> = match history
+                    .get(name.as_str())
+                    .map_err(|e| self.err()(e.into()))?
+                {
                     Some(bytes) => serde_json::from_slice(bytes.value()).unwrap_or_default(),
                     None => Vec::new(),
                 };
@@ -162,7 +181,8 @@ impl Index {
                 if keys.len() > HISTORY_LEN {
                     keys.drain(..keys.len() - HISTORY_LEN);
                 }
-                let encoded = serde_json::to_vec(&keys).map_err(|err| CacheError::index(&self.path, err))?;
+                let encoded =
+                    serde_json::to_vec(&keys).map_err(|err| CacheError::index(&self.path, err))?;
                 history
                     .insert(name.as_str(), encoded.as_slice())
                     .map_err(|e| self.err()(e.into()))?;
@@ -191,14 +211,22 @@ impl Index {
                 Err(err) => return Err(self.err()(err.into())),
             };
             let name = history_key(pipeline, stage);
-            Ok(match history.get(name.as_str()).map_err(|e| self.err()(e.into()))? {
-                Some(bytes) => serde_json::from_slice(bytes.value()).unwrap_or_default(),
-                None => Vec::new(),
-            })
+            Ok(
+                match history
+                    .get(name.as_str())
+                    .map_err(|e| self.err()(e.into()))?
+                {
+                    Some(bytes) => serde_json::from_slice(bytes.value()).unwrap_or_default(),
+                    None => Vec::new(),
+                },
+            )
         })?;
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let found = self.lookup(&refs)?;
-        Ok(keys.iter().filter_map(|key| found.get(key).map(|f| f.record.clone())).collect())
+        Ok(keys
+            .iter()
+            .filter_map(|key| found.get(key).map(|f| f.record.clone()))
+            .collect())
     }
 
     pub fn all_records(&self) -> Result<Vec<Record>, CacheError> {
@@ -233,7 +261,9 @@ impl Index {
             {
                 let mut records = txn.open_table(RECORDS).map_err(|e| self.err()(e.into()))?;
                 for record in &doomed {
-                    records.remove(record.key.as_str()).map_err(|e| self.err()(e.into()))?;
+                    records
+                        .remove(record.key.as_str())
+                        .map_err(|e| self.err()(e.into()))?;
                 }
             }
             txn.commit().map_err(|e| self.err()(e.into()))
@@ -254,7 +284,9 @@ impl Index {
         self.with_db(|db| {
             let txn = db.begin_write().map_err(|e| self.err()(e.into()))?;
             {
-                let mut stats = txn.open_table(BLOB_STATS).map_err(|e| self.err()(e.into()))?;
+                let mut stats = txn
+                    .open_table(BLOB_STATS)
+                    .map_err(|e| self.err()(e.into()))?;
                 stats
                     .retain(|hash, _| referenced.contains(hash))
                     .map_err(|e| self.err()(e.into()))?;

@@ -16,7 +16,10 @@ pub struct Lease {
 pub enum LeaseAttempt {
     Taken(Lease),
     /// Another process holds it; `holder` says who (pid and host), `wait` blocks until it is free.
-    Busy { holder: String, waiter: LeaseWaiter },
+    Busy {
+        holder: String,
+        waiter: LeaseWaiter,
+    },
 }
 
 pub struct LeaseWaiter {
@@ -74,7 +77,9 @@ impl Lease {
 
 /// Deletes lease files nobody holds (gc).
 pub(crate) fn remove_free(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if let Ok(file) = OpenOptions::new().write(true).open(&path)
@@ -98,8 +103,14 @@ mod tests {
         let LeaseAttempt::Busy { holder, .. } = Lease::try_take(dir.path(), "k").unwrap() else {
             panic!("second lease must be busy");
         };
-        assert!(holder.contains(&format!("pid {}", std::process::id())), "{holder}");
+        assert!(
+            holder.contains(&format!("pid {}", std::process::id())),
+            "{holder}"
+        );
         drop(lease);
-        assert!(matches!(Lease::try_take(dir.path(), "k").unwrap(), LeaseAttempt::Taken(_)));
+        assert!(matches!(
+            Lease::try_take(dir.path(), "k").unwrap(),
+            LeaseAttempt::Taken(_)
+        ));
     }
 }

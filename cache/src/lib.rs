@@ -49,7 +49,13 @@ pub struct Damage {
 
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (blob {}): {}", self.path, &self.hash[..12.min(self.hash.len())], self.problem)
+        write!(
+            f,
+            "{} (blob {}): {}",
+            self.path,
+            &self.hash[..12.min(self.hash.len())],
+            self.problem
+        )
     }
 }
 
@@ -89,7 +95,10 @@ impl Cache {
     }
 
     /// Runs `f` with one index read transaction open: many lookups for the price of one open.
-    pub fn read<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T, CacheError>) -> Result<T, CacheError> {
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Reader<'_>) -> Result<T, CacheError>,
+    ) -> Result<T, CacheError> {
         self.index.read(f)
     }
 
@@ -237,9 +246,13 @@ impl Cache {
             ..VerifyReport::default()
         };
         if !damaged.is_empty() {
-            let damaged_set: BTreeSet<String> = damaged.iter().map(|(hash, _)| hash.clone()).collect();
+            let damaged_set: BTreeSet<String> =
+                damaged.iter().map(|(hash, _)| hash.clone()).collect();
             for record in self.index.all_records()? {
-                if record.files_with_log().any(|entry| damaged_set.contains(&entry.hash)) {
+                if record
+                    .files_with_log()
+                    .any(|entry| damaged_set.contains(&entry.hash))
+                {
                     self.index.remove(&record.key)?;
                     report.records_forgotten.push(record.instance.clone());
                 }

@@ -77,21 +77,33 @@ fn collect(dir: &Path, prefix: &str, files: &mut Vec<OutputFile>) -> Result<(), 
     for entry in fs::read_dir(dir).map_err(CacheError::io(dir))? {
         let entry = entry.map_err(CacheError::io(dir))?;
         let path = entry.path();
-        let name = entry.file_name().to_str().map(str::to_string).ok_or_else(|| CacheError::Output {
-            path: path.clone(),
-            message: "file name is not valid UTF-8".into(),
-        })?;
-        let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let name = entry
+            .file_name()
+            .to_str()
+            .map(str::to_string)
+            .ok_or_else(|| CacheError::Output {
+                path: path.clone(),
+                message: "file name is not valid UTF-8".into(),
+            })?;
+        let relative = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let kind = entry.file_type().map_err(CacheError::io(&path))?;
         if kind.is_symlink() {
             return Err(CacheError::Output {
                 path,
-                message: "stage outputs may not contain symbolic links; write a copy instead".into(),
+                message: "stage outputs may not contain symbolic links; write a copy instead"
+                    .into(),
             });
         } else if kind.is_dir() {
             collect(&path, &relative, files)?;
         } else {
-            let mode = entry.metadata().map_err(CacheError::io(&path))?.permissions();
+            let mode = entry
+                .metadata()
+                .map_err(CacheError::io(&path))?
+                .permissions();
             files.push((relative, path, is_executable(&mode)));
         }
     }
@@ -127,7 +139,9 @@ fn make_writable(dir: &Path) -> std::io::Result<()> {
 }
 
 fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|entry| match entry.file_type() {
@@ -139,7 +153,9 @@ fn dir_size(dir: &Path) -> u64 {
 
 /// Removes staging folders whose owner process is gone; returns the bytes freed.
 pub(crate) fn remove_abandoned(root: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(root) else { return 0 };
+    let Ok(entries) = fs::read_dir(root) else {
+        return 0;
+    };
     let mut freed = 0;
     for entry in entries.flatten() {
         let dir = entry.path();

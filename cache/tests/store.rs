@@ -83,7 +83,11 @@ fn a_flipped_byte_is_detected_and_the_blob_dropped() {
     let found = cache.lookup(&["k1"]).unwrap();
     let damage = cache.check(&found["k1"]);
     assert_eq!(damage.len(), 1, "{damage:?}");
-    assert!(damage[0].problem.contains("no longer matches"), "{}", damage[0]);
+    assert!(
+        damage[0].problem.contains("no longer matches"),
+        "{}",
+        damage[0]
+    );
     assert!(!blob.exists(), "a damaged blob must never be used again");
 }
 

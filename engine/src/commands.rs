@@ -9,12 +9,12 @@ use umdflow_cache::Cache;
 
 use crate::diagnostics::Invalid;
 use crate::expand::{Expanded, expand};
+use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::resolve::{DepDigests, Resolution, resolve_all};
 use crate::scheduler::{self, Outcome, RunOptions, Status, cache_dir};
 use crate::spec::{Source, load};
 use crate::summary::{self, StageLine, short_key, table};
-use crate::progress::Progress;
 
 /// What every pipeline command reads: the file, overrides, limits and the cache location.
 pub struct PipelineArgs {
@@ -50,11 +50,16 @@ fn open_cache(dir: &Path) -> Result<Cache> {
 }
 
 /// `--force` names a stage (every instance) or one instance id.
-pub fn forced_matcher<'a>(expanded: &'a Expanded, force: &'a [String]) -> impl Fn(usize) -> bool + 'a {
+pub fn forced_matcher<'a>(
+    expanded: &'a Expanded,
+    force: &'a [String],
+) -> impl Fn(usize) -> bool + 'a {
     move |index| {
         let instance = &expanded.instances[index];
         let stage = &expanded.stages[instance.stage].name;
-        force.iter().any(|f| f == stage || f == &instance.id || f == "all")
+        force
+            .iter()
+            .any(|f| f == stage || f == &instance.id || f == "all")
     }
 }
 
@@ -75,12 +80,23 @@ pub fn run(
     let expanded = &loaded.expanded;
     let progress = Progress::new(expanded.instances.len() as u64, !json && !quiet);
     let forced = forced_matcher(expanded, force);
-    let outcomes = scheduler::run(expanded, &cache, &loaded.deps, options, &forced, &progress, cancel)?;
+    let outcomes = scheduler::run(
+        expanded,
+        &cache,
+        &loaded.deps,
+        options,
+        &forced,
+        &progress,
+        cancel,
+    )?;
     progress.finish();
     let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
     for (instance, outcome) in expanded.instances.iter().zip(&outcomes) {
         if let (Status::Failed, Some(tail)) = (outcome.status, &outcome.log_tail) {
-            eprintln!("--- last lines of the log of {} ---\n{tail}\n---", instance.id);
+            eprintln!(
+                "--- last lines of the log of {} ---\n{tail}\n---",
+                instance.id
+            );
         }
     }
     if json {
@@ -89,7 +105,10 @@ pub fn run(
     } else if !quiet {
         print!("{}", summary::run_table(expanded, &outcomes));
     }
-    Ok(RunResult { outcomes, interrupted })
+    Ok(RunResult {
+        outcomes,
+        interrupted,
+    })
 }
 
 /// `plan`: what `run` would do and why; runs nothing. Returns how many instances would run.
@@ -98,7 +117,10 @@ pub fn plan(loaded: &Loaded, force: &[String], json: bool) -> Result<usize> {
     let expanded = &loaded.expanded;
     let forced = forced_matcher(expanded, force);
     let resolutions = resolve_all(expanded, &cache, &loaded.deps, &forced)?;
-    let to_run = resolutions.iter().filter(|r| matches!(r, Resolution::Run { .. })).count();
+    let to_run = resolutions
+        .iter()
+        .filter(|r| matches!(r, Resolution::Run { .. }))
+        .count();
     if json {
         #[derive(serde::Serialize)]
         struct PlanDocument<'a> {
@@ -136,14 +158,29 @@ pub fn plan(loaded: &Loaded, force: &[String], json: bool) -> Result<usize> {
         };
         println!("{}", serde_json::to_string_pretty(&document)?);
     } else {
-        let mut rows = vec![vec!["plan".to_string(), "stage".into(), "key".into(), "why".into()]];
+        let mut rows = vec![vec![
+            "plan".to_string(),
+            "stage".into(),
+            "key".into(),
+            "why".into(),
+        ]];
         for (instance, resolution) in expanded.instances.iter().zip(&resolutions) {
             rows.push(match resolution {
                 Resolution::Cached(record) => {
-                    vec!["cached".into(), instance.id.clone(), short_key(Some(&record.key)).into(), String::new()]
+                    vec![
+                        "cached".into(),
+                        instance.id.clone(),
+                        short_key(Some(&record.key)).into(),
+                        String::new(),
+                    ]
                 }
                 Resolution::Run { key, reason } => {
-                    vec!["run".into(), instance.id.clone(), short_key(key.as_deref()).into(), reason.clone()]
+                    vec![
+                        "run".into(),
+                        instance.id.clone(),
+                        short_key(key.as_deref()).into(),
+                        reason.clone(),
+                    ]
                 }
             });
         }
@@ -180,10 +217,21 @@ pub fn show(loaded: &Loaded, json: bool) -> Result<()> {
                 }),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"pipeline": expanded.name, "stages": items}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"pipeline": expanded.name, "stages": items})
+            )?
+        );
         return Ok(());
     }
-    let mut rows = vec![vec!["status".to_string(), "stage".into(), "key".into(), "seconds".into(), "metrics".into()]];
+    let mut rows = vec![vec![
+        "status".to_string(),
+        "stage".into(),
+        "key".into(),
+        "seconds".into(),
+        "metrics".into(),
+    ]];
     for (instance, resolution) in expanded.instances.iter().zip(&resolutions) {
         rows.push(match resolution {
             Resolution::Cached(record) => vec![
@@ -191,7 +239,11 @@ pub fn show(loaded: &Loaded, json: bool) -> Result<()> {
                 instance.id.clone(),
                 short_key(Some(&record.key)).into(),
                 format!("{:.2}", record.duration_s),
-                record.metrics.as_ref().map(compact_metrics).unwrap_or_default(),
+                record
+                    .metrics
+                    .as_ref()
+                    .map(compact_metrics)
+                    .unwrap_or_default(),
             ],
             Resolution::Run { key, reason } => vec![
                 "missing".into(),
@@ -233,10 +285,16 @@ pub fn dag(expanded: &Expanded, format: DagFormat) -> String {
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     match format {
         DagFormat::Dot => {
-            out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", quote(&expanded.name)));
+            out.push_str(&format!(
+                "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
+                quote(&expanded.name)
+            ));
             for (i, instance) in expanded.instances.iter().enumerate() {
                 let kind = expanded.stage_of(instance).kind.name();
-                out.push_str(&format!("  n{i} [label=\"{}\\n({kind})\"];\n", quote(&instance.id)));
+                out.push_str(&format!(
+                    "  n{i} [label=\"{}\\n({kind})\"];\n",
+                    quote(&instance.id)
+                ));
             }
             for (i, instance) in expanded.instances.iter().enumerate() {
                 for input in &instance.inputs {
@@ -249,7 +307,10 @@ pub fn dag(expanded: &Expanded, format: DagFormat) -> String {
             out.push_str("flowchart LR\n");
             for (i, instance) in expanded.instances.iter().enumerate() {
                 let kind = expanded.stage_of(instance).kind.name();
-                out.push_str(&format!("  n{i}[\"{} ({kind})\"]\n", instance.id.replace('"', "#quot;")));
+                out.push_str(&format!(
+                    "  n{i}[\"{} ({kind})\"]\n",
+                    instance.id.replace('"', "#quot;")
+                ));
             }
             for (i, instance) in expanded.instances.iter().enumerate() {
                 for input in &instance.inputs {
@@ -289,8 +350,17 @@ pub fn log(loaded: &Loaded, id: &str) -> Result<String> {
     let cache = open_cache(&loaded.cache_dir)?;
     let expanded = &loaded.expanded;
     let Some(index) = expanded.instances.iter().position(|i| i.id == id) else {
-        let ids: Vec<&str> = expanded.instances.iter().take(20).map(|i| i.id.as_str()).collect();
-        anyhow::bail!("no instance `{id}` in {}; instances include: {}", expanded.file.display(), ids.join(", "));
+        let ids: Vec<&str> = expanded
+            .instances
+            .iter()
+            .take(20)
+            .map(|i| i.id.as_str())
+            .collect();
+        anyhow::bail!(
+            "no instance `{id}` in {}; instances include: {}",
+            expanded.file.display(),
+            ids.join(", ")
+        );
     };
     let resolutions = resolve_all(expanded, &cache, &loaded.deps, &|_| false)?;
     match &resolutions[index] {
@@ -300,9 +370,14 @@ pub fn log(loaded: &Loaded, id: &str) -> Result<String> {
             None => Ok(String::new()),
         },
         Resolution::Run { reason, .. } => {
-            let failed = loaded.cache_dir.join("logs").join(format!("{}.failed.log", crate::scheduler::file_safe(id)));
+            let failed = loaded
+                .cache_dir
+                .join("logs")
+                .join(format!("{}.failed.log", crate::scheduler::file_safe(id)));
             match std::fs::read_to_string(&failed) {
-                Ok(text) => Ok(format!("(not cached: {reason}; this is the log of its last failed run)\n{text}")),
+                Ok(text) => Ok(format!(
+                    "(not cached: {reason}; this is the log of its last failed run)\n{text}"
+                )),
                 Err(_) => anyhow::bail!("{id} is not in the cache ({reason})"),
             }
         }

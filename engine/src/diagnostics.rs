@@ -105,6 +105,10 @@ impl<'a> Reporter<'a> {
     }
 
     pub fn finish(self) -> Result<(), Invalid> {
-        if self.found.is_empty() { Ok(()) } else { Err(Invalid(self.found)) }
+        if self.found.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(self.found))
+        }
     }
 }

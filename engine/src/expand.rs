@@ -115,7 +115,12 @@ fn strings_in<'a>(value: &'a Value, path: String, out: &mut Vec<(String, &'a str
 }
 
 fn substitute_str(text: &str, assignment: &[(String, Value)]) -> Value {
-    let lookup = |name: &str| assignment.iter().find(|(axis, _)| axis == name).map(|(_, v)| v);
+    let lookup = |name: &str| {
+        assignment
+            .iter()
+            .find(|(axis, _)| axis == name)
+            .map(|(_, v)| v)
+    };
     // A string that is exactly `${axis}` takes the axis value with its type (0.5 stays a number).
     if let [name] = references(text).as_slice()
         && text.trim() == format!("${{{name}}}")
@@ -150,7 +155,9 @@ fn substitute_str(text: &str, assignment: &[(String, Value)]) -> Value {
 pub fn substitute(value: &Value, assignment: &[(String, Value)]) -> Value {
     match value {
         Value::String(text) => substitute_str(text, assignment),
-        Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, assignment)).collect()),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| substitute(v, assignment)).collect())
+        }
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| (k.clone(), substitute(v, assignment)))
@@ -166,7 +173,9 @@ fn substitute_text(text: &str, assignment: &[(String, Value)]) -> String {
 
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
@@ -178,7 +187,12 @@ fn find_cycle(names: &[String], inputs: &[Vec<usize>]) -> Option<Vec<usize>> {
         Open,
         Done,
     }
-    fn visit(node: usize, inputs: &[Vec<usize>], marks: &mut [Mark], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn visit(
+        node: usize,
+        inputs: &[Vec<usize>],
+        marks: &mut [Mark],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         marks[node] = Mark::Open;
         stack.push(node);
         for &next in &inputs[node] {
@@ -241,14 +255,23 @@ fn build_axes(source: &Source, reporter: &mut Reporter<'_>) -> Vec<Axis> {
         if !is_identifier(name) {
             reporter.at_key(&path, format!("axis name `{name}` must start with a letter and use letters, digits, `_` or `-`"));
         } else if name == SEED_AXIS && raw.seeds.is_some() {
-            reporter.at_key(&path, "`seed` is the replicate axis given by `seeds:`; rename this axis");
+            reporter.at_key(
+                &path,
+                "`seed` is the replicate axis given by `seeds:`; rename this axis",
+            );
         } else if values.is_empty() {
-            reporter.at_value(&path, format!("axis `{name}` is empty: give at least one value"));
+            reporter.at_value(
+                &path,
+                format!("axis `{name}` is empty: give at least one value"),
+            );
         } else {
             let mut seen = BTreeSet::new();
             for (i, value) in values.iter().enumerate() {
                 if !seen.insert(value.to_string()) {
-                    reporter.at_value(&format!("{path}[{i}]"), format!("axis `{name}` lists {value} twice"));
+                    reporter.at_value(
+                        &format!("{path}[{i}]"),
+                        format!("axis `{name}` lists {value} twice"),
+                    );
                 }
             }
         }
@@ -259,8 +282,13 @@ fn build_axes(source: &Source, reporter: &mut Reporter<'_>) -> Vec<Axis> {
     }
     match &raw.seeds {
         None => {}
-        Some(Seeds::Count(0)) => reporter.at_value("seeds", "`seeds:` is 0: give a count of at least 1 or a list"),
-        Some(Seeds::List(list)) if list.is_empty() => reporter.at_value("seeds", "`seeds:` is an empty list"),
+        Some(Seeds::Count(0)) => reporter.at_value(
+            "seeds",
+            "`seeds:` is 0: give a count of at least 1 or a list",
+        ),
+        Some(Seeds::List(list)) if list.is_empty() => {
+            reporter.at_value("seeds", "`seeds:` is an empty list")
+        }
         Some(Seeds::Count(n)) => axes.push(Axis {
             name: SEED_AXIS.into(),
             values: (0..*n).map(Value::from).collect(),
@@ -274,26 +302,56 @@ fn build_axes(source: &Source, reporter: &mut Reporter<'_>) -> Vec<Axis> {
 }
 
 /// Sweep points as value indices per axis (the seed axis, if any, is last and always crossed).
-fn design_points(source: &Source, axes: &[Axis], reporter: &mut Reporter<'_>, max_points: usize) -> Vec<Vec<usize>> {
+fn design_points(
+    source: &Source,
+    axes: &[Axis],
+    reporter: &mut Reporter<'_>,
+    max_points: usize,
+) -> Vec<Vec<usize>> {
     let has_seed = axes.last().is_some_and(|a| a.name == SEED_AXIS) && source.raw.seeds.is_some();
-    let sweep_axes = if has_seed { &axes[..axes.len() - 1] } else { axes };
-    let seed_count = if has_seed { axes[axes.len() - 1].values.len() } else { 1 };
+    let sweep_axes = if has_seed {
+        &axes[..axes.len() - 1]
+    } else {
+        axes
+    };
+    let seed_count = if has_seed {
+        axes[axes.len() - 1].values.len()
+    } else {
+        1
+    };
     let design = source.raw.design;
     if design != Design::OneAtATime && source.raw.baseline.is_some() {
-        reporter.at_key("baseline", "`baseline:` is only used by `design: one-at-a-time`");
+        reporter.at_key(
+            "baseline",
+            "`baseline:` is only used by `design: one-at-a-time`",
+        );
     }
     let count: u128 = match design {
         Design::Grid => sweep_axes.iter().map(|a| a.values.len() as u128).product(),
         Design::Zip => {
             let lengths: BTreeSet<usize> = sweep_axes.iter().map(|a| a.values.len()).collect();
             if lengths.len() > 1 {
-                let described: Vec<String> = sweep_axes.iter().map(|a| format!("{} has {}", a.name, a.values.len())).collect();
-                reporter.at_value("design", format!("`design: zip` needs axes of equal length; {}", described.join(", ")));
+                let described: Vec<String> = sweep_axes
+                    .iter()
+                    .map(|a| format!("{} has {}", a.name, a.values.len()))
+                    .collect();
+                reporter.at_value(
+                    "design",
+                    format!(
+                        "`design: zip` needs axes of equal length; {}",
+                        described.join(", ")
+                    ),
+                );
                 return Vec::new();
             }
             lengths.into_iter().next().unwrap_or(1) as u128
         }
-        Design::OneAtATime => 1 + sweep_axes.iter().map(|a| a.values.len().saturating_sub(1) as u128).sum::<u128>(),
+        Design::OneAtATime => {
+            1 + sweep_axes
+                .iter()
+                .map(|a| a.values.len().saturating_sub(1) as u128)
+                .sum::<u128>()
+        }
     } * seed_count as u128;
     if count > max_points as u128 {
         reporter.at_key(
@@ -326,23 +384,35 @@ fn design_points(source: &Source, axes: &[Axis], reporter: &mut Reporter<'_>, ma
         }
         Design::OneAtATime => {
             let Some(baseline) = &source.raw.baseline else {
-                reporter.at_value("design", "`design: one-at-a-time` needs `baseline:` giving a value for every axis");
+                reporter.at_value(
+                    "design",
+                    "`design: one-at-a-time` needs `baseline:` giving a value for every axis",
+                );
                 return Vec::new();
             };
             for key in baseline.keys() {
                 if !sweep_axes.iter().any(|a| &a.name == key) {
-                    reporter.at_key(&format!("baseline.{key}"), format!("`{key}` is not a sweep axis"));
+                    reporter.at_key(
+                        &format!("baseline.{key}"),
+                        format!("`{key}` is not a sweep axis"),
+                    );
                 }
             }
             let mut base = Vec::new();
             for axis in sweep_axes {
                 match baseline.get(&axis.name) {
-                    None => reporter.at_value("baseline", format!("`baseline:` gives no value for axis `{}`", axis.name)),
+                    None => reporter.at_value(
+                        "baseline",
+                        format!("`baseline:` gives no value for axis `{}`", axis.name),
+                    ),
                     Some(value) => match axis.values.iter().position(|v| v == value) {
                         Some(i) => base.push(i),
                         None => reporter.at_value(
                             &format!("baseline.{}", axis.name),
-                            format!("baseline value {value} is not one of the values of axis `{}`", axis.name),
+                            format!(
+                                "baseline value {value} is not one of the values of axis `{}`",
+                                axis.name
+                            ),
                         ),
                     },
                 }
@@ -379,12 +449,19 @@ fn design_points(source: &Source, axes: &[Axis], reporter: &mut Reporter<'_>, ma
 }
 
 /// Validates the file and expands it into instances. Every problem found is reported at once.
-pub fn expand(source: &Source, registry: &Registry, max_points: usize) -> Result<Expanded, Invalid> {
+pub fn expand(
+    source: &Source,
+    registry: &Registry,
+    max_points: usize,
+) -> Result<Expanded, Invalid> {
     let mut reporter = source.reporter();
     let raw = &source.raw;
     let names: Vec<String> = raw.stages.0.iter().map(|(name, _)| name.clone()).collect();
     if names.is_empty() {
-        reporter.at_value("stages", "`stages:` is empty: a pipeline needs at least one stage");
+        reporter.at_value(
+            "stages",
+            "`stages:` is empty: a pipeline needs at least one stage",
+        );
     }
 
     // Kinds and inputs.
@@ -400,7 +477,11 @@ pub fn expand(source: &Source, registry: &Registry, max_points: usize) -> Result
             None => {
                 reporter.at_value(
                     &format!("{path}.kind"),
-                    format!("unknown stage kind `{}`; known kinds: {}", stage.kind, registry.names().join(", ")),
+                    format!(
+                        "unknown stage kind `{}`; known kinds: {}",
+                        stage.kind,
+                        registry.names().join(", ")
+                    ),
                 );
                 kinds.push(None);
             }
@@ -409,11 +490,16 @@ pub fn expand(source: &Source, registry: &Registry, max_points: usize) -> Result
         for (i, input) in stage.inputs.iter().enumerate() {
             let input_path = format!("{path}.inputs[{i}]");
             match names.iter().position(|n| n == input) {
-                Some(index) if own.contains(&index) => reporter.at_value(&input_path, format!("input `{input}` is listed twice")),
+                Some(index) if own.contains(&index) => {
+                    reporter.at_value(&input_path, format!("input `{input}` is listed twice"))
+                }
                 Some(index) => own.push(index),
                 None => reporter.at_value(
                     &input_path,
-                    format!("unknown input `{input}`; stages in this file: {}", names.join(", ")),
+                    format!(
+                        "unknown input `{input}`; stages in this file: {}",
+                        names.join(", ")
+                    ),
                 ),
             }
         }
@@ -461,7 +547,10 @@ pub fn expand(source: &Source, registry: &Registry, max_points: usize) -> Result
                         } else {
                             format!("axes are: {}", axis_names.join(", "))
                         };
-                        reporter.at_value(&value_path, format!("`${{{reference}}}` names no axis; {known}"));
+                        reporter.at_value(
+                            &value_path,
+                            format!("`${{{reference}}}` names no axis; {known}"),
+                        );
                     }
                 }
             }
@@ -520,12 +609,19 @@ pub fn expand(source: &Source, registry: &Registry, max_points: usize) -> Result
             let id = if assignment.is_empty() {
                 stage_name.clone()
             } else {
-                let parts: Vec<String> = assignment.iter().map(|(k, v)| format!("{k}={}", display_value(v))).collect();
+                let parts: Vec<String> = assignment
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", display_value(v)))
+                    .collect();
                 format!("{stage_name}[{}]", parts.join(","))
             };
             let run = raw_stage.run.as_ref().map(|run| match run {
                 RunSpec::Shell(text) => RunSpec::Shell(substitute_text(text, &assignment)),
-                RunSpec::Argv(argv) => RunSpec::Argv(argv.iter().map(|a| substitute_text(a, &assignment)).collect()),
+                RunSpec::Argv(argv) => RunSpec::Argv(
+                    argv.iter()
+                        .map(|a| substitute_text(a, &assignment))
+                        .collect(),
+                ),
             });
             let params = match substitute(&Value::Object(raw_stage.params.clone()), &assignment) {
                 Value::Object(map) => map,
@@ -548,7 +644,11 @@ pub fn expand(source: &Source, registry: &Registry, max_points: usize) -> Result
                     Map::new()
                 }
             };
-            let deps = raw_stage.deps.iter().map(|d| substitute_text(d, &assignment)).collect();
+            let deps = raw_stage
+                .deps
+                .iter()
+                .map(|d| substitute_text(d, &assignment))
+                .collect();
             let input_instances = inputs[s]
                 .iter()
                 .map(|&i| {
@@ -590,9 +690,18 @@ mod tests {
     #[test]
     fn whole_string_references_keep_their_type() {
         let assignment = vec![("ratio".to_string(), Value::from(0.5))];
-        assert_eq!(substitute(&Value::from("${ratio}"), &assignment), Value::from(0.5));
-        assert_eq!(substitute(&Value::from("r_${ratio}_x"), &assignment), Value::from("r_0.5_x"));
-        assert_eq!(substitute(&Value::from("${other}"), &assignment), Value::from("${other}"));
+        assert_eq!(
+            substitute(&Value::from("${ratio}"), &assignment),
+            Value::from(0.5)
+        );
+        assert_eq!(
+            substitute(&Value::from("r_${ratio}_x"), &assignment),
+            Value::from("r_0.5_x")
+        );
+        assert_eq!(
+            substitute(&Value::from("${other}"), &assignment),
+            Value::from("${other}")
+        );
     }
 
     #[test]

@@ -92,7 +92,8 @@ pub fn dep_digest(path: &Path) -> std::io::Result<String> {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"umdflow-dir-v1\n");
     for relative in files {
-        let (hash, _) = umdflow_cache::hash_file(&path.join(&relative)).map_err(std::io::Error::other)?;
+        let (hash, _) =
+            umdflow_cache::hash_file(&path.join(&relative)).map_err(std::io::Error::other)?;
         hasher.update(relative.as_bytes());
         hasher.update(b"\0");
         hasher.update(hash.as_bytes());
@@ -105,7 +106,11 @@ fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Re
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().to_string();
-        let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let relative = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         if entry.file_type()?.is_dir() {
             collect_files(&entry.path(), &relative, out)?;
         } else {
@@ -120,21 +125,34 @@ fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Re
 pub fn describe_changes(old: &KeyComponents, new: &KeyComponents) -> Vec<String> {
     let mut changes = Vec::new();
     if old.key_format != new.key_format {
-        changes.push(format!("key format {} -> {}", old.key_format, new.key_format));
+        changes.push(format!(
+            "key format {} -> {}",
+            old.key_format, new.key_format
+        ));
     }
     if old.kind != new.kind {
         changes.push(format!("kind {} -> {}", old.kind, new.kind));
     } else if old.kind_version != new.kind_version {
-        changes.push(format!("kind {} version {} -> {}", new.kind, old.kind_version, new.kind_version));
+        changes.push(format!(
+            "kind {} version {} -> {}",
+            new.kind, old.kind_version, new.kind_version
+        ));
     }
-    diff_values("params", &Value::Object(old.params.clone()), &Value::Object(new.params.clone()), &mut changes);
+    diff_values(
+        "params",
+        &Value::Object(old.params.clone()),
+        &Value::Object(new.params.clone()),
+        &mut changes,
+    );
     if old.run != new.run {
         changes.push("run changed".into());
     }
     for (name, digest) in &new.inputs {
         match old.inputs.get(name) {
             None => changes.push(format!("new input {name}")),
-            Some(previous) if previous != digest => changes.push(format!("input {name} output changed")),
+            Some(previous) if previous != digest => {
+                changes.push(format!("input {name} output changed"))
+            }
             _ => {}
         }
     }
@@ -196,13 +214,20 @@ mod tests {
     /// purpose, together with a KEY_FORMAT bump and a note in docs/caching.md.
     #[test]
     fn golden_key() {
-        assert_eq!(components().key(), "4188dd3e2c2191a21ac7acb42a07a62a4c58dd8c59188d1b54af05659fe36966");
+        assert_eq!(
+            components().key(),
+            "4188dd3e2c2191a21ac7acb42a07a62a4c58dd8c59188d1b54af05659fe36966"
+        );
     }
 
     #[test]
     fn canonical_json_sorts_keys() {
-        let value: Value = serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"z":0,"y":1}],"c":null}}"#).unwrap();
-        assert_eq!(canonical_json(&value), r#"{"a":{"c":null,"d":[1,{"y":1,"z":0}]},"b":1}"#);
+        let value: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"z":0,"y":1}],"c":null}}"#).unwrap();
+        assert_eq!(
+            canonical_json(&value),
+            r#"{"a":{"c":null,"d":[1,{"y":1,"z":0}]},"b":1}"#
+        );
     }
 
     #[test]
@@ -231,6 +256,9 @@ mod tests {
         let mut new = components();
         new.params.insert("ratio".into(), Value::from(0.75));
         new.deps.insert("train.py".into(), "01".repeat(32));
-        assert_eq!(describe_changes(&old, &new), vec!["params.ratio: 0.5 -> 0.75", "deps train.py changed"]);
+        assert_eq!(
+            describe_changes(&old, &new),
+            vec!["params.ratio: 0.5 -> 0.75", "deps train.py changed"]
+        );
     }
 }

@@ -1,14 +1,14 @@
 //! umdflow's engine: pipeline files become validated, expanded DAGs of content-keyed stage
 //! instances, which the scheduler runs against the cache.
 
+pub mod commands;
 pub mod diagnostics;
 pub mod expand;
 pub mod keys;
 pub mod locate;
-pub mod registry;
-pub mod spec;
-pub mod commands;
 pub mod progress;
+pub mod registry;
 pub mod resolve;
 pub mod scheduler;
+pub mod spec;
 pub mod summary;

@@ -32,7 +32,11 @@ struct Builder {
 }
 
 fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 impl Builder {
@@ -48,7 +52,8 @@ impl Builder {
             Some(Frame::Mapping { path, key }) => match key.take() {
                 None => {
                     let name = scalar.unwrap_or("?").to_string();
-                    self.positions.insert(format!("{}#key", join(path, &name)), position);
+                    self.positions
+                        .insert(format!("{}#key", join(path, &name)), position);
                     *key = Some(name);
                     None
                 }
@@ -80,7 +85,10 @@ impl MarkedEventReceiver for Builder {
                     self.stack.push(Frame::Mapping { path, key: None });
                 } else {
                     // A complex mapping key: keep the structure consistent.
-                    self.stack.push(Frame::Mapping { path: "?".into(), key: None });
+                    self.stack.push(Frame::Mapping {
+                        path: "?".into(),
+                        key: None,
+                    });
                 }
             }
             Event::SequenceStart(..) => {
@@ -122,7 +130,11 @@ impl Locator {
         loop {
             let cut = path.rfind(['.', '['])?;
             path = &path[..cut];
-            if let Some(position) = self.positions.get(&format!("{path}#key")).or_else(|| self.positions.get(path)) {
+            if let Some(position) = self
+                .positions
+                .get(&format!("{path}#key"))
+                .or_else(|| self.positions.get(path))
+            {
                 return Some(*position);
             }
         }
@@ -147,17 +159,47 @@ mod tests {
     fn values_and_keys_have_positions() {
         let locator = Locator::new(TEXT);
         assert_eq!(locator.value("name"), Some(Position { line: 1, column: 7 }));
-        assert_eq!(locator.value("sweep.ratio[1]"), Some(Position { line: 3, column: 17 }));
-        assert_eq!(locator.key("stages.train"), Some(Position { line: 5, column: 3 }));
-        assert_eq!(locator.value("stages.train.kind"), Some(Position { line: 6, column: 11 }));
-        assert_eq!(locator.value("stages.train.inputs[0]"), Some(Position { line: 8, column: 9 }));
-        assert_eq!(locator.value("stages.train.params.n"), Some(Position { line: 9, column: 17 }));
+        assert_eq!(
+            locator.value("sweep.ratio[1]"),
+            Some(Position {
+                line: 3,
+                column: 17
+            })
+        );
+        assert_eq!(
+            locator.key("stages.train"),
+            Some(Position { line: 5, column: 3 })
+        );
+        assert_eq!(
+            locator.value("stages.train.kind"),
+            Some(Position {
+                line: 6,
+                column: 11
+            })
+        );
+        assert_eq!(
+            locator.value("stages.train.inputs[0]"),
+            Some(Position { line: 8, column: 9 })
+        );
+        assert_eq!(
+            locator.value("stages.train.params.n"),
+            Some(Position {
+                line: 9,
+                column: 17
+            })
+        );
     }
 
     #[test]
     fn unknown_paths_fall_back_to_the_parent() {
         let locator = Locator::new(TEXT);
-        assert_eq!(locator.value("stages.train.params.missing"), locator.key("stages.train.params"));
-        assert_eq!(locator.value("stages.train.run"), Some(Position { line: 5, column: 3 }));
+        assert_eq!(
+            locator.value("stages.train.params.missing"),
+            locator.key("stages.train.params")
+        );
+        assert_eq!(
+            locator.value("stages.train.run"),
+            Some(Position { line: 5, column: 3 })
+        );
     }
 }

@@ -11,7 +11,11 @@ use umdflow::registry::Registry;
 use umdflow::scheduler::{RunOptions, Status, cache_dir};
 
 #[derive(Parser)]
-#[command(name = "umdflow", version, about = "Declarative, cached ML experiment pipelines")]
+#[command(
+    name = "umdflow",
+    version,
+    about = "Declarative, cached ML experiment pipelines"
+)]
 struct Cli {
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -145,7 +149,9 @@ fn install_ctrl_c() {
             eprintln!("\numdflow: second interrupt, exiting now (completed stages are cached)");
             std::process::exit(130);
         }
-        eprintln!("\numdflow: interrupted; stopping running stages (completed stages stay cached; press Ctrl-C again to exit now)");
+        eprintln!(
+            "\numdflow: interrupted; stopping running stages (completed stages stay cached; press Ctrl-C again to exit now)"
+        );
     });
 }
 
@@ -167,7 +173,11 @@ fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn main() -> ExitCode {
@@ -184,7 +194,9 @@ fn main() -> ExitCode {
 
 fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let registry = Registry::builtin();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     match cli.command {
         Command::Run {
             pipeline,
@@ -215,7 +227,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Plan { pipeline, force, json } => {
+        Command::Plan {
+            pipeline,
+            force,
+            json,
+        } => {
             let loaded = match load(&pipeline, &registry) {
                 Ok(loaded) => loaded,
                 Err(code) => return Ok(code),
@@ -287,7 +303,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify { file, cache } => {
             let dir = match (&cache, &file) {
                 (None, Some(file)) => {
-                    let parent = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                    let parent = file
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(std::path::Path::new("."));
                     cache_dir(None, parent)
                 }
                 _ => cache_dir(cache.as_deref(), std::path::Path::new(".")),
@@ -299,12 +318,26 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             for instance in &report.records_forgotten {
                 eprintln!("forgot the cached result of {instance}; it recomputes on the next run");
             }
-            println!("{} blobs checked, {} damaged in {}", report.blobs_checked, report.damaged.len(), dir.display());
-            Ok(if report.damaged.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            println!(
+                "{} blobs checked, {} damaged in {}",
+                report.blobs_checked,
+                report.damaged.len(),
+                dir.display()
+            );
+            Ok(if report.damaged.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Kinds => {
             for kind in registry.all() {
-                println!("{:<16} v{:<3} {}", kind.name(), kind.version(), kind.summary());
+                println!(
+                    "{:<16} v{:<3} {}",
+                    kind.name(),
+                    kind.version(),
+                    kind.summary()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

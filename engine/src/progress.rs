@@ -17,20 +17,28 @@ fn stage_style() -> ProgressStyle {
 }
 
 fn stage_bar_style() -> ProgressStyle {
-    ProgressStyle::with_template("  {spinner} {prefix} [{bar:25}] {pos}/{len} {elapsed:>4} {wide_msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ")
+    ProgressStyle::with_template(
+        "  {spinner} {prefix} [{bar:25}] {pos}/{len} {elapsed:>4} {wide_msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ")
 }
 
 impl Progress {
     pub fn new(total: u64, visible: bool) -> Progress {
-        let target = if visible { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let target = if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
         let multi = MultiProgress::with_draw_target(target);
         let overall = multi.add(ProgressBar::new(total));
         overall.set_style(
-            ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} stages {elapsed} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:.bold} [{bar:30}] {pos}/{len} stages {elapsed} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         overall.set_prefix("umdflow");
         Progress { multi, overall }
@@ -44,7 +52,9 @@ impl Progress {
 
     /// A bar for a running stage.
     pub fn stage(&self, id: &str) -> StageBar {
-        let bar = self.multi.insert_before(&self.overall, ProgressBar::new_spinner());
+        let bar = self
+            .multi
+            .insert_before(&self.overall, ProgressBar::new_spinner());
         bar.set_style(stage_style());
         bar.set_prefix(id.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));

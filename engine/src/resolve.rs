@@ -31,7 +31,10 @@ impl DepDigests {
                     }
                     Err(err) => reporter.at_value(
                         &format!("stages.{}.deps[{i}]", stage.name),
-                        format!("dependency `{dep}` of stage `{}` cannot be read: {err}", stage.name),
+                        format!(
+                            "dependency `{dep}` of stage `{}` cannot be read: {err}",
+                            stage.name
+                        ),
                     ),
                 }
             }
@@ -42,14 +45,26 @@ impl DepDigests {
 }
 
 /// The components of an instance's key, given its inputs' output digests (in input order).
-pub fn components(expanded: &Expanded, index: usize, deps: &DepDigests, input_digests: &[&str]) -> KeyComponents {
+pub fn components(
+    expanded: &Expanded,
+    index: usize,
+    deps: &DepDigests,
+    input_digests: &[&str],
+) -> KeyComponents {
     let instance = &expanded.instances[index];
     let stage = &expanded.stages[instance.stage];
     let inputs: BTreeMap<String, String> = instance
         .inputs
         .iter()
         .zip(input_digests)
-        .map(|(&input, digest)| (expanded.stages[expanded.instances[input].stage].name.clone(), digest.to_string()))
+        .map(|(&input, digest)| {
+            (
+                expanded.stages[expanded.instances[input].stage]
+                    .name
+                    .clone(),
+                digest.to_string(),
+            )
+        })
         .collect();
     KeyComponents {
         key_format: KEY_FORMAT,
@@ -83,7 +98,10 @@ pub fn usable(cache: &Cache, found: Found) -> Result<Record, String> {
     }
     let _ = cache.forget(&found.record.key);
     let described: Vec<String> = damage.iter().map(|d| d.to_string()).collect();
-    Err(format!("cached output damaged, recomputing: {}", described.join("; ")))
+    Err(format!(
+        "cached output damaged, recomputing: {}",
+        described.join("; ")
+    ))
 }
 
 /// Explains a cache miss against the earlier runs of the same stage.
@@ -103,10 +121,11 @@ impl<'a> Explainer<'a> {
     }
 
     pub fn explain(&mut self, stage: &str, instance_id: &str, now: &KeyComponents) -> String {
-        let history = self
-            .history
-            .entry(stage.to_string())
-            .or_insert_with(|| self.cache.history(&self.pipeline, stage).unwrap_or_default());
+        let history = self.history.entry(stage.to_string()).or_insert_with(|| {
+            self.cache
+                .history(&self.pipeline, stage)
+                .unwrap_or_default()
+        });
         let comparable: Vec<(&Record, KeyComponents)> = history
             .iter()
             .rev()
@@ -117,7 +136,9 @@ impl<'a> Explainer<'a> {
             })
             .collect();
         // The same instance's last run if there is one, else the closest earlier run of the stage.
-        let same = comparable.iter().find(|(record, _)| record.instance == instance_id);
+        let same = comparable
+            .iter()
+            .find(|(record, _)| record.instance == instance_id);
         let closest = same.or_else(|| {
             comparable
                 .iter()
@@ -128,7 +149,8 @@ impl<'a> Explainer<'a> {
             Some((record, old)) => {
                 let changes = describe_changes(old, now);
                 let changes = if changes.is_empty() {
-                    "no recorded difference (the earlier result was removed from the cache)".to_string()
+                    "no recorded difference (the earlier result was removed from the cache)"
+                        .to_string()
                 } else {
                     changes.join(", ")
                 };
@@ -206,7 +228,10 @@ pub fn resolve_all(
                 },
                 Some(hit) => match usable(cache, hit) {
                     Ok(record) => Resolution::Cached(Box::new(record)),
-                    Err(reason) => Resolution::Run { key: Some(key), reason },
+                    Err(reason) => Resolution::Run {
+                        key: Some(key),
+                        reason,
+                    },
                 },
                 None => Resolution::Run {
                     reason: explainer.explain(&stage.name, &instance.id, &components),

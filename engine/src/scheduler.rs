@@ -70,7 +70,10 @@ enum JobResult {
     Executed(Record),
     /// Another process computed it while we waited for its lease.
     CachedElsewhere(Record),
-    Failed { message: String, log_tail: Option<String> },
+    Failed {
+        message: String,
+        log_tail: Option<String>,
+    },
 }
 
 fn now_ms() -> u64 {
@@ -92,7 +95,13 @@ fn tail(path: &Path, lines: usize) -> Option<String> {
 /// `train[ratio=0.5]` -> `train_ratio_0.5_` : safe as a file name.
 pub fn file_safe(id: &str) -> String {
     id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -149,7 +158,8 @@ impl Executor<'_> {
         }
         let out_dir = staging.out_dir();
         let log_path = staging.log_path();
-        let work_dir = std::fs::canonicalize(&self.expanded.dir).unwrap_or_else(|_| self.expanded.dir.clone());
+        let work_dir =
+            std::fs::canonicalize(&self.expanded.dir).unwrap_or_else(|_| self.expanded.dir.clone());
         let bar = self.progress.stage(&instance.id);
         let started_at_ms = now_ms();
         let clock = Instant::now();
@@ -166,15 +176,19 @@ impl Executor<'_> {
             progress: &bar,
             cancel: self.cancel,
         };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx)))
-            .unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(StageError::failed(format!("internal error in stage kind `{}`: {message}", stage.kind.name())))
-            });
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx)))
+                .unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(StageError::failed(format!(
+                        "internal error in stage kind `{}`: {message}",
+                        stage.kind.name()
+                    )))
+                });
         bar.done();
         let duration_s = clock.elapsed().as_secs_f64();
         let failure = match outcome {
@@ -202,7 +216,11 @@ impl Executor<'_> {
             Err(err) => err.to_string(),
         };
         // Keep the failed stage's log where the user can read it; the output is discarded.
-        let kept = self.cache.root().join("logs").join(format!("{}.failed.log", file_safe(&instance.id)));
+        let kept = self
+            .cache
+            .root()
+            .join("logs")
+            .join(format!("{}.failed.log", file_safe(&instance.id)));
         let log_note = std::fs::create_dir_all(kept.parent().unwrap_or(Path::new(".")))
             .and_then(|_| std::fs::copy(&log_path, &kept))
             .map(|_| format!(" (log: {})", kept.display()))
@@ -269,7 +287,13 @@ pub fn run(
     let mut waiting_on: Vec<usize> = expanded
         .instances
         .iter()
-        .map(|instance| instance.inputs.iter().filter(|&&i| outcomes[i].is_none()).count())
+        .map(|instance| {
+            instance
+                .inputs
+                .iter()
+                .filter(|&&i| outcomes[i].is_none())
+                .count()
+        })
         .collect();
     let mut ready: VecDeque<usize> = (0..count)
         .filter(|&i| outcomes[i].is_none() && waiting_on[i] == 0)
@@ -304,7 +328,10 @@ pub fn run(
                     let Ok(job) = job else { return };
                     let clock = Instant::now();
                     let result = executor.execute(&job);
-                    if done_tx.send((job.index, result, clock.elapsed().as_secs_f64())).is_err() {
+                    if done_tx
+                        .send((job.index, result, clock.elapsed().as_secs_f64()))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -318,7 +345,9 @@ pub fn run(
             }
             // Start what is ready.
             while stopping.is_none() && running < options.jobs.max(1) {
-                let Some(index) = ready.pop_front() else { break };
+                let Some(index) = ready.pop_front() else {
+                    break;
+                };
                 let instance = &expanded.instances[index];
                 let inputs: Vec<Record> = instance
                     .inputs
@@ -336,7 +365,9 @@ pub fn run(
                                 outcomes[index] = Some(Outcome {
                                     status: Status::Cached,
                                     key: Some(key),
-                                    reason: "cached (its inputs reran and produced identical outputs)".into(),
+                                    reason:
+                                        "cached (its inputs reran and produced identical outputs)"
+                                            .into(),
                                     seconds: 0.0,
                                     record: Some(record),
                                     log_tail: None,
@@ -472,7 +503,10 @@ fn skip_descendants(
                 let reason = if index == failed {
                     format!("input {} failed", expanded.instances[failed].id)
                 } else {
-                    format!("input {} skipped ({} failed)", expanded.instances[index].id, expanded.instances[failed].id)
+                    format!(
+                        "input {} skipped ({} failed)",
+                        expanded.instances[index].id, expanded.instances[failed].id
+                    )
                 };
                 outcomes[next] = Some(Outcome {
                     status: Status::Skipped,

@@ -113,12 +113,24 @@ impl Source {
     }
 }
 
-const TOP_LEVEL: [&str; 7] = ["name", "description", "seeds", "sweep", "design", "baseline", "stages"];
+const TOP_LEVEL: [&str; 7] = [
+    "name",
+    "description",
+    "seeds",
+    "sweep",
+    "design",
+    "baseline",
+    "stages",
+];
 
 /// `sweep.ratio` stays as is; `train.params.lr` means `stages.train.params.lr`.
 fn override_path(path: &str) -> String {
     let first = path.split(['.', '[']).next().unwrap_or("");
-    if TOP_LEVEL.contains(&first) { path.to_string() } else { format!("stages.{path}") }
+    if TOP_LEVEL.contains(&first) {
+        path.to_string()
+    } else {
+        format!("stages.{path}")
+    }
 }
 
 fn apply_override(
@@ -175,13 +187,19 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Source, Invalid> {
         }])
     })?;
     if !matches!(document, serde_yaml::Value::Mapping(_)) {
-        return Err(file_error(file, "expected a mapping with `name:` and `stages:` at the top".into()));
+        return Err(file_error(
+            file,
+            "expected a mapping with `name:` and `stages:` at the top".into(),
+        ));
     }
 
     let mut overrides = Vec::new();
     for set in sets {
         let Some((path, value_text)) = set.split_once('=') else {
-            return Err(file_error(file, format!("--set {set}: expected PATH=VALUE, e.g. sweep.ratio=[0.5,0.75]")));
+            return Err(file_error(
+                file,
+                format!("--set {set}: expected PATH=VALUE, e.g. sweep.ratio=[0.5,0.75]"),
+            ));
         };
         let path = override_path(path.trim());
         let value = serde_yaml::from_str::<serde_yaml::Value>(value_text)
@@ -202,7 +220,13 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Source, Invalid> {
 
     let dir = file
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."))
         .to_path_buf();
     Ok(Source {
@@ -216,7 +240,11 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Source, Invalid> {
 
 /// serde's messages plus the field they are about and, for the usual slips, what was expected.
 fn describe_type_error(path: &str, inner: &str) -> String {
-    let field = if path == "." || path.is_empty() { "the file".to_string() } else { format!("`{path}`") };
+    let field = if path == "." || path.is_empty() {
+        "the file".to_string()
+    } else {
+        format!("`{path}`")
+    };
     let hint = if path.ends_with(".run") {
         " (`run:` is a shell string or a list of arguments)"
     } else if path == "seeds" {
@@ -227,7 +255,11 @@ fn describe_type_error(path: &str, inner: &str) -> String {
         ""
     };
     let inner = inner.split(" at line ").next().unwrap_or(inner);
-    let inner = if inner.starts_with("data did not match any variant") { "wrong type" } else { inner };
+    let inner = if inner.starts_with("data did not match any variant") {
+        "wrong type"
+    } else {
+        inner
+    };
     format!("{field}: {inner}{hint}")
 }
 
@@ -239,6 +271,9 @@ mod tests {
     fn override_paths_default_to_stages() {
         assert_eq!(override_path("sweep.ratio"), "sweep.ratio");
         assert_eq!(override_path("train.params.lr"), "stages.train.params.lr");
-        assert_eq!(override_path("stages.train.params.lr"), "stages.train.params.lr");
+        assert_eq!(
+            override_path("stages.train.params.lr"),
+            "stages.train.params.lr"
+        );
     }
 }

@@ -31,7 +31,11 @@ pub fn count(outcomes: &[Outcome], status: Status) -> usize {
     outcomes.iter().filter(|o| o.status == status).count()
 }
 
-pub fn run_document<'a>(expanded: &'a Expanded, outcomes: &'a [Outcome], interrupted: bool) -> RunDocument<'a> {
+pub fn run_document<'a>(
+    expanded: &'a Expanded,
+    outcomes: &'a [Outcome],
+    interrupted: bool,
+) -> RunDocument<'a> {
     let stages = expanded
         .instances
         .iter()
@@ -68,7 +72,13 @@ pub fn short_key(key: Option<&str>) -> &str {
 pub fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {
@@ -104,8 +114,16 @@ pub fn run_table(expanded: &Expanded, outcomes: &[Outcome]) -> String {
             outcome.status.as_str().to_string(),
             instance.id.clone(),
             short_key(outcome.key.as_deref()).to_string(),
-            if outcome.status == Status::Executed { format!("{:.2}", outcome.seconds) } else { "-".into() },
-            if outcome.status == Status::Cached { String::new() } else { outcome.reason.clone() },
+            if outcome.status == Status::Executed {
+                format!("{:.2}", outcome.seconds)
+            } else {
+                "-".into()
+            },
+            if outcome.status == Status::Cached {
+                String::new()
+            } else {
+                outcome.reason.clone()
+            },
         ]);
     }
     let mut text = table(&rows);

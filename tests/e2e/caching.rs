@@ -22,17 +22,28 @@ fn first_run_executes_everything_and_a_second_nothing() {
     assert_eq!(second["executed"], 0, "{second}");
     assert_eq!(second["cached"], 13);
     assert!(project.journal().is_empty());
-    assert!(project.path(".umdflow/index.redb").exists(), "default cache beside the pipeline");
+    assert!(
+        project.path(".umdflow/index.redb").exists(),
+        "default cache beside the pipeline"
+    );
 }
 
 #[test]
 fn changing_one_axis_value_reruns_exactly_its_instances() {
     let project = setup();
     project.json(&["run", "p.yaml"], 0);
-    let plan = project.json(&["plan", "p.yaml", "--set", "sweep.ratio=[0.25, 0.5, 0.9]"], 0);
+    let plan = project.json(
+        &["plan", "p.yaml", "--set", "sweep.ratio=[0.25, 0.5, 0.9]"],
+        0,
+    );
     assert_eq!(
         with_status(&plan, "run"),
-        ["report[ratio=0.9,seed=0]", "report[ratio=0.9,seed=1]", "train[ratio=0.9,seed=0]", "train[ratio=0.9,seed=1]"]
+        [
+            "report[ratio=0.9,seed=0]",
+            "report[ratio=0.9,seed=1]",
+            "train[ratio=0.9,seed=0]",
+            "train[ratio=0.9,seed=1]"
+        ]
     );
     let reason = plan["stages"]
         .as_array()
@@ -45,7 +56,10 @@ fn changing_one_axis_value_reruns_exactly_its_instances() {
         .to_string();
     assert!(reason.contains("params.ratio: 0.75 -> 0.9"), "{reason}");
 
-    let run = project.json(&["run", "p.yaml", "--set", "sweep.ratio=[0.25, 0.5, 0.9]"], 0);
+    let run = project.json(
+        &["run", "p.yaml", "--set", "sweep.ratio=[0.25, 0.5, 0.9]"],
+        0,
+    );
     assert_eq!(with_status(&run, "executed"), with_status(&plan, "run"));
     assert_eq!(run["cached"], 9);
 }
@@ -56,7 +70,11 @@ fn adding_a_seed_runs_only_the_new_instances() {
     project.json(&["run", "p.yaml"], 0);
     let run = project.json(&["run", "p.yaml", "--set", "seeds=[0, 1, 2]"], 0);
     assert_eq!(run["executed"], 6, "{run}");
-    assert!(with_status(&run, "executed").iter().all(|id| id.contains("seed=2")));
+    assert!(
+        with_status(&run, "executed")
+            .iter()
+            .all(|id| id.contains("seed=2"))
+    );
 }
 
 #[test]
@@ -144,15 +162,25 @@ fn a_flipped_byte_in_a_blob_is_detected_and_recomputed() {
     std::fs::write(&target, b"raw dbta\n").unwrap();
 
     project.clear_journal();
-    let output = project.command(&["run", "p.yaml", "--json"]).output().unwrap();
+    let output = project
+        .command(&["run", "p.yaml", "--json"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let prep = &run["stages"][0];
     assert_eq!(prep["status"], "executed");
-    assert!(prep["reason"].as_str().unwrap().contains("damaged"), "{prep}");
+    assert!(
+        prep["reason"].as_str().unwrap().contains("damaged"),
+        "{prep}"
+    );
     // The recomputed output is identical, so nothing below reruns (early cutoff).
     assert_eq!(run["executed"], 1, "{run}");
-    assert_eq!(std::fs::read(&target).unwrap(), b"raw data\n", "the blob is restored");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"raw data\n",
+        "the blob is restored"
+    );
     let verify = project.umdflow(&["verify", "p.yaml"]);
     assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
 }
@@ -162,16 +190,33 @@ fn verify_reports_damage_and_the_stage_recomputes() {
     let project = setup();
     project.json(&["run", "p.yaml"], 0);
     let blobs = project.path(".umdflow/blobs");
-    let dir = std::fs::read_dir(&blobs).unwrap().next().unwrap().unwrap().path();
-    let blob = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
+    let dir = std::fs::read_dir(&blobs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let blob = std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::remove_file(&blob).unwrap();
     std::fs::write(&blob, "garbage").unwrap();
     let verify = project.umdflow(&["verify", "p.yaml"]);
     assert_eq!(verify.status.code(), Some(1));
-    assert!(stderr(&verify).contains("damaged blob"), "{}", stderr(&verify));
+    assert!(
+        stderr(&verify).contains("damaged blob"),
+        "{}",
+        stderr(&verify)
+    );
     let run = project.json(&["run", "p.yaml"], 0);
     assert!(run["executed"].as_u64().unwrap() >= 1, "{run}");
-    assert_eq!(project.umdflow(&["verify", "p.yaml"]).status.code(), Some(0));
+    assert_eq!(
+        project.umdflow(&["verify", "p.yaml"]).status.code(),
+        Some(0)
+    );
 }
 
 #[test]
@@ -180,7 +225,10 @@ fn force_reruns_a_stage_even_when_cached() {
     project.json(&["run", "p.yaml"], 0);
     let run = project.json(&["run", "p.yaml", "--force", "prep"], 0);
     assert_eq!(with_status(&run, "executed"), ["prep"]);
-    assert_eq!(run["cached"], 12, "identical output: early cutoff keeps the rest");
+    assert_eq!(
+        run["cached"], 12,
+        "identical output: early cutoff keeps the rest"
+    );
 }
 
 #[test]
@@ -202,12 +250,24 @@ stages:
 "#
         )
     };
-    project.write("zip.yaml", &pipeline("zip").replace("baseline: {a: 1, b: x}\n", ""));
+    project.write(
+        "zip.yaml",
+        &pipeline("zip").replace("baseline: {a: 1, b: x}\n", ""),
+    );
     project.write("ooat.yaml", &pipeline("one-at-a-time"));
     let zip = project.json(&["plan", "zip.yaml"], 0);
     let ids: Vec<String> = statuses(&zip).into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, ["s[a=1,b=x]", "s[a=2,b=y]", "s[a=3,b=z]"]);
     let ooat = project.json(&["plan", "ooat.yaml"], 0);
     let ids: Vec<String> = statuses(&ooat).into_iter().map(|(id, _)| id).collect();
-    assert_eq!(ids, ["s[a=1,b=x]", "s[a=2,b=x]", "s[a=3,b=x]", "s[a=1,b=y]", "s[a=1,b=z]"]);
+    assert_eq!(
+        ids,
+        [
+            "s[a=1,b=x]",
+            "s[a=2,b=x]",
+            "s[a=3,b=x]",
+            "s[a=1,b=y]",
+            "s[a=1,b=z]"
+        ]
+    );
 }

@@ -26,14 +26,28 @@ stages:
 fn a_failure_skips_descendants_and_keeps_finished_work() {
     let project = Project::new();
     project.write("p.yaml", &failing_pipeline());
-    let output = project.command(&["run", "p.yaml", "--json", "--jobs", "2"]).output().unwrap();
+    let output = project
+        .command(&["run", "p.yaml", "--json", "--jobs", "2"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
-    assert!(err.contains("stage bad failed: command exited with status 3"), "{err}");
-    assert!(err.contains("about to fail"), "the log tail is shown: {err}");
+    assert!(
+        err.contains("stage bad failed: command exited with status 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("about to fail"),
+        "the log tail is shown: {err}"
+    );
     let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(with_status(&run, "failed"), ["bad"]);
-    let below = run["stages"].as_array().unwrap().iter().find(|s| s["id"] == "below").unwrap();
+    let below = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "below")
+        .unwrap();
     assert_eq!(below["status"], "skipped");
     assert_eq!(below["reason"], "input bad failed");
     // `slow` was already running when `bad` failed: it finished and is cached.
@@ -57,13 +71,28 @@ fn show_dag_log_and_kinds() {
 
     let show = project.umdflow(&["show", "p.yaml"]);
     let text = String::from_utf8_lossy(&show.stdout);
-    assert!(text.contains("train[ratio=0.5,seed=1]") && text.contains("score=1"), "{text}");
+    assert!(
+        text.contains("train[ratio=0.5,seed=1]") && text.contains("score=1"),
+        "{text}"
+    );
 
     let dot = String::from_utf8_lossy(&project.umdflow(&["dag", "p.yaml"]).stdout).to_string();
     assert!(dot.starts_with("digraph \"sweep\""), "{dot}");
-    assert_eq!(dot.matches(" -> ").count(), 4, "prep feeds two trains, each feeds a report: {dot}");
-    let mermaid = String::from_utf8_lossy(&project.umdflow(&["dag", "p.yaml", "--format", "mermaid"]).stdout).to_string();
-    assert!(mermaid.starts_with("flowchart LR") && mermaid.contains("-->"), "{mermaid}");
+    assert_eq!(
+        dot.matches(" -> ").count(),
+        4,
+        "prep feeds two trains, each feeds a report: {dot}"
+    );
+    let mermaid = String::from_utf8_lossy(
+        &project
+            .umdflow(&["dag", "p.yaml", "--format", "mermaid"])
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        mermaid.starts_with("flowchart LR") && mermaid.contains("-->"),
+        "{mermaid}"
+    );
 
     let log = project.umdflow(&["log", "p.yaml", "train[ratio=0.5,seed=0]"]);
     assert_eq!(log.status.code(), Some(0), "{}", stderr(&log));
@@ -84,9 +113,15 @@ fn gc_removes_what_the_pipeline_no_longer_reaches() {
     assert_eq!(gc.status.code(), Some(0), "{}", stderr(&gc));
     assert!(text.starts_with("removed 4 records"), "{text}");
     let run = project.json(&["run", "p.yaml"], 0);
-    assert_eq!(run["executed"], 0, "what the pipeline reaches is kept: {run}");
+    assert_eq!(
+        run["executed"], 0,
+        "what the pipeline reaches is kept: {run}"
+    );
     let run = project.json(&["run", "p.yaml", "--set", "sweep.ratio=[0.25]"], 0);
-    assert_eq!(run["executed"], 4, "what it no longer reached was removed: {run}");
+    assert_eq!(
+        run["executed"], 4,
+        "what it no longer reached was removed: {run}"
+    );
 }
 
 #[test]

@@ -27,13 +27,19 @@ fn wait_for(project: &Project, file: &str, child: &mut Child) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("umdflow exited early with {status}");
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "stage never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "stage never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn signal(target: &str, signal: &str) {
-    let status = std::process::Command::new("kill").args([signal, "--", target]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args([signal, "--", target])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -55,11 +61,17 @@ fn kill_9_in_the_middle_of_a_stage_loses_nothing_completed() {
     let _ = child.wait();
 
     let run = project.json(&["run", "p.yaml"], 0);
-    assert_eq!(with_status(&run, "cached"), ["a"], "the completed stage stays cached: {run}");
+    assert_eq!(
+        with_status(&run, "cached"),
+        ["a"],
+        "the completed stage stays cached: {run}"
+    );
     assert_eq!(with_status(&run, "executed"), ["b"]);
     let verify = project.umdflow(&["verify", "p.yaml"]);
     assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
-    let staging = std::fs::read_dir(project.path(".umdflow/staging")).unwrap().count();
+    let staging = std::fs::read_dir(project.path(".umdflow/staging"))
+        .unwrap()
+        .count();
     assert_eq!(staging, 0, "the dead run's staging folder is cleaned up");
 }
 
@@ -78,7 +90,10 @@ fn ctrl_c_stops_cleanly_and_keeps_completed_stages() {
     let clock = Instant::now();
     signal(&child.id().to_string(), "-INT");
     let output = child.wait_with_output().unwrap();
-    assert!(clock.elapsed() < Duration::from_secs(10), "stopped promptly");
+    assert!(
+        clock.elapsed() < Duration::from_secs(10),
+        "stopped promptly"
+    );
     assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
     let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(run["interrupted"], true);

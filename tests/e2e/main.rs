@@ -6,4 +6,5 @@ mod caching;
 mod commands;
 mod concurrency;
 mod crash;
+mod example;
 mod validation;

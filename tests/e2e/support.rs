@@ -72,7 +72,10 @@ impl Project {
             String::from_utf8_lossy(&output.stderr)
         );
         serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-            panic!("not JSON ({err}): {}", String::from_utf8_lossy(&output.stdout))
+            panic!(
+                "not JSON ({err}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
         })
     }
 }
@@ -83,7 +86,12 @@ pub fn statuses(document: &Value) -> Vec<(String, String)> {
         .as_array()
         .expect("stages")
         .iter()
-        .map(|s| (s["id"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string()))
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 

@@ -17,7 +17,13 @@ pub struct CmdKind;
 /// `prep-data` -> `PREP_DATA`: the form a stage or param name takes in an environment variable.
 pub fn env_name(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -59,7 +65,9 @@ impl StageKind for CmdKind {
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let run = ctx.run.ok_or_else(|| StageError::failed("a `cmd` stage needs `run:`"))?;
+        let run = ctx
+            .run
+            .ok_or_else(|| StageError::failed("a `cmd` stage needs `run:`"))?;
         let mut command = match run {
             RunSpec::Shell(text) => {
                 let mut command = Command::new("sh");
@@ -78,15 +86,26 @@ impl StageKind for CmdKind {
         command.env("UMDFLOW_INSTANCE", ctx.id);
         command.env("UMDFLOW_THREADS", ctx.threads.to_string());
         for input in ctx.inputs {
-            command.env(format!("UMDFLOW_INPUT_{}", env_name(&input.stage)), &input.dir);
+            command.env(
+                format!("UMDFLOW_INPUT_{}", env_name(&input.stage)),
+                &input.dir,
+            );
         }
         for (name, value) in ctx.params {
-            command.env(format!("UMDFLOW_PARAM_{}", env_name(name)), env_value(value));
+            command.env(
+                format!("UMDFLOW_PARAM_{}", env_name(name)),
+                env_value(value),
+            );
         }
-        command.env("UMDFLOW_PARAMS", Value::Object(ctx.params.clone()).to_string());
+        command.env(
+            "UMDFLOW_PARAMS",
+            Value::Object(ctx.params.clone()).to_string(),
+        );
 
         let log = File::create(ctx.log_path).map_err(StageError::io("creating the stage log"))?;
-        let log_err = log.try_clone().map_err(StageError::io("creating the stage log"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(StageError::io("creating the stage log"))?;
         command.stdin(Stdio::null()).stdout(log).stderr(log_err);
 
         let program = match run {
@@ -101,11 +120,16 @@ impl StageKind for CmdKind {
         // commands add almost no latency, then back off.
         let mut pause = Duration::from_micros(100);
         loop {
-            match child.try_wait().map_err(StageError::io("waiting for the command"))? {
+            match child
+                .try_wait()
+                .map_err(StageError::io("waiting for the command"))?
+            {
                 Some(status) if status.success() => return Ok(()),
                 Some(status) => {
                     return Err(StageError::failed(match status.code() {
-                        Some(code) => format!("command exited with status {code} (see the stage log)"),
+                        Some(code) => {
+                            format!("command exited with status {code} (see the stage log)")
+                        }
                         None => format!("command was killed ({status}) (see the stage log)"),
                     }));
                 }
@@ -128,7 +152,11 @@ mod tests {
     use crate::api::{InputArtifact, NoProgress};
     use std::sync::atomic::AtomicBool;
 
-    fn run_cmd(run: RunSpec, params: Params, inputs: &[InputArtifact]) -> (Result<(), StageError>, tempfile::TempDir) {
+    fn run_cmd(
+        run: RunSpec,
+        params: Params,
+        inputs: &[InputArtifact],
+    ) -> (Result<(), StageError>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
@@ -169,24 +197,43 @@ mod tests {
         let (result, dir) = run_cmd(RunSpec::Shell(script.into()), params, &inputs);
         result.unwrap();
         let seen = std::fs::read_to_string(dir.path().join("out/seen")).unwrap();
-        assert_eq!(seen.trim(), r#"0.5 abc /some/where {"name":"abc","ratio":0.5}"#);
+        assert_eq!(
+            seen.trim(),
+            r#"0.5 abc /some/where {"name":"abc","ratio":0.5}"#
+        );
     }
 
     #[test]
     fn a_failing_command_reports_its_status_and_logs_stderr() {
         let (result, dir) = run_cmd(
-            RunSpec::Argv(vec!["sh".into(), "-c".into(), "echo oops >&2; exit 3".into()]),
+            RunSpec::Argv(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo oops >&2; exit 3".into(),
+            ]),
             Params::new(),
             &[],
         );
         let message = result.unwrap_err().to_string();
         assert!(message.contains("status 3"), "{message}");
-        assert_eq!(std::fs::read_to_string(dir.path().join("log.txt")).unwrap(), "oops\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("log.txt")).unwrap(),
+            "oops\n"
+        );
     }
 
     #[test]
     fn a_missing_program_is_named() {
-        let (result, _dir) = run_cmd(RunSpec::Argv(vec!["no-such-program-umdflow".into()]), Params::new(), &[]);
-        assert!(result.unwrap_err().to_string().contains("no-such-program-umdflow"));
+        let (result, _dir) = run_cmd(
+            RunSpec::Argv(vec!["no-such-program-umdflow".into()]),
+            Params::new(),
+            &[],
+        );
+        assert!(
+            result
+                .unwrap_err()
+                .to_string()
+                .contains("no-such-program-umdflow")
+        );
     }
 }

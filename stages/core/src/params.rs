@@ -11,7 +11,9 @@ use serde_json::Value;
 use crate::api::{Params, Problem, StageError};
 
 /// Checks `params` against `T` and returns them completed with `T`'s defaults.
-pub fn resolve_typed<T: DeserializeOwned + Serialize>(params: Params) -> Result<Params, Vec<Problem>> {
+pub fn resolve_typed<T: DeserializeOwned + Serialize>(
+    params: Params,
+) -> Result<Params, Vec<Problem>> {
     let value: T = from_params(params).map_err(|problem| vec![problem])?;
     match serde_json::to_value(&value) {
         Ok(Value::Object(map)) => Ok(map),
@@ -25,9 +27,8 @@ pub fn resolve_typed<T: DeserializeOwned + Serialize>(params: Params) -> Result<
 
 /// Reads resolved params as `T` inside `run`.
 pub fn typed<T: DeserializeOwned>(params: &Params) -> Result<T, StageError> {
-    from_params(params.clone()).map_err(|problem| {
-        StageError::failed(format!("{}: {}", problem.field, problem.message))
-    })
+    from_params(params.clone())
+        .map_err(|problem| StageError::failed(format!("{}: {}", problem.field, problem.message)))
 }
 
 fn from_params<T: DeserializeOwned>(params: Params) -> Result<T, Problem> {
@@ -58,7 +59,10 @@ mod tests {
 
     impl Default for Example {
         fn default() -> Self {
-            Example { ratio: 0.5, steps: 10 }
+            Example {
+                ratio: 0.5,
+                steps: 10,
+            }
         }
     }
 
@@ -69,19 +73,32 @@ mod tests {
     #[test]
     fn defaults_are_filled_in() {
         let resolved = resolve_typed::<Example>(params(serde_json::json!({"steps": 3}))).unwrap();
-        assert_eq!(Value::Object(resolved), serde_json::json!({"ratio": 0.5, "steps": 3}));
+        assert_eq!(
+            Value::Object(resolved),
+            serde_json::json!({"ratio": 0.5, "steps": 3})
+        );
     }
 
     #[test]
     fn a_wrong_type_names_the_field() {
-        let problems = resolve_typed::<Example>(params(serde_json::json!({"steps": "many"}))).unwrap_err();
+        let problems =
+            resolve_typed::<Example>(params(serde_json::json!({"steps": "many"}))).unwrap_err();
         assert_eq!(problems[0].field, "params.steps");
-        assert!(problems[0].message.contains("invalid type"), "{}", problems[0].message);
+        assert!(
+            problems[0].message.contains("invalid type"),
+            "{}",
+            problems[0].message
+        );
     }
 
     #[test]
     fn an_unknown_param_is_reported() {
-        let problems = resolve_typed::<Example>(params(serde_json::json!({"stepz": 3}))).unwrap_err();
-        assert!(problems[0].message.contains("unknown field `stepz`"), "{}", problems[0].message);
+        let problems =
+            resolve_typed::<Example>(params(serde_json::json!({"stepz": 3}))).unwrap_err();
+        assert!(
+            problems[0].message.contains("unknown field `stepz`"),
+            "{}",
+            problems[0].message
+        );
     }
 }
