@@ -189,7 +189,7 @@ pub fn plan(loaded: &Loaded, force: &[String], json: bool) -> Result<usize> {
             "{} to run, {} cached ({} points, {} instances)",
             to_run,
             resolutions.len() - to_run,
-            expanded.points,
+            expanded.points.len(),
             expanded.instances.len()
         );
     }

@@ -17,6 +17,15 @@ use crate::spec::{Design, Seeds, Source};
 
 pub const SEED_AXIS: &str = "seed";
 
+/// What a stage refers to: a whole axis (`${arm}`) or one field of a mapping-valued axis
+/// (`${arm.fea_mim}`). A stage varies over the distinct values of its references, so two arms that
+/// agree on every field a stage reads share that stage's instance.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AxisRef {
+    pub axis: usize,
+    pub field: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Axis {
     pub name: String,
@@ -30,8 +39,9 @@ pub struct Stage {
     pub kind: Arc<dyn StageKind>,
     /// Indices of the input stages, in the order of `inputs:`.
     pub inputs: Vec<usize>,
-    /// Indices into `Expanded::axes` of the axes this stage varies over (sorted).
-    pub axes: Vec<usize>,
+    /// The axis references this stage varies over, its own and its inputs' (sorted: file order,
+    /// `seed` last).
+    pub axes: Vec<AxisRef>,
     /// Its instances, in sweep order.
     pub instances: Vec<usize>,
 }
@@ -42,7 +52,8 @@ pub struct Instance {
     /// Readable id, e.g. `train[ratio=0.5,seed=1]`.
     pub id: String,
     pub stage: usize,
-    /// `(axis, value)` for each axis the stage varies over.
+    /// `(reference, value)` for each axis reference the stage varies over, e.g. `("seed", 1)` or
+    /// `("arm.fea_mim", false)`.
     pub assignment: Vec<(String, Value)>,
     /// Resolved params, defaults filled in by the kind.
     pub params: Map<String, Value>,
@@ -59,8 +70,10 @@ pub struct Expanded {
     pub dir: PathBuf,
     pub axes: Vec<Axis>,
     pub design: Design,
-    /// Number of sweep points (seeds included).
-    pub points: usize,
+    /// The sweep points (seeds included), as a value index per axis.
+    pub points: Vec<Vec<usize>>,
+    /// `point_instances[stage][point]`: the instance of each stage at each point.
+    pub point_instances: Vec<Vec<usize>>,
     pub stages: Vec<Stage>,
     pub instances: Vec<Instance>,
 }
@@ -75,6 +88,9 @@ impl Expanded {
 pub fn display_value(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
+        Value::Object(map) if map.get("name").is_some_and(Value::is_string) => {
+            map["name"].as_str().unwrap_or_default().to_string()
+        }
         other => other.to_string(),
     }
 }
@@ -115,11 +131,16 @@ fn strings_in<'a>(value: &'a Value, path: String, out: &mut Vec<(String, &'a str
 }
 
 fn substitute_str(text: &str, assignment: &[(String, Value)]) -> Value {
-    let lookup = |name: &str| {
+    let lookup = |name: &str| -> Option<&Value> {
+        if let Some((_, value)) = assignment.iter().find(|(label, _)| label == name) {
+            return Some(value);
+        }
+        // `${arm.lr}` when the stage also varies over the whole `arm`.
+        let (axis, field) = name.split_once('.')?;
         assignment
             .iter()
-            .find(|(axis, _)| axis == name)
-            .map(|(_, v)| v)
+            .find(|(label, _)| label == axis)
+            .and_then(|(_, value)| value.get(field))
     };
     // A string that is exactly `${axis}` takes the axis value with its type (0.5 stays a number).
     if let [name] = references(text).as_slice()
@@ -266,8 +287,19 @@ fn build_axes(source: &Source, reporter: &mut Reporter<'_>) -> Vec<Axis> {
             );
         } else {
             let mut seen = BTreeSet::new();
+            let mappings = values.iter().filter(|v| v.is_object()).count();
+            if mappings > 0 {
+                for (i, value) in values.iter().enumerate() {
+                    if !value.get("name").is_some_and(Value::is_string) {
+                        reporter.at_value(
+                            &format!("{path}[{i}]"),
+                            format!("values of axis `{name}` are mappings, so each needs a `name:` (used in instance ids)"),
+                        );
+                    }
+                }
+            }
             for (i, value) in values.iter().enumerate() {
-                if !seen.insert(value.to_string()) {
+                if !seen.insert(display_value(value)) {
                     reporter.at_value(
                         &format!("{path}[{i}]"),
                         format!("axis `{name}` lists {value} twice"),
@@ -405,7 +437,12 @@ fn design_points(
                         "baseline",
                         format!("`baseline:` gives no value for axis `{}`", axis.name),
                     ),
-                    Some(value) => match axis.values.iter().position(|v| v == value) {
+                    Some(value) => match axis.values.iter().position(|v| {
+                        v == value
+                            || (v.is_object()
+                                && value.is_string()
+                                && &display_value(v) == value.as_str().unwrap_or_default())
+                    }) {
                         Some(i) => base.push(i),
                         None => reporter.at_value(
                             &format!("baseline.{}", axis.name),
@@ -516,7 +553,7 @@ pub fn expand(
     // Axes, and the axes each stage names directly.
     let axes = build_axes(source, &mut reporter);
     let axis_names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
-    let mut direct: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); names.len()];
+    let mut direct: Vec<BTreeSet<AxisRef>> = vec![BTreeSet::new(); names.len()];
     for (s, (name, stage)) in raw.stages.0.iter().enumerate() {
         let path = format!("stages.{name}");
         let mut strings = Vec::new();
@@ -537,9 +574,25 @@ pub fn expand(
         }
         for (value_path, text) in strings {
             for reference in references(text) {
-                match axis_names.iter().position(|a| *a == reference) {
+                let (axis_name, field) = match reference.split_once('.') {
+                    Some((axis, field)) => (axis, Some(field.to_string())),
+                    None => (reference.as_str(), None),
+                };
+                match axis_names.iter().position(|a| *a == axis_name) {
                     Some(axis) => {
-                        direct[s].insert(axis);
+                        if let Some(field) = &field
+                            && let Some(missing) =
+                                axes[axis].values.iter().find(|v| v.get(field).is_none())
+                        {
+                            reporter.at_value(
+                                &value_path,
+                                format!(
+                                    "`${{{reference}}}`: value `{}` of axis `{axis_name}` has no field `{field}`",
+                                    display_value(missing)
+                                ),
+                            );
+                        }
+                        direct[s].insert(AxisRef { axis, field });
                     }
                     None => {
                         let known = if axis_names.is_empty() {
@@ -561,19 +614,26 @@ pub fn expand(
         return Err(Invalid(reporter.found));
     }
     for (a, axis) in axes.iter().enumerate() {
-        if !direct.iter().any(|used| used.contains(&a)) {
+        if !direct.iter().any(|used| used.iter().any(|r| r.axis == a)) {
             tracing::warn!("axis `{}` is used by no stage", axis.name);
         }
     }
 
     // Which axes each stage varies over: its own plus its inputs'.
     let order = topological(&inputs);
-    let mut used: Vec<BTreeSet<usize>> = direct.clone();
+    let mut used: Vec<BTreeSet<AxisRef>> = direct.clone();
     for &stage in &order {
         for &input in &inputs[stage] {
             let inherited = used[input].clone();
             used[stage].extend(inherited);
         }
+        // A whole-axis reference covers its field references.
+        let whole: BTreeSet<usize> = used[stage]
+            .iter()
+            .filter(|r| r.field.is_none())
+            .map(|r| r.axis)
+            .collect();
+        used[stage].retain(|r| r.field.is_none() || !whole.contains(&r.axis));
     }
 
     let mut stages: Vec<Stage> = Vec::with_capacity(names.len());
@@ -582,14 +642,35 @@ pub fn expand(
             name: name.clone(),
             kind: kinds[s].clone().expect("kinds were validated"),
             inputs: inputs[s].clone(),
-            axes: used[s].iter().copied().collect(),
+            axes: used[s].iter().cloned().collect(),
             instances: Vec::new(),
         });
     }
 
     // Instances: one per distinct projection of the points onto a stage's axes.
     let mut instances: Vec<Instance> = Vec::new();
-    let mut by_projection: Vec<HashMap<Vec<usize>, usize>> = vec![HashMap::new(); names.len()];
+    let mut by_projection: Vec<HashMap<Vec<String>, usize>> = vec![HashMap::new(); names.len()];
+    let mut point_instances: Vec<Vec<usize>> = vec![vec![0; points.len()]; names.len()];
+    let project = |refs: &[AxisRef], point: &[usize]| -> Vec<(String, Value)> {
+        refs.iter()
+            .map(|r| {
+                let value = &axes[r.axis].values[point[r.axis]];
+                match &r.field {
+                    None => (axes[r.axis].name.clone(), value.clone()),
+                    Some(field) => (
+                        format!("{}.{field}", axes[r.axis].name),
+                        value.get(field).cloned().unwrap_or(Value::Null),
+                    ),
+                }
+            })
+            .collect()
+    };
+    let projection_key = |assignment: &[(String, Value)]| -> Vec<String> {
+        assignment
+            .iter()
+            .map(|(_, v)| crate::keys::canonical_json(v))
+            .collect()
+    };
     for &s in &order {
         let (stage_name, raw_stage) = &raw.stages.0[s];
         let stage_axes = stages[s].axes.clone();
@@ -597,15 +678,13 @@ pub fn expand(
             .iter()
             .map(|&i| (names[i].clone(), stages[i].kind.name().to_string()))
             .collect();
-        for point in &points {
-            let projection: Vec<usize> = stage_axes.iter().map(|&a| point[a]).collect();
-            if by_projection[s].contains_key(&projection) {
+        for (p, point) in points.iter().enumerate() {
+            let assignment = project(&stage_axes, point);
+            let projection = projection_key(&assignment);
+            if let Some(&existing) = by_projection[s].get(&projection) {
+                point_instances[s][p] = existing;
                 continue;
             }
-            let assignment: Vec<(String, Value)> = stage_axes
-                .iter()
-                .map(|&a| (axes[a].name.clone(), axes[a].values[point[a]].clone()))
-                .collect();
             let id = if assignment.is_empty() {
                 stage_name.clone()
             } else {
@@ -649,13 +728,7 @@ pub fn expand(
                 .iter()
                 .map(|d| substitute_text(d, &assignment))
                 .collect();
-            let input_instances = inputs[s]
-                .iter()
-                .map(|&i| {
-                    let sub: Vec<usize> = stages[i].axes.iter().map(|&a| point[a]).collect();
-                    by_projection[i][&sub]
-                })
-                .collect();
+            let input_instances = inputs[s].iter().map(|&i| point_instances[i][p]).collect();
             let index = instances.len();
             instances.push(Instance {
                 id,
@@ -667,6 +740,7 @@ pub fn expand(
                 inputs: input_instances,
             });
             by_projection[s].insert(projection, index);
+            point_instances[s][p] = index;
             stages[s].instances.push(index);
         }
     }
@@ -677,7 +751,8 @@ pub fn expand(
         dir: source.dir.clone(),
         axes,
         design: raw.design,
-        points: points.len(),
+        points,
+        point_instances,
         stages,
         instances,
     })

@@ -271,3 +271,52 @@ stages:
         ]
     );
 }
+
+#[test]
+fn arms_share_the_stages_whose_fields_agree() {
+    let project = Project::new();
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: arms
+seeds: 2
+design: one-at-a-time
+baseline: {{arm: full, ratio: 0.5}}
+sweep:
+  arm:
+    - {{name: base, fea: false, coord: false}}
+    - {{name: plus-fea, fea: true, coord: false}}
+    - {{name: full, fea: true, coord: true}}
+  ratio: [0.25, 0.5]
+stages:
+  pretrain:
+    kind: cmd
+    run: '{RECORD}'
+    params: {{fea: "${{arm.fea}}", ratio: "${{ratio}}", seed: "${{seed}}"}}
+  tune:
+    kind: cmd
+    inputs: [pretrain]
+    run: '{RECORD}'
+    params: {{coord: "${{arm.coord}}", arm: "${{arm}}"}}
+"#
+        ),
+    );
+    let plan = project.json(&["plan", "p.yaml"], 0);
+    let ids: Vec<String> = statuses(&plan).into_iter().map(|(id, _)| id).collect();
+    // Points: full@0.5 (baseline), base@0.5, plus-fea@0.5, full@0.25; x 2 seeds.
+    // pretrain reads only `fea`: plus-fea and full share it at ratio 0.5.
+    let pretrains: Vec<&String> = ids.iter().filter(|id| id.starts_with("pretrain")).collect();
+    assert_eq!(pretrains.len(), 6, "{pretrains:?}");
+    assert!(
+        ids.contains(&"pretrain[arm.fea=true,ratio=0.5,seed=1]".to_string()),
+        "{ids:?}"
+    );
+    let tunes = ids.iter().filter(|id| id.starts_with("tune")).count();
+    assert_eq!(tunes, 8, "one per point: {ids:?}");
+    assert!(
+        ids.contains(&"tune[arm=plus-fea,ratio=0.5,seed=0]".to_string()),
+        "{ids:?}"
+    );
+    project.json(&["run", "p.yaml"], 0);
+    assert_eq!(project.journal().len(), 14);
+}

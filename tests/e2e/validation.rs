@@ -163,3 +163,19 @@ fn a_usage_error_exits_2() {
     assert_eq!(project.umdflow(&["run"]).status.code(), Some(2));
     assert_eq!(project.umdflow(&["frobnicate"]).status.code(), Some(2));
 }
+
+#[test]
+fn mapping_axes_need_names_and_the_fields_referenced() {
+    let text = format!(
+        "name: v\nsweep:\n  arm:\n    - {{name: a, lr: 1}}\n    - {{lr: 2}}\nstages:\n  s:\n{OK_STAGE}    params: {{x: \"${{arm.lrr}}\"}}\n"
+    );
+    let err = invalid(&text, &[]);
+    assert!(
+        err.contains("p.yaml:5:7: values of axis `arm` are mappings, so each needs a `name:`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("p.yaml:10:17: `${arm.lrr}`: value `a` of axis `arm` has no field `lrr`"),
+        "{err}"
+    );
+}
