@@ -441,7 +441,7 @@ fn design_points(
                         v == value
                             || (v.is_object()
                                 && value.is_string()
-                                && &display_value(v) == value.as_str().unwrap_or_default())
+                                && display_value(v) == value.as_str().unwrap_or_default())
                     }) {
                         Some(i) => base.push(i),
                         None => reporter.at_value(
