@@ -27,6 +27,8 @@ pub struct PipelineArgs {
 /// A loaded, validated and expanded pipeline with its cache.
 pub struct Loaded {
     pub source: Source,
+    /// The `--set` overrides as given.
+    pub sets: Vec<String>,
     pub expanded: Expanded,
     pub deps: DepDigests,
     pub cache_dir: PathBuf,
@@ -39,6 +41,7 @@ pub fn load_pipeline(args: &PipelineArgs, registry: &Registry) -> Result<Loaded,
     let cache_dir = cache_dir(args.cache.as_deref(), &source.dir);
     Ok(Loaded {
         source,
+        sets: args.sets.clone(),
         expanded,
         deps,
         cache_dir,
@@ -68,12 +71,21 @@ pub struct RunResult {
     pub interrupted: bool,
 }
 
+/// Where `run` writes its lock file, if anywhere.
+pub enum LockFile {
+    BesidePipeline,
+    At(PathBuf),
+    Off,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     loaded: &Loaded,
     options: &RunOptions,
     force: &[String],
     json: bool,
     quiet: bool,
+    lock: &LockFile,
     cancel: &AtomicBool,
 ) -> Result<RunResult> {
     let cache = open_cache(&loaded.cache_dir)?;
@@ -91,6 +103,15 @@ pub fn run(
     )?;
     progress.finish();
     let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
+    let lock_path = match lock {
+        LockFile::BesidePipeline => Some(crate::lockfile::lock_path(&loaded.source.file)),
+        LockFile::At(path) => Some(path.clone()),
+        LockFile::Off => None,
+    };
+    if let Some(path) = lock_path {
+        let text = crate::lockfile::render(expanded, &outcomes, &loaded.sets, options.threads_per_stage);
+        crate::lockfile::write(&path, &text).with_context(|| format!("writing the lock file {}", path.display()))?;
+    }
     for (instance, outcome) in expanded.instances.iter().zip(&outcomes) {
         if let (Status::Failed, Some(tail)) = (outcome.status, &outcome.log_tail) {
             eprintln!(

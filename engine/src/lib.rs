@@ -12,3 +12,4 @@ pub mod resolve;
 pub mod scheduler;
 pub mod spec;
 pub mod summary;
+pub mod lockfile;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
-use umdflow::commands::{self, DagFormat, Loaded, PipelineArgs};
+use umdflow::commands::{self, DagFormat, Loaded, LockFile, PipelineArgs};
 use umdflow::diagnostics::Invalid;
 use umdflow::registry::Registry;
 use umdflow::scheduler::{RunOptions, Status, cache_dir};
@@ -74,6 +74,12 @@ enum Command {
         /// Print one JSON document on stdout.
         #[arg(long)]
         json: bool,
+        /// Where to write the lock file (default: `<pipeline>.lock.json` beside the pipeline).
+        #[arg(long, value_name = "PATH")]
+        lock_file: Option<PathBuf>,
+        /// Write no lock file.
+        #[arg(long, conflicts_with = "lock_file")]
+        no_lock_file: bool,
     },
     /// Say what `run` would execute and why, running nothing.
     Plan {
@@ -205,6 +211,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
             threads_per_stage,
             json,
+            lock_file,
+            no_lock_file,
         } => {
             let loaded = match load(&pipeline, &registry) {
                 Ok(loaded) => loaded,
@@ -218,7 +226,12 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 umdflow_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             install_ctrl_c();
-            let result = commands::run(&loaded, &options, &force, json, cli.quiet, &CANCEL)?;
+            let lock = match (no_lock_file, lock_file) {
+                (true, _) => LockFile::Off,
+                (false, Some(path)) => LockFile::At(path),
+                (false, None) => LockFile::BesidePipeline,
+            };
+            let result = commands::run(&loaded, &options, &force, json, cli.quiet, &lock, &CANCEL)?;
             Ok(if result.interrupted {
                 ExitCode::from(130)
             } else if result.outcomes.iter().any(|o| o.status == Status::Failed) {

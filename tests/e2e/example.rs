@@ -18,6 +18,7 @@ fn the_example_pipeline_runs_and_reports_metrics() {
         "seeds=[0]",
         "--set",
         "sweep.lam=[0.1,1000]",
+        "--no-lock-file",
     ];
     let run = project.json(&args, 0);
     assert_eq!(
