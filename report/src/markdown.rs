@@ -1,0 +1,120 @@
+//! `ablation.md`: the means table and the paired-difference table, GitHub-flavoured Markdown with
+//! footnotes.
+
+use std::fmt::Write;
+
+use crate::cell_text::{CellText, difference_cell, mean_cell};
+use crate::summary::Summary;
+
+/// The whole Markdown document.
+pub fn to_markdown(summary: &Summary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# {}: ablation\n", escape(&summary.title));
+    let _ = writeln!(
+        out,
+        "Mean ± half-width of the {}% confidence interval over seeds (Student t, n − 1 degrees of \
+         freedom). `n` is shown where fewer seeds than the row has contributed.\n",
+        percent(summary.confidence)
+    );
+    header(&mut out, &summary.metrics, true);
+    for row in &summary.rows {
+        let mut line = format!("| {} | {} |", escape(&row.label), row.seeds);
+        for cell in &row.cells {
+            let _ = write!(line, " {} |", cell_markdown(&mean_cell(row, cell)));
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    if let Some(baseline) = &summary.baseline {
+        let _ = writeln!(
+            out,
+            "\n## Difference to the baseline ({})\n",
+            escape(baseline)
+        );
+        let _ = writeln!(
+            out,
+            "Paired by seed: mean ± half-width of the {}% confidence interval of (row − baseline). \
+             \\* marks an interval that excludes 0.\n",
+            percent(summary.confidence)
+        );
+        header(&mut out, &summary.metrics, false);
+        for row in summary.rows.iter().filter(|row| !row.is_baseline) {
+            let mut line = format!("| {} |", escape(&row.label));
+            for cell in &row.cells {
+                let text = difference_cell(row, cell).map(|text| cell_markdown(&text));
+                let _ = write!(line, " {} |", text.unwrap_or_default());
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    if !summary.notes.is_empty() {
+        out.push('\n');
+        for (index, note) in summary.notes.iter().enumerate() {
+            let _ = writeln!(out, "[^{}]: Not available: {}.", index + 1, escape(note));
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, metrics: &[String], with_seeds: bool) {
+    let mut names = String::from("| Arm |");
+    let mut rule = String::from("|---|");
+    if with_seeds {
+        names.push_str(" Seeds |");
+        rule.push_str("---:|");
+    }
+    for metric in metrics {
+        let _ = write!(names, " {} |", escape(metric));
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(out, "{names}\n{rule}");
+}
+
+fn cell_markdown(text: &CellText) -> String {
+    match text {
+        CellText::Missing { note } => format!("—{}", footnote(*note)),
+        CellText::Value {
+            mean,
+            half_width,
+            n,
+            excludes_zero,
+            note,
+        } => {
+            let mut cell = mean.clone();
+            if let Some(hw) = half_width {
+                let _ = write!(cell, " ± {hw}");
+            }
+            if let Some(n) = n {
+                let _ = write!(cell, " (n={n})");
+            }
+            if *excludes_zero {
+                cell.push_str(" \\*");
+            }
+            cell.push_str(&footnote(*note));
+            cell
+        }
+    }
+}
+
+fn footnote(note: Option<usize>) -> String {
+    note.map(|n| format!("[^{n}]")).unwrap_or_default()
+}
+
+pub(crate) fn percent(confidence: f64) -> String {
+    format!("{}", (confidence * 100.0).round())
+}
+
+/// Backslash-escapes characters that Markdown or a table row would read as syntax.
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            _ => out.push(c),
+        }
+    }
+    out
+}
