@@ -30,7 +30,8 @@ pub(crate) fn to_html(summary: &Summary, figures: &[InlineFigure]) -> String {
     let _ = writeln!(
         out,
         "<p>Mean ± half-width of the {}% confidence interval over seeds (Student t, n − 1 degrees \
-         of freedom). <i>n</i> is shown where fewer seeds than the row has contributed.</p>",
+         of freedom). <i>n</i> is shown where only some of the row's seeds have a value, and for \
+         a single seed.</p>",
         percent(summary.confidence)
     );
     let rows: Vec<(Vec<String>, Vec<CellText>)> = summary

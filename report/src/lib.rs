@@ -18,6 +18,48 @@
 //! (n − 1 degrees of freedom); with one seed the mean alone and `n=1`. Differences to the
 //! baseline are paired by seed. Output is deterministic: the same input gives byte-identical
 //! files.
+//!
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! use umdflow_report::{render, Replicate, ReportInput, Row};
+//!
+//! let seed = |name: &str, acc: f64| Replicate {
+//!     seed: name.to_string(),
+//!     metrics: Some(BTreeMap::from([("vqa_acc".to_string(), acc)])),
+//!     missing: None,
+//! };
+//! let input = ReportInput {
+//!     title: "ablation".to_string(),
+//!     metrics: vec!["vqa_acc".to_string()],
+//!     rows: vec![
+//!         Row {
+//!             label: "data-mr".to_string(),
+//!             axes: vec![("arm".to_string(), "data-mr".to_string())],
+//!             replicates: vec![seed("0", 0.61), seed("1", 0.63)],
+//!         },
+//!         Row {
+//!             label: "full".to_string(),
+//!             axes: vec![("arm".to_string(), "full".to_string())],
+//!             replicates: vec![
+//!                 seed("0", 0.70),
+//!                 Replicate {
+//!                     seed: "1".to_string(),
+//!                     metrics: None,
+//!                     missing: Some("evaluate[arm=full,seed=1] has not run".to_string()),
+//!                 },
+//!             ],
+//!         },
+//!     ],
+//!     baseline: Some(0),
+//!     x_axis: None,
+//!     curves: vec![],
+//! };
+//! let written = render(&input, std::path::Path::new("report"))?;
+//! for path in written.files() {
+//!     println!("{}", path.display());
+//! }
+//! # Ok::<(), umdflow_report::ReportError>(())
+//! ```
 
 mod cell_text;
 mod chart;

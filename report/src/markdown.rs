@@ -13,7 +13,8 @@ pub fn to_markdown(summary: &Summary) -> String {
     let _ = writeln!(
         out,
         "Mean ± half-width of the {}% confidence interval over seeds (Student t, n − 1 degrees of \
-         freedom). `n` is shown where fewer seeds than the row has contributed.\n",
+         freedom). `n` is shown where only some of the row's seeds have a value, and for a \
+         single seed.\n",
         percent(summary.confidence)
     );
     header(&mut out, &summary.metrics, true);

@@ -15,7 +15,7 @@ use umdflow_report::{escape_latex, summarize, to_csv, to_json, to_latex, to_mark
 
 const MARKDOWN: &str = r#"# demo: ablation
 
-Mean ± half-width of the 95% confidence interval over seeds (Student t, n − 1 degrees of freedom). `n` is shown where fewer seeds than the row has contributed.
+Mean ± half-width of the 95% confidence interval over seeds (Student t, n − 1 degrees of freedom). `n` is shown where only some of the row's seeds have a value, and for a single seed.
 
 | Arm | Seeds | acc | auc |
 |---|---:|---:|---:|
