@@ -15,3 +15,7 @@ pub mod store;
 
 pub use config::ModelConfig;
 pub use error::ModelError;
+pub mod losses;
+pub mod masking;
+pub mod batch;
+pub mod objective;

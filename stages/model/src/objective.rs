@@ -1,0 +1,278 @@
+//! The MR-Pretrain objective:
+//! `L = L_MIM + L_MLM + L_ITM + alpha · (L_FeaMIM + L_FeaMLM)`, every term switchable.
+//!
+//! One step runs (as M3AE) separate passes that share what they can: the unmasked encoders once
+//! (for ITM, as MLM's image side and MIM's text side, and as stop-gradient feature targets), the
+//! image encoder on the visible patches (MIM pass, fusion only up to `mim_layer`), the text encoder
+//! on the corrupted text (MLM pass) and the fusion on in-batch ITM pairs.
+
+use candle_core::{D, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Batch;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::losses::{self, FeatureDistance};
+use crate::model::encoders::EncoderOutput;
+use crate::model::{FeatureDims, UmdModel};
+use crate::store::ParamStore;
+
+/// Where feature-level targets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetNetwork {
+    /// An exponential moving average of the online encoders (updated after every step).
+    Ema,
+    /// The online encoders themselves on the unmasked input, with gradients stopped.
+    Stopgrad,
+}
+
+/// The loss switches and the feature-target choices (all pipeline parameters of `pretrain`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    pub mim: bool,
+    pub mlm: bool,
+    pub itm: bool,
+    pub feamim: bool,
+    pub feamlm: bool,
+    /// Weight of the feature-level terms.
+    pub alpha: f64,
+    pub target_network: TargetNetwork,
+    /// EMA momentum (`target = m · target + (1 − m) · online`).
+    pub ema_momentum: f64,
+    /// Encoder layer the targets are read from: null = the final encoder output after the
+    /// projection into the fusion width; k = the output of encoder block k (before projection).
+    pub target_layer: Option<usize>,
+    pub distance: FeatureDistance,
+    /// Layer-normalise each target token (without parameters).
+    pub normalize_targets: bool,
+    /// Average the feature losses over masked positions only (else over all real positions).
+    pub masked_only: bool,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        ObjectiveConfig {
+            mim: true,
+            mlm: true,
+            itm: true,
+            feamim: true,
+            feamlm: true,
+            alpha: 1.0,
+            target_network: TargetNetwork::Ema,
+            ema_momentum: 0.999,
+            target_layer: None,
+            distance: FeatureDistance::Mse,
+            normalize_targets: true,
+            masked_only: true,
+        }
+    }
+}
+
+impl ObjectiveConfig {
+    /// Checks the choices against the model sizes; returns a message naming the bad field.
+    pub fn validate(&self, model: &ModelConfig) -> std::result::Result<(), (String, String)> {
+        if !(self.mim || self.mlm || self.itm || self.feamim || self.feamlm) {
+            return Err(("mim".into(), "every loss term is switched off; nothing to train".into()));
+        }
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(("alpha".into(), format!("must be a finite number >= 0, got {}", self.alpha)));
+        }
+        if !(0.0..1.0).contains(&self.ema_momentum) {
+            return Err(("ema_momentum".into(), format!("must lie in [0, 1), got {}", self.ema_momentum)));
+        }
+        if let Some(k) = self.target_layer {
+            let max = model.vision_layers.min(model.text_layers);
+            if k == 0 || k > max {
+                return Err((
+                    "target_layer".into(),
+                    format!("must be null (projected output) or an encoder block in 1..={max}, got {k}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Output widths of the feature heads for this target choice.
+    pub fn feature_dims(&self, model: &ModelConfig) -> FeatureDims {
+        match self.target_layer {
+            None => FeatureDims { image: model.fusion_width, text: model.fusion_width },
+            Some(_) => FeatureDims { image: model.vision_width, text: model.text_width },
+        }
+    }
+}
+
+/// The terms of one step: the total (to back-propagate) and each enabled term's value.
+#[derive(Debug, Clone)]
+pub struct LossTerms {
+    pub total: Tensor,
+    /// `(name, value)` for each enabled term, in the order mim, mlm, itm, feamim, feamlm.
+    pub values: Vec<(&'static str, f32)>,
+}
+
+/// The EMA copy of the model used as the feature-target network (only its encoders and
+/// projections are read and updated).
+#[derive(Debug, Clone)]
+pub struct EmaTarget {
+    pub store: ParamStore,
+    pub model: UmdModel,
+}
+
+/// Parameter-name prefixes of the target network.
+const TARGET_PREFIXES: [&str; 4] = ["vision_encoder.", "language_encoder.", "multi_modal_vision_proj.", "multi_modal_language_proj."];
+
+impl EmaTarget {
+    /// A copy of `online` (same values).
+    pub fn new(online_store: &ParamStore, online: &UmdModel) -> Result<Self> {
+        let mut store = ParamStore::new(online_store.device(), 0);
+        let model = UmdModel::new(&mut store, &online.config, online.feature_dims)?;
+        for (name, param) in store.iter() {
+            if let Some(source) = online_store.param(name) {
+                param.var.set(&source.var.as_tensor().copy()?)?;
+            }
+        }
+        Ok(EmaTarget { store, model })
+    }
+
+    /// `target ← m · target + (1 − m) · online` for the encoder and projection parameters.
+    pub fn update(&self, online: &ParamStore, momentum: f64) -> Result<()> {
+        for (name, param) in self.store.iter() {
+            if !TARGET_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                continue;
+            }
+            if let Some(source) = online.param(name) {
+                let mixed = ((param.var.as_tensor() * momentum)? + (source.var.as_tensor() * (1.0 - momentum))?)?;
+                param.var.set(&mixed)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Feature targets [B, L, Dimg] (patch tokens) and [B, T, Dtxt].
+fn feature_targets(
+    net: &UmdModel,
+    vision: &EncoderOutput,
+    text: &EncoderOutput,
+    layer: Option<usize>,
+    normalize: bool,
+) -> Result<(Tensor, Tensor)> {
+    let (image, text) = match layer {
+        None => (net.vision_proj.forward(&vision.last)?, net.text_proj.forward(&text.last)?),
+        Some(k) => (vision.blocks[k - 1].clone(), text.blocks[k - 1].clone()),
+    };
+    let patches = image.dim(1)? - 1;
+    let image = image.narrow(1, 1, patches)?;
+    let (image, text) = if normalize {
+        (losses::normalize_features(&image)?, losses::normalize_features(&text)?)
+    } else {
+        (image, text)
+    };
+    Ok((image.detach(), text.detach()))
+}
+
+fn flatten_rows(x: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    Ok(x.reshape((x.elem_count() / d, d))?)
+}
+
+/// Computes every enabled loss for one batch.
+pub fn mr_losses(model: &UmdModel, ema: Option<&EmaTarget>, batch: &Batch, obj: &ObjectiveConfig) -> Result<LossTerms> {
+    let c = &model.config;
+    let stopgrad = obj.target_network == TargetNetwork::Stopgrad;
+    let need_features = obj.feamim || obj.feamlm;
+    let mim_pass = obj.mim || obj.feamim;
+    let mlm_pass = obj.mlm || obj.feamlm;
+    let need_full_vision = obj.itm || mlm_pass || (need_features && stopgrad);
+    let need_full_text = obj.itm || mim_pass || (need_features && stopgrad);
+
+    let full_vision = if need_full_vision { Some(model.vision.forward(&batch.patches, None)?) } else { None };
+    let full_text = if need_full_text { Some(model.text.forward(&batch.input_ids, &batch.text_mask)?) } else { None };
+    let missing = || ModelError::Config("internal: a pass needs an encoder output that was not computed".into());
+
+    let targets = if need_features {
+        Some(match (ema, stopgrad) {
+            (Some(ema), false) => {
+                let v = ema.model.vision.forward(&batch.patches, None)?;
+                let t = ema.model.text.forward(&batch.input_ids, &batch.text_mask)?;
+                feature_targets(&ema.model, &v, &t, obj.target_layer, obj.normalize_targets)?
+            }
+            (None, false) => return Err(ModelError::Config("target_network `ema` needs the EMA target model".into())),
+            (_, true) => feature_targets(
+                model,
+                full_vision.as_ref().ok_or_else(missing)?,
+                full_text.as_ref().ok_or_else(missing)?,
+                obj.target_layer,
+                obj.normalize_targets,
+            )?,
+        })
+    } else {
+        None
+    };
+
+    let mut values = Vec::new();
+    let mut data_terms: Vec<Tensor> = Vec::new();
+    let mut feature_terms: Vec<Tensor> = Vec::new();
+    let mut record = |name: &'static str, loss: Tensor, feature: bool| -> Result<()> {
+        values.push((name, loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?));
+        if feature { feature_terms.push(loss) } else { data_terms.push(loss) }
+        Ok(())
+    };
+
+    if mim_pass {
+        let text = full_text.as_ref().ok_or_else(missing)?;
+        let visible = model.vision.forward(&batch.patches, Some(&batch.keep))?;
+        let fused = model.fuse(&text.last, &batch.text_mask, &visible.last, c.mim_layer)?;
+        let decoded = model.mim_head.decode(&fused.image[c.mim_layer], &batch.restore)?;
+        if obj.mim {
+            let pixels = model.mim_head.pixels(&decoded)?;
+            record("mim", losses::masked_patch_mse(&pixels, &batch.pixel_targets, &batch.removed)?, false)?;
+        }
+        if obj.feamim {
+            let (image_targets, _) = targets.as_ref().ok_or_else(missing)?;
+            let pred = flatten_rows(&model.feamim_head.forward(&decoded)?)?;
+            let weights = if obj.masked_only { batch.removed.flatten_all()? } else { batch.removed.ones_like()?.flatten_all()? };
+            record("feamim", losses::feature_loss(&pred, &flatten_rows(image_targets)?, &weights, obj.distance)?, true)?;
+        }
+    }
+    if mlm_pass {
+        let vision = full_vision.as_ref().ok_or_else(missing)?;
+        let corrupted = model.text.forward(&batch.masked_ids, &batch.text_mask)?;
+        let fused = model.fuse(&corrupted.last, &batch.text_mask, &vision.last, c.fusion_layers)?;
+        let text_rows = flatten_rows(fused.text.last().ok_or_else(missing)?)?;
+        if obj.mlm && batch.mlm_positions.elem_count() > 0 {
+            let logits = model.mlm_head.forward(&text_rows.index_select(&batch.mlm_positions, 0)?)?;
+            record("mlm", losses::cross_entropy(&logits, &batch.mlm_labels)?, false)?;
+        }
+        if obj.feamlm {
+            let (_, text_targets) = targets.as_ref().ok_or_else(missing)?;
+            let pred = model.feamlm_head.forward(&text_rows)?;
+            let weights = if obj.masked_only { batch.mlm_weights.flatten_all()? } else { batch.text_mask.flatten_all()? };
+            record("feamlm", losses::feature_loss(&pred, &flatten_rows(text_targets)?, &weights, obj.distance)?, true)?;
+        }
+    }
+    if obj.itm {
+        let vision = full_vision.as_ref().ok_or_else(missing)?;
+        let text = full_text.as_ref().ok_or_else(missing)?;
+        let images = vision.last.index_select(&batch.itm_image, 0)?;
+        let fused = model.fuse(&text.last, &batch.text_mask, &images, c.fusion_layers)?;
+        let logits = model.itm_logits(&model.pooled(&fused)?)?;
+        record("itm", losses::cross_entropy(&logits, &batch.itm_labels)?, false)?;
+    }
+
+    let mut total: Option<Tensor> = None;
+    for term in data_terms {
+        total = Some(match total { Some(t) => (t + term)?, None => term });
+    }
+    for term in feature_terms {
+        let weighted = (term * obj.alpha)?;
+        total = Some(match total { Some(t) => (t + weighted)?, None => weighted });
+    }
+    let total = total.ok_or_else(|| ModelError::Config("no loss term produced a value for this batch".into()))?;
+    values.sort_by_key(|(name, _)| TERM_ORDER.iter().position(|n| n == name));
+    Ok(LossTerms { total, values })
+}
+
+/// The order of the loss terms in curves and metrics.
+pub const TERM_ORDER: [&str; 5] = ["mim", "mlm", "itm", "feamim", "feamlm"];
