@@ -109,8 +109,10 @@ pub fn run(
         LockFile::Off => None,
     };
     if let Some(path) = lock_path {
-        let text = crate::lockfile::render(expanded, &outcomes, &loaded.sets, options.threads_per_stage);
-        crate::lockfile::write(&path, &text).with_context(|| format!("writing the lock file {}", path.display()))?;
+        let text =
+            crate::lockfile::render(expanded, &outcomes, &loaded.sets, options.threads_per_stage);
+        crate::lockfile::write(&path, &text)
+            .with_context(|| format!("writing the lock file {}", path.display()))?;
     }
     for (instance, outcome) in expanded.instances.iter().zip(&outcomes) {
         if let (Status::Failed, Some(tail)) = (outcome.status, &outcome.log_tail) {

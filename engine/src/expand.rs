@@ -485,6 +485,49 @@ fn design_points(
     points
 }
 
+/// The `report:` section names stages and axes that exist.
+fn validate_report(source: &Source, names: &[String], axes: &[Axis], reporter: &mut Reporter<'_>) {
+    let Some(report) = &source.raw.report else {
+        return;
+    };
+    let known_stage = |name: &str| names.iter().any(|n| n == name);
+    if !known_stage(&report.stage) {
+        reporter.at_value(
+            "report.stage",
+            format!(
+                "unknown stage `{}`; stages in this file: {}",
+                report.stage,
+                names.join(", ")
+            ),
+        );
+    }
+    for (i, curve) in report.curves.iter().enumerate() {
+        if !known_stage(&curve.stage) {
+            reporter.at_value(
+                &format!("report.curves[{i}].stage"),
+                format!("unknown stage `{}`", curve.stage),
+            );
+        }
+    }
+    let axis_names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
+    if let Some(x) = &report.x_axis
+        && !axis_names.contains(&x.as_str())
+    {
+        reporter.at_value(
+            "report.x_axis",
+            format!("`{x}` is not an axis; axes are: {}", axis_names.join(", ")),
+        );
+    }
+    for key in report.baseline.iter().flat_map(|b| b.keys()) {
+        if !axis_names.contains(&key.as_str()) {
+            reporter.at_key(
+                &format!("report.baseline.{key}"),
+                format!("`{key}` is not an axis"),
+            );
+        }
+    }
+}
+
 /// Validates the file and expands it into instances. Every problem found is reported at once.
 pub fn expand(
     source: &Source,
@@ -609,6 +652,7 @@ pub fn expand(
             }
         }
     }
+    validate_report(source, &names, &axes, &mut reporter);
     let points = design_points(source, &axes, &mut reporter, max_points);
     if !reporter.is_clean() {
         return Err(Invalid(reporter.found));

@@ -48,16 +48,26 @@ pub fn dependency_versions() -> BTreeMap<&'static str, &'static str> {
 
 /// `pipelines/ablation.yaml` -> `pipelines/ablation.lock.json`
 pub fn lock_path(pipeline: &Path) -> PathBuf {
-    let stem = pipeline.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into());
+    let stem = pipeline
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "pipeline".into());
     pipeline.with_file_name(format!("{stem}.lock.json"))
 }
 
 /// blake3 of the canonical JSON of a metrics document.
 pub fn metrics_digest(metrics: &Value) -> String {
-    blake3::hash(canonical_json(metrics).as_bytes()).to_hex().to_string()
+    blake3::hash(canonical_json(metrics).as_bytes())
+        .to_hex()
+        .to_string()
 }
 
-pub fn render(expanded: &Expanded, outcomes: &[Outcome], overrides: &[String], threads_per_stage: usize) -> String {
+pub fn render(
+    expanded: &Expanded,
+    outcomes: &[Outcome],
+    overrides: &[String],
+    threads_per_stage: usize,
+) -> String {
     let instances = expanded
         .instances
         .iter()
@@ -72,7 +82,11 @@ pub fn render(expanded: &Expanded, outcomes: &[Outcome], overrides: &[String], t
                 kind_version: stage.kind.version(),
                 // Executed and cached both mean "this result is in the cache": the lock file must
                 // not differ between a fresh run and a rerun.
-                status: if record.is_some() { "done" } else { outcome.status.as_str() },
+                status: if record.is_some() {
+                    "done"
+                } else {
+                    outcome.status.as_str()
+                },
                 params: &instance.params,
                 key: outcome.key.as_deref(),
                 output_digest: record.map(|r| r.output_digest.as_str()),
@@ -83,7 +97,11 @@ pub fn render(expanded: &Expanded, outcomes: &[Outcome], overrides: &[String], t
         .collect();
     let lock = Lock {
         pipeline: &expanded.name,
-        file: expanded.file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+        file: expanded
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
         overrides,
         umdflow_version: env!("CARGO_PKG_VERSION"),
         rustc: env!("UMDFLOW_RUSTC_VERSION"),

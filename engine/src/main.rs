@@ -127,6 +127,22 @@ enum Command {
         #[arg(long)]
         cache: Option<PathBuf>,
     },
+    /// Tables (Markdown, CSV, JSON, LaTeX), plots and an HTML page from cached results; runs nothing.
+    Report {
+        #[command(flatten)]
+        pipeline: Pipeline,
+        /// Output folder (default: `<pipeline>-report/` beside the pipeline).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A folder with the pipeline, its lock file, every metric and the report, for a reviewer.
+    Export {
+        #[command(flatten)]
+        pipeline: Pipeline,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// List the stage kinds.
     Kinds,
 }
@@ -342,6 +358,26 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Report { pipeline, out } => {
+            let loaded = match load(&pipeline, &registry) {
+                Ok(loaded) => loaded,
+                Err(code) => return Ok(code),
+            };
+            let out =
+                out.unwrap_or_else(|| umdflow::report::default_report_dir(&loaded.source.file));
+            let files = umdflow::report::report(&loaded, &out)?;
+            println!("wrote {} files to {}", files.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { pipeline, out } => {
+            let loaded = match load(&pipeline, &registry) {
+                Ok(loaded) => loaded,
+                Err(code) => return Ok(code),
+            };
+            let files = umdflow::report::export(&loaded, &out, 1)?;
+            println!("wrote {} files to {}", files.len(), out.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Kinds => {
             for kind in registry.all() {

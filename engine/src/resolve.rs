@@ -216,6 +216,7 @@ pub fn resolve_all(
         if wave.is_empty() {
             break;
         }
+        tracing::debug!(instances = wave.len(), "looking up a wave of keys");
         let keys: Vec<&str> = wave.iter().map(|(_, _, key)| key.as_str()).collect();
         let mut found = cache.read(|reader| reader.lookup(&keys))?;
         for (index, components, key) in wave {

@@ -390,6 +390,7 @@ pub fn run(
                         reasons[index] = format!("{} ({explained})", reasons[index]);
                     }
                 }
+                tracing::debug!(instance = %instance.id, key = %key, reason = %reasons[index], "starting");
                 running += 1;
                 if job_tx
                     .send(Job {
@@ -414,6 +415,7 @@ pub fn run(
             };
             running -= 1;
             let id = &expanded.instances[index].id;
+            tracing::debug!(instance = %id, seconds, "finished");
             let outcome = match result {
                 JobResult::Executed(record) => Outcome {
                     status: Status::Executed,

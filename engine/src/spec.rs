@@ -79,6 +79,40 @@ pub struct RawStage {
     pub params: Map<String, Value>,
 }
 
+/// One loss curve (or any per-step series) to plot from a stage's CSV output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCurve {
+    /// The stage whose instances wrote the file.
+    pub stage: String,
+    /// A CSV file in that stage's output, with a header row.
+    pub file: String,
+    /// Column names for the x and y values.
+    pub x: String,
+    pub y: String,
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+/// What `umdflow report` tabulates and plots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReport {
+    /// The stage whose metrics fill the table (one row per sweep point, seeds as replicates).
+    pub stage: String,
+    /// Metric columns in order (nested metrics are named with dots: `vqa.overall`); default: all.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    /// The row that paired differences are taken against; default: the design's `baseline`.
+    #[serde(default)]
+    pub baseline: Option<Map<String, Value>>,
+    /// An axis to plot each metric against.
+    #[serde(default)]
+    pub x_axis: Option<String>,
+    #[serde(default)]
+    pub curves: Vec<RawCurve>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPipeline {
@@ -94,6 +128,8 @@ pub struct RawPipeline {
     #[serde(default)]
     pub baseline: Option<Map<String, Value>>,
     pub stages: Ordered<RawStage>,
+    #[serde(default)]
+    pub report: Option<RawReport>,
 }
 
 /// A pipeline file as read, before validation.
@@ -113,7 +149,7 @@ impl Source {
     }
 }
 
-const TOP_LEVEL: [&str; 7] = [
+const TOP_LEVEL: [&str; 8] = [
     "name",
     "description",
     "seeds",
@@ -121,6 +157,7 @@ const TOP_LEVEL: [&str; 7] = [
     "design",
     "baseline",
     "stages",
+    "report",
 ];
 
 /// `sweep.ratio` stays as is; `train.params.lr` means `stages.train.params.lr`.

@@ -146,20 +146,42 @@ fn the_lock_file_is_identical_for_identical_results() {
     project.write("prep.txt", "x");
     project.write("p.yaml", &sweep_pipeline("[0.5]"));
     project.json(&["run", "p.yaml", "--cache", "c1"], 0);
-    let first = std::fs::read_to_string(project.path("p.lock.json")).expect("lock file beside the pipeline");
+    let first = std::fs::read_to_string(project.path("p.lock.json"))
+        .expect("lock file beside the pipeline");
     // A second run from an empty cache, and a rerun from a full one, write the same lock file.
     project.json(&["run", "p.yaml", "--cache", "c2"], 0);
-    assert_eq!(std::fs::read_to_string(project.path("p.lock.json")).unwrap(), first);
+    assert_eq!(
+        std::fs::read_to_string(project.path("p.lock.json")).unwrap(),
+        first
+    );
     project.json(&["run", "p.yaml", "--cache", "c2"], 0);
-    assert_eq!(std::fs::read_to_string(project.path("p.lock.json")).unwrap(), first);
+    assert_eq!(
+        std::fs::read_to_string(project.path("p.lock.json")).unwrap(),
+        first
+    );
     let lock: serde_json::Value = serde_json::from_str(&first).unwrap();
     assert_eq!(lock["pipeline"], "sweep");
     assert!(lock["dependencies"]["blake3"].is_string(), "{lock}");
-    let train = lock["instances"].as_array().unwrap().iter().find(|i| i["id"] == "train[ratio=0.5,seed=0]").unwrap();
+    let train = lock["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "train[ratio=0.5,seed=0]")
+        .unwrap();
     assert_eq!(train["params"]["ratio"], 0.5);
     assert_eq!(train["metrics"]["score"], 1);
     assert_eq!(train["metrics_digest"].as_str().unwrap().len(), 64);
 
-    project.json(&["run", "p.yaml", "--cache", "c2", "--lock-file", "elsewhere.json"], 0);
+    project.json(
+        &[
+            "run",
+            "p.yaml",
+            "--cache",
+            "c2",
+            "--lock-file",
+            "elsewhere.json",
+        ],
+        0,
+    );
     assert!(project.path("elsewhere.json").exists());
 }

@@ -7,4 +7,5 @@ mod commands;
 mod concurrency;
 mod crash;
 mod example;
+mod report;
 mod validation;

@@ -1,0 +1,353 @@
+//! `umdflow report` and `umdflow export`: gather cached results (never run anything) into the
+//! report crate's input: one row per sweep point without the seed, seeds as replicates.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use umdflow_cache::{Cache, Record};
+use umdflow_report::{CurveSet, Replicate, ReportInput, Row, Series};
+
+use crate::commands::Loaded;
+use crate::expand::{Expanded, SEED_AXIS, display_value};
+use crate::resolve::{Resolution, resolve_all};
+use crate::spec::{Design, RawCurve};
+
+/// Numeric leaves of a metrics document, nested names joined with dots (`vqa.overall`).
+pub fn flatten_metrics(value: &Value) -> BTreeMap<String, f64> {
+    fn walk(prefix: &str, value: &Value, out: &mut BTreeMap<String, f64>) {
+        match value {
+            Value::Number(n) => {
+                if let Some(x) = n.as_f64() {
+                    out.insert(prefix.to_string(), x);
+                }
+            }
+            Value::Bool(b) => {
+                out.insert(prefix.to_string(), if *b { 1.0 } else { 0.0 });
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    let name = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&name, item, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", value, &mut out);
+    out
+}
+
+/// The value index of every non-seed axis at a point: what identifies a row.
+fn row_key(expanded: &Expanded, point: &[usize]) -> Vec<usize> {
+    expanded
+        .axes
+        .iter()
+        .enumerate()
+        .filter(|(_, axis)| axis.name != SEED_AXIS)
+        .map(|(a, _)| point[a])
+        .collect()
+}
+
+fn seed_of(expanded: &Expanded, point: &[usize]) -> String {
+    expanded
+        .axes
+        .iter()
+        .position(|axis| axis.name == SEED_AXIS)
+        .map(|a| display_value(&expanded.axes[a].values[point[a]]))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `full, ratio=0.5`: mapping-valued axes show their name, others `axis=value`.
+fn row_label(expanded: &Expanded, point: &[usize]) -> (String, Vec<(String, String)>) {
+    let mut parts = Vec::new();
+    let mut axes = Vec::new();
+    for (a, axis) in expanded.axes.iter().enumerate() {
+        if axis.name == SEED_AXIS {
+            continue;
+        }
+        let value = &axis.values[point[a]];
+        let shown = display_value(value);
+        parts.push(if value.is_object() {
+            shown.clone()
+        } else {
+            format!("{}={shown}", axis.name)
+        });
+        axes.push((axis.name.clone(), shown));
+    }
+    let label = if parts.is_empty() {
+        expanded.name.clone()
+    } else {
+        parts.join(", ")
+    };
+    (label, axes)
+}
+
+/// Does the point match every `axis: value` of a baseline mapping?
+fn matches_baseline(
+    expanded: &Expanded,
+    point: &[usize],
+    baseline: &serde_json::Map<String, Value>,
+) -> bool {
+    baseline.iter().all(|(name, wanted)| {
+        expanded
+            .axes
+            .iter()
+            .position(|a| &a.name == name)
+            .is_some_and(|a| {
+                let value = &expanded.axes[a].values[point[a]];
+                value == wanted
+                    || (value.is_object() && wanted.as_str() == Some(display_value(value).as_str()))
+            })
+    })
+}
+
+fn read_curve(cache: &Cache, record: &Record, curve: &RawCurve) -> Result<Vec<(f64, f64)>> {
+    let entry = record
+        .files
+        .iter()
+        .find(|entry| entry.path == curve.file)
+        .with_context(|| format!("{} has no output file `{}`", record.instance, curve.file))?;
+    let text = std::fs::read_to_string(cache.blob_path(&entry.hash))
+        .with_context(|| format!("reading `{}` of {}", curve.file, record.instance))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let column = |name: &str| {
+        header.iter().position(|h| *h == name).with_context(|| {
+            format!(
+                "`{}` of {} has no column `{name}` (columns: {})",
+                curve.file,
+                record.instance,
+                header.join(", ")
+            )
+        })
+    };
+    let (xi, yi) = (column(&curve.x)?, column(&curve.y)?);
+    let mut points = Vec::new();
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        if let (Some(x), Some(y)) = (cells.get(xi), cells.get(yi))
+            && let (Ok(x), Ok(y)) = (x.parse::<f64>(), y.parse::<f64>())
+        {
+            points.push((x, y));
+        }
+    }
+    Ok(points)
+}
+
+/// Builds the report input from the cache alone.
+pub fn gather(loaded: &Loaded, cache: &Cache) -> Result<ReportInput> {
+    let expanded = &loaded.expanded;
+    let Some(spec) = &loaded.source.raw.report else {
+        bail!(
+            "{} has no `report:` section; add one naming the stage whose metrics to tabulate (see docs/pipeline-reference.md)",
+            loaded.source.file.display()
+        );
+    };
+    let stage = expanded
+        .stages
+        .iter()
+        .position(|s| s.name == spec.stage)
+        .context("report.stage was validated")?;
+    let resolutions = resolve_all(expanded, cache, &loaded.deps, &|_| false)?;
+    let record_of = |instance: usize| match &resolutions[instance] {
+        Resolution::Cached(record) => Some(record.as_ref()),
+        Resolution::Run { .. } => None,
+    };
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut row_keys: Vec<Vec<usize>> = Vec::new();
+    let mut row_points: Vec<Vec<usize>> = Vec::new();
+    let mut all_metrics = std::collections::BTreeSet::new();
+    for (p, point) in expanded.points.iter().enumerate() {
+        let key = row_key(expanded, point);
+        let row = match row_keys.iter().position(|k| *k == key) {
+            Some(row) => row,
+            None => {
+                let (label, axes) = row_label(expanded, point);
+                rows.push(Row {
+                    label,
+                    axes,
+                    replicates: Vec::new(),
+                });
+                row_keys.push(key);
+                row_points.push(point.clone());
+                rows.len() - 1
+            }
+        };
+        let instance = expanded.point_instances[stage][p];
+        let replicate = match record_of(instance).and_then(|r| r.metrics.as_ref()) {
+            Some(metrics) => {
+                let flat = flatten_metrics(metrics);
+                all_metrics.extend(flat.keys().cloned());
+                Replicate {
+                    seed: seed_of(expanded, point),
+                    metrics: Some(flat),
+                    missing: None,
+                }
+            }
+            None => Replicate {
+                seed: seed_of(expanded, point),
+                metrics: None,
+                missing: Some(match record_of(instance) {
+                    Some(_) => format!("{} wrote no metrics.json", expanded.instances[instance].id),
+                    None => format!("{} has not run", expanded.instances[instance].id),
+                }),
+            },
+        };
+        rows[row].replicates.push(replicate);
+    }
+
+    let baseline_spec = spec.baseline.clone().or_else(|| match expanded.design {
+        Design::OneAtATime => loaded.source.raw.baseline.clone(),
+        _ => None,
+    });
+    let baseline = baseline_spec.and_then(|b| {
+        row_points
+            .iter()
+            .position(|point| matches_baseline(expanded, point, &b))
+    });
+
+    let mut curves = Vec::new();
+    for curve in &spec.curves {
+        let Some(curve_stage) = expanded.stages.iter().find(|s| s.name == curve.stage) else {
+            continue;
+        };
+        let mut series = Vec::new();
+        for &instance in &curve_stage.instances {
+            if let Some(record) = record_of(instance) {
+                series.push(Series {
+                    label: record.instance.clone(),
+                    points: read_curve(cache, record, curve)?,
+                });
+            }
+        }
+        curves.push(CurveSet {
+            title: curve
+                .title
+                .clone()
+                .unwrap_or_else(|| format!("{} {} ({})", curve.stage, curve.y, curve.file)),
+            x_label: curve.x.clone(),
+            y_label: curve.y.clone(),
+            series,
+        });
+    }
+
+    Ok(ReportInput {
+        title: expanded.name.clone(),
+        metrics: if spec.metrics.is_empty() {
+            all_metrics.into_iter().collect()
+        } else {
+            spec.metrics.clone()
+        },
+        rows,
+        baseline,
+        x_axis: spec.x_axis.clone(),
+        curves,
+    })
+}
+
+/// `pipelines/ablation.yaml` -> `pipelines/ablation-report/`
+pub fn default_report_dir(pipeline: &Path) -> PathBuf {
+    let stem = pipeline
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "pipeline".into());
+    pipeline.with_file_name(format!("{stem}-report"))
+}
+
+/// `umdflow report`: writes the tables, plots and HTML page; returns the files written.
+pub fn report(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
+    let cache = Cache::open(&loaded.cache_dir)
+        .with_context(|| format!("opening the cache at {}", loaded.cache_dir.display()))?;
+    let input = gather(loaded, &cache)?;
+    let written = umdflow_report::render(&input, out)
+        .with_context(|| format!("writing the report to {}", out.display()))?;
+    Ok(written.files().into_iter().map(Path::to_path_buf).collect())
+}
+
+/// `umdflow export`: a folder with the pipeline, its lock file, every metric and the report.
+pub fn export(loaded: &Loaded, out: &Path, threads_per_stage: usize) -> Result<Vec<PathBuf>> {
+    let cache = Cache::open(&loaded.cache_dir)
+        .with_context(|| format!("opening the cache at {}", loaded.cache_dir.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let expanded = &loaded.expanded;
+    let mut written = Vec::new();
+
+    let pipeline_copy = out.join(loaded.source.file.file_name().unwrap_or_default());
+    std::fs::copy(&loaded.source.file, &pipeline_copy)
+        .with_context(|| format!("copying {}", loaded.source.file.display()))?;
+    written.push(pipeline_copy);
+
+    let resolutions = resolve_all(expanded, &cache, &loaded.deps, &|_| false)?;
+    let outcomes: Vec<crate::scheduler::Outcome> = resolutions
+        .iter()
+        .map(|resolution| match resolution {
+            Resolution::Cached(record) => crate::scheduler::Outcome {
+                status: crate::scheduler::Status::Cached,
+                key: Some(record.key.clone()),
+                reason: "cached".into(),
+                seconds: 0.0,
+                record: Some((**record).clone()),
+                log_tail: None,
+            },
+            Resolution::Run { key, reason } => crate::scheduler::Outcome {
+                status: crate::scheduler::Status::Skipped,
+                key: key.clone(),
+                reason: reason.clone(),
+                seconds: 0.0,
+                record: None,
+                log_tail: None,
+            },
+        })
+        .collect();
+    // The lock file of the last run if there is one (it records the thread count that run used);
+    // otherwise one rendered from the cache with the default thread count.
+    let beside = crate::lockfile::lock_path(&loaded.source.file);
+    let lock_path = out.join(beside.file_name().unwrap_or_default());
+    if beside.exists() {
+        std::fs::copy(&beside, &lock_path)
+            .with_context(|| format!("copying {}", beside.display()))?;
+    } else {
+        let lock = crate::lockfile::render(expanded, &outcomes, &loaded.sets, threads_per_stage);
+        std::fs::write(&lock_path, lock)?;
+    }
+    written.push(lock_path);
+
+    let metrics: serde_json::Map<String, Value> = expanded
+        .instances
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(instance, outcome)| {
+            outcome
+                .record
+                .as_ref()
+                .and_then(|r| r.metrics.clone())
+                .map(|m| (instance.id.clone(), m))
+        })
+        .collect();
+    let metrics_path = out.join("metrics.json");
+    std::fs::write(
+        &metrics_path,
+        serde_json::to_string_pretty(&Value::Object(metrics))? + "\n",
+    )?;
+    written.push(metrics_path);
+
+    if loaded.source.raw.report.is_some() {
+        let input = gather(loaded, &cache)?;
+        let report = umdflow_report::render(&input, &out.join("report"))?;
+        written.extend(report.files().into_iter().map(Path::to_path_buf));
+    }
+    Ok(written)
+}
