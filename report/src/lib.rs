@@ -116,7 +116,8 @@ pub fn to_json(summary: &Summary) -> Result<String, ReportError> {
 }
 
 /// Writes every table, chart and the HTML page into `out_dir` (created if absent; files of the
-/// same names are replaced). Fails on invalid input before writing anything.
+/// same names are replaced, other files are left as they are). Fails on invalid input before
+/// writing anything.
 pub fn render(input: &ReportInput, out_dir: &Path) -> Result<Written, ReportError> {
     let summary = summarize(input)?;
     let mut figures = figures::metric_figures(input, &summary)?;
