@@ -38,16 +38,27 @@ pub struct Batch {
 
 /// Cuts images [N, C, H, W] into patch vectors [len(indices), L, C·p·p] (channel-major inside a
 /// patch, the layout of a stride-p convolution's weight), scaled to `x · scale + shift`.
-pub fn patchify(dataset: &Dataset, indices: &[usize], patch: usize, scale: f32, shift: f32) -> Result<Vec<f32>> {
+pub fn patchify(
+    dataset: &Dataset,
+    indices: &[usize],
+    patch: usize,
+    scale: f32,
+    shift: f32,
+) -> Result<Vec<f32>> {
     let (c, size) = (dataset.channels, dataset.size);
     if patch == 0 || size % patch != 0 {
-        return Err(ModelError::Config(format!("patch size {patch} does not divide the image size {size}")));
+        return Err(ModelError::Config(format!(
+            "patch size {patch} does not divide the image size {size}"
+        )));
     }
     let grid = size / patch;
     let mut out = Vec::with_capacity(indices.len() * c * size * size);
     for &i in indices {
         if i >= dataset.n {
-            return Err(ModelError::Data(format!("image index {i} is outside the dataset of {} images", dataset.n)));
+            return Err(ModelError::Data(format!(
+                "image index {i} is outside the dataset of {} images",
+                dataset.n
+            )));
         }
         let image = dataset.image(i);
         for gy in 0..grid {
@@ -77,21 +88,32 @@ pub fn build_batch(
     let b = positions.len();
     let t = dataset.max_len;
     let meta = &plan.meta;
-    let (l, p) = (meta.num_patches, meta.patch_size * meta.patch_size * dataset.channels);
+    let (l, p) = (
+        meta.num_patches,
+        meta.patch_size * meta.patch_size * dataset.channels,
+    );
     let indices: Vec<usize> = positions
         .iter()
         .map(|&pos| {
             plan.samples.get(pos).map(|&s| s as usize).ok_or_else(|| {
-                ModelError::Data(format!("plan position {pos} is outside the plan's {} samples", plan.samples.len()))
+                ModelError::Data(format!(
+                    "plan position {pos} is outside the plan's {} samples",
+                    plan.samples.len()
+                ))
             })
         })
         .collect::<Result<_>>()?;
-    let raw = Tensor::from_vec(patchify(dataset, &indices, meta.patch_size, 1.0, 0.0)?, (b, l, p), device)?;
+    let raw = Tensor::from_vec(
+        patchify(dataset, &indices, meta.patch_size, 1.0, 0.0)?,
+        (b, l, p),
+        device,
+    )?;
     let patches = raw.affine(2.0, -1.0)?;
     let pixel_targets = normalized_pixel_targets(&raw)?;
 
     let mut removed = Vec::with_capacity(b * l);
-    let (mut ids, mut masked, mut text_mask, mut weights) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut masked, mut text_mask, mut weights) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut mlm_positions, mut mlm_labels) = (Vec::new(), Vec::new());
     for (row, (&pos, &index)) in positions.iter().zip(&indices).enumerate() {
         let sample_ids = dataset.text_ids(index);
@@ -99,7 +121,11 @@ pub fn build_batch(
         removed.extend(m.removed.iter().copied());
         ids.extend_from_slice(sample_ids);
         masked.extend_from_slice(&m.masked_ids);
-        text_mask.extend(dataset.attention_mask[index * t..(index + 1) * t].iter().map(|&v| f32::from(v != 0)));
+        text_mask.extend(
+            dataset.attention_mask[index * t..(index + 1) * t]
+                .iter()
+                .map(|&v| f32::from(v != 0)),
+        );
         for (k, &sel) in m.selected.iter().enumerate() {
             weights.push(f32::from(sel));
             if sel {

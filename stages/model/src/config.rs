@@ -62,8 +62,12 @@ impl ModelConfig {
         //  decoder w, layers, heads, mlp, mim_layer)
         let s: [usize; 17] = match name {
             "tiny" => [32, 2, 2, 64, 32, 2, 2, 64, 32, 2, 2, 64, 32, 1, 2, 64, 1],
-            "small" => [256, 4, 4, 1024, 256, 4, 4, 1024, 256, 2, 4, 1024, 128, 2, 4, 512, 1],
-            "base" => [768, 11, 12, 3072, 768, 12, 12, 3072, 768, 6, 12, 3072, 384, 4, 6, 1536, 3],
+            "small" => [
+                256, 4, 4, 1024, 256, 4, 4, 1024, 256, 2, 4, 1024, 128, 2, 4, 512, 1,
+            ],
+            "base" => [
+                768, 11, 12, 3072, 768, 12, 12, 3072, 768, 6, 12, 3072, 384, 4, 6, 1536, 3,
+            ],
             other => {
                 return Err(ModelError::Config(format!(
                     "unknown model preset `{other}`; expected one of {}",
@@ -134,11 +138,16 @@ impl ModelConfig {
             ("decoder", self.decoder_width, self.decoder_heads),
         ] {
             if heads == 0 || width == 0 || width % heads != 0 {
-                return fail(format!("{what}_width {width} must be a positive multiple of {what}_heads {heads}"));
+                return fail(format!(
+                    "{what}_width {width} must be a positive multiple of {what}_heads {heads}"
+                ));
             }
         }
         if self.decoder_width % 4 != 0 {
-            return fail(format!("decoder_width {} must be a multiple of 4 (2-D sin-cos positions)", self.decoder_width));
+            return fail(format!(
+                "decoder_width {} must be a multiple of 4 (2-D sin-cos positions)",
+                self.decoder_width
+            ));
         }
         if self.fusion_layers == 0 || self.mim_layer > self.fusion_layers {
             return fail(format!(
@@ -159,9 +168,13 @@ mod tests {
         for name in PRESETS {
             ModelConfig::preset(name, 32, 1, 8, 100, 16).unwrap();
         }
-        let err = ModelConfig::preset("huge", 32, 1, 8, 100, 16).unwrap_err().to_string();
+        let err = ModelConfig::preset("huge", 32, 1, 8, 100, 16)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown model preset `huge`"), "{err}");
-        let err = ModelConfig::preset("tiny", 30, 1, 8, 100, 16).unwrap_err().to_string();
+        let err = ModelConfig::preset("tiny", 30, 1, 8, 100, 16)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("divide image_size"), "{err}");
     }
 }

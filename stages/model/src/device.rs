@@ -12,13 +12,21 @@ pub fn select_device(spec: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(try_cuda(0).unwrap_or(Device::Cpu)),
         _ => {
-            let Some(ordinal) = spec.strip_prefix("cuda:").or(if spec == "cuda" { Some("0") } else { None })
+            let Some(ordinal) =
+                spec.strip_prefix("cuda:")
+                    .or(if spec == "cuda" { Some("0") } else { None })
             else {
-                return Err(device_error(spec, "expected `auto`, `cpu` or `cuda:N` (N a device number)"));
+                return Err(device_error(
+                    spec,
+                    "expected `auto`, `cpu` or `cuda:N` (N a device number)",
+                ));
             };
-            let ordinal: usize = ordinal
-                .parse()
-                .map_err(|_| device_error(spec, "the part after `cuda:` must be a device number such as 0"))?;
+            let ordinal: usize = ordinal.parse().map_err(|_| {
+                device_error(
+                    spec,
+                    "the part after `cuda:` must be a device number such as 0",
+                )
+            })?;
             if !cfg!(feature = "cuda") {
                 return Err(device_error(
                     spec,
@@ -27,14 +35,22 @@ pub fn select_device(spec: &str) -> Result<Device> {
                 ));
             }
             try_cuda(ordinal).ok_or_else(|| {
-                device_error(spec, &format!("CUDA device {ordinal} could not be opened (no driver or no such device)"))
+                device_error(
+                    spec,
+                    &format!(
+                        "CUDA device {ordinal} could not be opened (no driver or no such device)"
+                    ),
+                )
             })
         }
     }
 }
 
 fn device_error(spec: &str, message: &str) -> ModelError {
-    ModelError::Device { spec: spec.to_string(), message: message.to_string() }
+    ModelError::Device {
+        spec: spec.to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Opens a CUDA device, or None. cudarc panics when the driver library is missing, so the

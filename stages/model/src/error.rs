@@ -15,6 +15,8 @@ pub enum ModelError {
     NonFinite { step: u64, term: String, value: f32 },
     #[error("{0}")]
     Data(String),
+    #[error("interrupted")]
+    Cancelled,
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

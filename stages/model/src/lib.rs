@@ -15,7 +15,16 @@ pub mod store;
 
 pub use config::ModelConfig;
 pub use error::ModelError;
-pub mod losses;
-pub mod masking;
 pub mod batch;
+pub mod checkpoint;
+pub mod losses;
+pub mod mask_stage;
+pub mod masking;
 pub mod objective;
+pub mod optim;
+pub mod plot;
+pub mod pretrain_stage;
+pub mod train;
+
+pub use mask_stage::MaskKind;
+pub use pretrain_stage::PretrainKind;

@@ -28,7 +28,9 @@ pub fn masked_patch_mse(pred: &Tensor, target: &Tensor, removed: &Tensor) -> Res
 /// Used for L_MLM (rows = masked tokens only) and L_ITM.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = log_probs.gather(&labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let picked = log_probs
+        .gather(&labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?
+        .squeeze(1)?;
     Ok(picked.mean_all()?.neg()?)
 }
 
@@ -47,12 +49,18 @@ pub enum FeatureDistance {
 /// L_FeaMIM / L_FeaMLM: the distance between predicted and target features per position,
 /// averaged with `weights` [N] (1 at the positions that count, e.g. masked ones, 0 elsewhere).
 /// `pred`, `target`: [N, D].
-pub fn feature_loss(pred: &Tensor, target: &Tensor, weights: &Tensor, distance: FeatureDistance) -> Result<Tensor> {
+pub fn feature_loss(
+    pred: &Tensor,
+    target: &Tensor,
+    weights: &Tensor,
+    distance: FeatureDistance,
+) -> Result<Tensor> {
     let per_row = match distance {
         FeatureDistance::Mse => (pred - target)?.sqr()?.mean(D::Minus1)?,
         FeatureDistance::Cosine => {
             let dot = (pred * target)?.sum(D::Minus1)?;
-            let norms = ((pred.sqr()?.sum(D::Minus1)? + 1e-12)?.sqrt()? * (target.sqr()?.sum(D::Minus1)? + 1e-12)?.sqrt()?)?;
+            let norms = ((pred.sqr()?.sum(D::Minus1)? + 1e-12)?.sqrt()?
+                * (target.sqr()?.sum(D::Minus1)? + 1e-12)?.sqrt()?)?;
             (1.0 - (dot / norms)?)?
         }
         FeatureDistance::SmoothL1 => {
@@ -88,14 +96,25 @@ mod tests {
     fn random(shape: &[usize], seed: u64) -> Tensor {
         let mut rng = SplitMix64::new(seed);
         let n: usize = shape.iter().product();
-        Tensor::from_vec((0..n).map(|_| rng.normal()).collect::<Vec<f64>>(), shape, &Device::Cpu).unwrap()
+        Tensor::from_vec(
+            (0..n).map(|_| rng.normal()).collect::<Vec<f64>>(),
+            shape,
+            &Device::Cpu,
+        )
+        .unwrap()
     }
 
     /// Checks the autograd gradient of `loss(x)` against central differences, in f64.
     fn check_gradient(x0: &Tensor, loss: impl Fn(&Tensor) -> Tensor) {
         let x = Var::from_tensor(x0).unwrap();
         let grads = loss(x.as_tensor()).backward().unwrap();
-        let analytic = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let analytic = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         let base = x0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         let h = 1e-6;
         for i in 0..base.len() {
@@ -104,7 +123,9 @@ mod tests {
             let mut minus = base.clone();
             minus[i] -= h;
             let at = |v: Vec<f64>| {
-                loss(&Tensor::from_vec(v, x0.shape(), &Device::Cpu).unwrap()).to_scalar::<f64>().unwrap()
+                loss(&Tensor::from_vec(v, x0.shape(), &Device::Cpu).unwrap())
+                    .to_scalar::<f64>()
+                    .unwrap()
             };
             let numeric = (at(plus) - at(minus)) / (2.0 * h);
             assert!(
@@ -123,7 +144,9 @@ mod tests {
     fn masked_patch_mse_matches_finite_differences() {
         let target = random(&[2, 3, 4], 2);
         let removed = removed_mask();
-        check_gradient(&random(&[2, 3, 4], 1), |p| masked_patch_mse(p, &target, &removed).unwrap());
+        check_gradient(&random(&[2, 3, 4], 1), |p| {
+            masked_patch_mse(p, &target, &removed).unwrap()
+        });
     }
 
     #[test]
@@ -132,7 +155,10 @@ mod tests {
         check_gradient(&random(&[3, 4], 3), |l| cross_entropy(l, &labels).unwrap());
         let logits = Tensor::new(&[[0f64, 0.0]], &Device::Cpu).unwrap();
         let one = Tensor::new(&[1u32], &Device::Cpu).unwrap();
-        let value = cross_entropy(&logits, &one).unwrap().to_scalar::<f64>().unwrap();
+        let value = cross_entropy(&logits, &one)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!((value - 2f64.ln()).abs() < 1e-12);
     }
 
@@ -140,12 +166,23 @@ mod tests {
     fn feature_losses_match_finite_differences() {
         let target = random(&[4, 5], 5);
         let weights = Tensor::new(&[1f64, 0.0, 1.0, 1.0], &Device::Cpu).unwrap();
-        for distance in [FeatureDistance::Mse, FeatureDistance::Cosine, FeatureDistance::SmoothL1] {
+        for distance in [
+            FeatureDistance::Mse,
+            FeatureDistance::Cosine,
+            FeatureDistance::SmoothL1,
+        ] {
             // Scale up so smooth-L1 sees both of its branches.
             let pred = (random(&[4, 5], 4) * 1.5).unwrap();
-            check_gradient(&pred, |p| feature_loss(p, &target, &weights, distance).unwrap());
+            check_gradient(&pred, |p| {
+                feature_loss(p, &target, &weights, distance).unwrap()
+            });
         }
-        check_gradient(&random(&[3, 6], 6), |x| (normalize_features(x).unwrap() * &random(&[3, 6], 7)).unwrap().sum_all().unwrap());
+        check_gradient(&random(&[3, 6], 6), |x| {
+            (normalize_features(x).unwrap() * &random(&[3, 6], 7))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        });
     }
 
     #[test]
@@ -154,9 +191,15 @@ mod tests {
         let pred = Tensor::new(&[[0.5f64, 3.0]], &dev).unwrap();
         let zero = Tensor::zeros((1, 2), DType::F64, &dev).unwrap();
         let w = Tensor::ones(1, DType::F64, &dev).unwrap();
-        let v = feature_loss(&pred, &zero, &w, FeatureDistance::SmoothL1).unwrap().to_scalar::<f64>().unwrap();
+        let v = feature_loss(&pred, &zero, &w, FeatureDistance::SmoothL1)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!((v - (0.125 + 2.5) / 2.0).abs() < 1e-12, "{v}");
-        let v = feature_loss(&pred, &(&pred * 2.0).unwrap(), &w, FeatureDistance::Cosine).unwrap().to_scalar::<f64>().unwrap();
+        let v = feature_loss(&pred, &(&pred * 2.0).unwrap(), &w, FeatureDistance::Cosine)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!(v.abs() < 1e-9, "{v}");
     }
 
@@ -165,23 +208,57 @@ mod tests {
         let pred = random(&[2, 3, 4], 1);
         let target = random(&[2, 3, 4], 2);
         let removed = removed_mask();
-        let before = masked_patch_mse(&pred, &target, &removed).unwrap().to_scalar::<f64>().unwrap();
+        let before = masked_patch_mse(&pred, &target, &removed)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         // Change the target only where nothing was removed: the loss must not move.
-        let keep = (1.0 - &removed).unwrap().unsqueeze(2).unwrap().broadcast_as((2, 3, 4)).unwrap();
+        let keep = (1.0 - &removed)
+            .unwrap()
+            .unsqueeze(2)
+            .unwrap()
+            .broadcast_as((2, 3, 4))
+            .unwrap();
         let changed = (&target + (keep * 100.0).unwrap()).unwrap();
-        let after = masked_patch_mse(&pred, &changed, &removed).unwrap().to_scalar::<f64>().unwrap();
+        let after = masked_patch_mse(&pred, &changed, &removed)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert_eq!(before, after);
         // ... and changing a removed patch must move it.
-        let moved = (&target + (removed.unsqueeze(2).unwrap().broadcast_as((2, 3, 4)).unwrap() * 1.0).unwrap()).unwrap();
-        assert_ne!(before, masked_patch_mse(&pred, &moved, &removed).unwrap().to_scalar::<f64>().unwrap());
+        let moved = (&target
+            + (removed
+                .unsqueeze(2)
+                .unwrap()
+                .broadcast_as((2, 3, 4))
+                .unwrap()
+                * 1.0)
+                .unwrap())
+        .unwrap();
+        assert_ne!(
+            before,
+            masked_patch_mse(&pred, &moved, &removed)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        );
 
         let fpred = random(&[4, 5], 8);
         let ftarget = random(&[4, 5], 9);
         let w = Tensor::new(&[1f64, 0.0, 0.0, 1.0], &Device::Cpu).unwrap();
-        let before = feature_loss(&fpred, &ftarget, &w, FeatureDistance::Mse).unwrap().to_scalar::<f64>().unwrap();
-        let rows_zero = Tensor::new(&[[0f64], [1.0], [1.0], [0.0]], &Device::Cpu).unwrap().broadcast_as((4, 5)).unwrap();
+        let before = feature_loss(&fpred, &ftarget, &w, FeatureDistance::Mse)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let rows_zero = Tensor::new(&[[0f64], [1.0], [1.0], [0.0]], &Device::Cpu)
+            .unwrap()
+            .broadcast_as((4, 5))
+            .unwrap();
         let changed = (&ftarget + (rows_zero * 50.0).unwrap()).unwrap();
-        let after = feature_loss(&fpred, &changed, &w, FeatureDistance::Mse).unwrap().to_scalar::<f64>().unwrap();
+        let after = feature_loss(&fpred, &changed, &w, FeatureDistance::Mse)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert_eq!(before, after);
     }
 
@@ -192,7 +269,10 @@ mod tests {
         for row in rows {
             let mean = row.iter().sum::<f64>() / 8.0;
             let var = row.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 7.0;
-            assert!(mean.abs() < 1e-9 && (var - 1.0).abs() < 1e-4, "{mean} {var}");
+            assert!(
+                mean.abs() < 1e-9 && (var - 1.0).abs() < 1e-4,
+                "{mean} {var}"
+            );
         }
     }
 }

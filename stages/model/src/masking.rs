@@ -121,20 +121,29 @@ impl MaskPlan {
         let e = settings.epochs;
         let mut image_removed = vec![0u8; (e * s * l).div_ceil(8)];
         let text_bits = (e * s * max_len).div_ceil(8);
-        let (mut selected, mut to_mask, mut to_random) = (vec![0u8; text_bits], vec![0u8; text_bits], vec![0u8; text_bits]);
+        let (mut selected, mut to_mask, mut to_random) = (
+            vec![0u8; text_bits],
+            vec![0u8; text_bits],
+            vec![0u8; text_bits],
+        );
         let mut random_ids = Vec::new();
         let mut random_offsets = Vec::with_capacity(e * s + 1);
         let (mut candidates_total, mut selected_total) = (0usize, 0usize);
-        let replacement_pool: Vec<u32> =
-            (0..tokens.vocab_size as u32).filter(|id| !tokens.special_ids.contains(id)).collect();
+        let replacement_pool: Vec<u32> = (0..tokens.vocab_size as u32)
+            .filter(|id| !tokens.special_ids.contains(id))
+            .collect();
         if replacement_pool.is_empty() {
-            return Err(ModelError::Data("the vocabulary has no non-special token to draw".into()));
+            return Err(ModelError::Data(
+                "the vocabulary has no non-special token to draw".into(),
+            ));
         }
         for epoch in 0..e {
             for (position, &sample) in samples.iter().enumerate() {
                 random_offsets.push(random_ids.len() as u32);
                 let row = (epoch * s + position) as u64;
-                let mut rng = SplitMix64::new(settings.seed ^ fnv1a(&row.to_le_bytes()).wrapping_mul(0x2545_F491_4F6C_DD1D));
+                let mut rng = SplitMix64::new(
+                    settings.seed ^ fnv1a(&row.to_le_bytes()).wrapping_mul(0x2545_F491_4F6C_DD1D),
+                );
                 // Image: a uniformly random subset of `l - keep` patches (partial Fisher-Yates).
                 let mut order: Vec<usize> = (0..l).collect();
                 for i in 0..(l - keep) {
@@ -148,7 +157,8 @@ impl MaskPlan {
                     ModelError::Data(format!("sample {sample} is outside the text arrays"))
                 })?;
                 for t in 0..max_len {
-                    let real = attention_mask[base + t] != 0 && !tokens.special_ids.contains(&ids[t]);
+                    let real =
+                        attention_mask[base + t] != 0 && !tokens.special_ids.contains(&ids[t]);
                     if !real {
                         continue;
                     }
@@ -211,7 +221,9 @@ impl MaskPlan {
             )));
         }
         let row = epoch * m.num_samples + position;
-        let removed = (0..m.num_patches).map(|p| get_bit(&self.image_removed, row * m.num_patches + p)).collect();
+        let removed = (0..m.num_patches)
+            .map(|p| get_bit(&self.image_removed, row * m.num_patches + p))
+            .collect();
         let mut masked_ids = ids.to_vec();
         let mut selected = vec![false; m.max_len];
         let mut next_random = self.random_offsets[row] as usize;
@@ -228,7 +240,11 @@ impl MaskPlan {
                 next_random += 1;
             }
         }
-        Ok(SampleMask { removed, masked_ids, selected })
+        Ok(SampleMask {
+            removed,
+            masked_ids,
+            selected,
+        })
     }
 
     /// Writes `mask_plan.safetensors` and `mask_plan.json` into `dir`.
@@ -249,33 +265,54 @@ impl MaskPlan {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let path = dir.join(PLAN_FILE);
-        candle_core::safetensors::save(&tensors, &path)
-            .map_err(|e| ModelError::File { path: path.display().to_string(), message: e.to_string() })?;
+        candle_core::safetensors::save(&tensors, &path).map_err(|e| ModelError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let meta_path = dir.join(PLAN_META_FILE);
-        let text = serde_json::to_string_pretty(&self.meta).map_err(|e| ModelError::Data(e.to_string()))?;
-        std::fs::write(&meta_path, text)
-            .map_err(|e| ModelError::File { path: meta_path.display().to_string(), message: e.to_string() })
+        let text = serde_json::to_string_pretty(&self.meta)
+            .map_err(|e| ModelError::Data(e.to_string()))?;
+        std::fs::write(&meta_path, text).map_err(|e| ModelError::File {
+            path: meta_path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// Reads a plan written by [`MaskPlan::save`], checking every array's length.
     pub fn load(dir: &Path) -> Result<MaskPlan> {
         let meta_path = dir.join(PLAN_META_FILE);
-        let file_err = |path: &Path, message: String| ModelError::File { path: path.display().to_string(), message };
-        let text = std::fs::read_to_string(&meta_path).map_err(|e| file_err(&meta_path, e.to_string()))?;
-        let meta: PlanMeta = serde_json::from_str(&text).map_err(|e| file_err(&meta_path, e.to_string()))?;
+        let file_err = |path: &Path, message: String| ModelError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(&meta_path).map_err(|e| file_err(&meta_path, e.to_string()))?;
+        let meta: PlanMeta =
+            serde_json::from_str(&text).map_err(|e| file_err(&meta_path, e.to_string()))?;
         let path = dir.join(PLAN_FILE);
-        let tensors = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| file_err(&path, e.to_string()))?;
+        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| file_err(&path, e.to_string()))?;
         let rows = meta.epochs * meta.num_samples;
         let get = |name: &str, expected: Option<usize>| -> Result<&Tensor> {
-            let t = tensors.get(name).ok_or_else(|| file_err(&path, format!("missing tensor `{name}`")))?;
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| file_err(&path, format!("missing tensor `{name}`")))?;
             if let Some(n) = expected {
                 if t.elem_count() != n {
-                    return Err(file_err(&path, format!("tensor `{name}` has {} elements, expected {n}", t.elem_count())));
+                    return Err(file_err(
+                        &path,
+                        format!(
+                            "tensor `{name}` has {} elements, expected {n}",
+                            t.elem_count()
+                        ),
+                    ));
                 }
             }
             Ok(t)
         };
-        let bytes = |name: &str, bits: usize| -> Result<Vec<u8>> { Ok(get(name, Some(bits.div_ceil(8)))?.to_vec1::<u8>()?) };
+        let bytes = |name: &str, bits: usize| -> Result<Vec<u8>> {
+            Ok(get(name, Some(bits.div_ceil(8)))?.to_vec1::<u8>()?)
+        };
         let plan = MaskPlan {
             image_removed: bytes("image_removed", rows * meta.num_patches)?,
             text_selected: bytes("text_selected", rows * meta.max_len)?,
@@ -287,7 +324,10 @@ impl MaskPlan {
             meta,
         };
         if plan.random_offsets.last().copied().unwrap_or(0) as usize != plan.random_ids.len() {
-            return Err(file_err(&path, "`random_offsets` does not end at the length of `random_ids`".into()));
+            return Err(file_err(
+                &path,
+                "`random_offsets` does not end at the length of `random_ids`".into(),
+            ));
         }
         Ok(plan)
     }
@@ -306,7 +346,11 @@ mod tests {
     use super::*;
 
     fn tokens() -> TokenInfo {
-        TokenInfo { vocab_size: 50, mask_id: 4, special_ids: vec![0, 1, 2, 3, 4] }
+        TokenInfo {
+            vocab_size: 50,
+            mask_id: 4,
+            special_ids: vec![0, 1, 2, 3, 4],
+        }
     }
 
     fn texts(n: usize, len: usize) -> (Vec<u32>, Vec<u8>) {
@@ -315,7 +359,13 @@ mod tests {
         for i in 0..n {
             let real = len - (i % 3);
             for t in 0..real {
-                ids[i * len + t] = if t == 0 { 2 } else if t == real - 1 { 3 } else { 5 + ((i + t) % 40) as u32 };
+                ids[i * len + t] = if t == 0 {
+                    2
+                } else if t == real - 1 {
+                    3
+                } else {
+                    5 + ((i + t) % 40) as u32
+                };
                 mask[i * len + t] = 1;
             }
         }
@@ -323,7 +373,15 @@ mod tests {
     }
 
     fn settings(seed: u64) -> PlanSettings {
-        PlanSettings { epochs: 3, image_ratio: 0.75, text_ratio: 0.15, mask_token_prob: 0.8, random_token_prob: 0.1, patch_size: 8, seed }
+        PlanSettings {
+            epochs: 3,
+            image_ratio: 0.75,
+            text_ratio: 0.15,
+            mask_token_prob: 0.8,
+            random_token_prob: 0.1,
+            patch_size: 8,
+            seed,
+        }
     }
 
     #[test]
@@ -333,7 +391,8 @@ mod tests {
         let a = MaskPlan::generate(&settings(9), &samples, &ids, &mask, 32, 32, &tokens()).unwrap();
         let b = MaskPlan::generate(&settings(9), &samples, &ids, &mask, 32, 32, &tokens()).unwrap();
         assert_eq!(a, b);
-        let c = MaskPlan::generate(&settings(10), &samples, &ids, &mask, 32, 32, &tokens()).unwrap();
+        let c =
+            MaskPlan::generate(&settings(10), &samples, &ids, &mask, 32, 32, &tokens()).unwrap();
         assert_ne!(a, c);
         for epoch in 0..3 {
             for s in 0..40 {
@@ -349,7 +408,10 @@ mod tests {
             }
         }
         // Epochs differ from each other.
-        assert_ne!(a.sample(0, 0, &ids[..32]).unwrap(), a.sample(1, 0, &ids[..32]).unwrap());
+        assert_ne!(
+            a.sample(0, 0, &ids[..32]).unwrap(),
+            a.sample(1, 0, &ids[..32]).unwrap()
+        );
         let dir = tempfile::tempdir().unwrap();
         a.save(dir.path()).unwrap();
         assert_eq!(MaskPlan::load(dir.path()).unwrap(), a);
@@ -359,8 +421,13 @@ mod tests {
     fn ratios_and_the_80_10_10_policy_hold_on_average() {
         let (ids, mask) = texts(400, 64);
         let samples: Vec<u32> = (0..400).collect();
-        let plan = MaskPlan::generate(&settings(1), &samples, &ids, &mask, 64, 32, &tokens()).unwrap();
-        assert!((plan.meta.selected_fraction - 0.15).abs() < 0.01, "{}", plan.meta.selected_fraction);
+        let plan =
+            MaskPlan::generate(&settings(1), &samples, &ids, &mask, 64, 32, &tokens()).unwrap();
+        assert!(
+            (plan.meta.selected_fraction - 0.15).abs() < 0.01,
+            "{}",
+            plan.meta.selected_fraction
+        );
         let (mut masked, mut random, mut kept) = (0, 0, 0);
         for s in 0..400 {
             let row = &ids[s * 64..(s + 1) * 64];
@@ -378,9 +445,14 @@ mod tests {
             }
         }
         let total = (masked + random + kept) as f64;
-        assert!((masked as f64 / total - 0.8).abs() < 0.03, "{masked} {random} {kept}");
+        assert!(
+            (masked as f64 / total - 0.8).abs() < 0.03,
+            "{masked} {random} {kept}"
+        );
         // A random token can equal the original, so "random" runs slightly under 10 %.
-        assert!((random as f64 / total - 0.1).abs() < 0.03 && (kept as f64 / total - 0.1).abs() < 0.03);
+        assert!(
+            (random as f64 / total - 0.1).abs() < 0.03 && (kept as f64 / total - 0.1).abs() < 0.03
+        );
     }
 
     #[test]
@@ -388,7 +460,9 @@ mod tests {
         let (ids, mask) = texts(2, 8);
         let mut s = settings(1);
         s.image_ratio = 0.99;
-        let err = MaskPlan::generate(&s, &[0, 1], &ids, &mask, 8, 32, &tokens()).unwrap_err().to_string();
+        let err = MaskPlan::generate(&s, &[0, 1], &ids, &mask, 8, 32, &tokens())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("leaves no visible patch"), "{err}");
     }
 }

@@ -74,20 +74,31 @@ impl ObjectiveConfig {
     /// Checks the choices against the model sizes; returns a message naming the bad field.
     pub fn validate(&self, model: &ModelConfig) -> std::result::Result<(), (String, String)> {
         if !(self.mim || self.mlm || self.itm || self.feamim || self.feamlm) {
-            return Err(("mim".into(), "every loss term is switched off; nothing to train".into()));
+            return Err((
+                "mim".into(),
+                "every loss term is switched off; nothing to train".into(),
+            ));
         }
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
-            return Err(("alpha".into(), format!("must be a finite number >= 0, got {}", self.alpha)));
+            return Err((
+                "alpha".into(),
+                format!("must be a finite number >= 0, got {}", self.alpha),
+            ));
         }
         if !(0.0..1.0).contains(&self.ema_momentum) {
-            return Err(("ema_momentum".into(), format!("must lie in [0, 1), got {}", self.ema_momentum)));
+            return Err((
+                "ema_momentum".into(),
+                format!("must lie in [0, 1), got {}", self.ema_momentum),
+            ));
         }
         if let Some(k) = self.target_layer {
             let max = model.vision_layers.min(model.text_layers);
             if k == 0 || k > max {
                 return Err((
                     "target_layer".into(),
-                    format!("must be null (projected output) or an encoder block in 1..={max}, got {k}"),
+                    format!(
+                        "must be null (projected output) or an encoder block in 1..={max}, got {k}"
+                    ),
                 ));
             }
         }
@@ -97,8 +108,14 @@ impl ObjectiveConfig {
     /// Output widths of the feature heads for this target choice.
     pub fn feature_dims(&self, model: &ModelConfig) -> FeatureDims {
         match self.target_layer {
-            None => FeatureDims { image: model.fusion_width, text: model.fusion_width },
-            Some(_) => FeatureDims { image: model.vision_width, text: model.text_width },
+            None => FeatureDims {
+                image: model.fusion_width,
+                text: model.fusion_width,
+            },
+            Some(_) => FeatureDims {
+                image: model.vision_width,
+                text: model.text_width,
+            },
         }
     }
 }
@@ -120,7 +137,12 @@ pub struct EmaTarget {
 }
 
 /// Parameter-name prefixes of the target network.
-const TARGET_PREFIXES: [&str; 4] = ["vision_encoder.", "language_encoder.", "multi_modal_vision_proj.", "multi_modal_language_proj."];
+const TARGET_PREFIXES: [&str; 4] = [
+    "vision_encoder.",
+    "language_encoder.",
+    "multi_modal_vision_proj.",
+    "multi_modal_language_proj.",
+];
 
 impl EmaTarget {
     /// A copy of `online` (same values).
@@ -142,7 +164,8 @@ impl EmaTarget {
                 continue;
             }
             if let Some(source) = online.param(name) {
-                let mixed = ((param.var.as_tensor() * momentum)? + (source.var.as_tensor() * (1.0 - momentum))?)?;
+                let mixed = ((param.var.as_tensor() * momentum)?
+                    + (source.var.as_tensor() * (1.0 - momentum))?)?;
                 param.var.set(&mixed)?;
             }
         }
@@ -159,13 +182,19 @@ fn feature_targets(
     normalize: bool,
 ) -> Result<(Tensor, Tensor)> {
     let (image, text) = match layer {
-        None => (net.vision_proj.forward(&vision.last)?, net.text_proj.forward(&text.last)?),
+        None => (
+            net.vision_proj.forward(&vision.last)?,
+            net.text_proj.forward(&text.last)?,
+        ),
         Some(k) => (vision.blocks[k - 1].clone(), text.blocks[k - 1].clone()),
     };
     let patches = image.dim(1)? - 1;
     let image = image.narrow(1, 1, patches)?;
     let (image, text) = if normalize {
-        (losses::normalize_features(&image)?, losses::normalize_features(&text)?)
+        (
+            losses::normalize_features(&image)?,
+            losses::normalize_features(&text)?,
+        )
     } else {
         (image, text)
     };
@@ -178,7 +207,12 @@ fn flatten_rows(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Computes every enabled loss for one batch.
-pub fn mr_losses(model: &UmdModel, ema: Option<&EmaTarget>, batch: &Batch, obj: &ObjectiveConfig) -> Result<LossTerms> {
+pub fn mr_losses(
+    model: &UmdModel,
+    ema: Option<&EmaTarget>,
+    batch: &Batch,
+    obj: &ObjectiveConfig,
+) -> Result<LossTerms> {
     let c = &model.config;
     let stopgrad = obj.target_network == TargetNetwork::Stopgrad;
     let need_features = obj.feamim || obj.feamlm;
@@ -187,9 +221,19 @@ pub fn mr_losses(model: &UmdModel, ema: Option<&EmaTarget>, batch: &Batch, obj: 
     let need_full_vision = obj.itm || mlm_pass || (need_features && stopgrad);
     let need_full_text = obj.itm || mim_pass || (need_features && stopgrad);
 
-    let full_vision = if need_full_vision { Some(model.vision.forward(&batch.patches, None)?) } else { None };
-    let full_text = if need_full_text { Some(model.text.forward(&batch.input_ids, &batch.text_mask)?) } else { None };
-    let missing = || ModelError::Config("internal: a pass needs an encoder output that was not computed".into());
+    let full_vision = if need_full_vision {
+        Some(model.vision.forward(&batch.patches, None)?)
+    } else {
+        None
+    };
+    let full_text = if need_full_text {
+        Some(model.text.forward(&batch.input_ids, &batch.text_mask)?)
+    } else {
+        None
+    };
+    let missing = || {
+        ModelError::Config("internal: a pass needs an encoder output that was not computed".into())
+    };
 
     let targets = if need_features {
         Some(match (ema, stopgrad) {
@@ -198,7 +242,11 @@ pub fn mr_losses(model: &UmdModel, ema: Option<&EmaTarget>, batch: &Batch, obj: 
                 let t = ema.model.text.forward(&batch.input_ids, &batch.text_mask)?;
                 feature_targets(&ema.model, &v, &t, obj.target_layer, obj.normalize_targets)?
             }
-            (None, false) => return Err(ModelError::Config("target_network `ema` needs the EMA target model".into())),
+            (None, false) => {
+                return Err(ModelError::Config(
+                    "target_network `ema` needs the EMA target model".into(),
+                ));
+            }
             (_, true) => feature_targets(
                 model,
                 full_vision.as_ref().ok_or_else(missing)?,
@@ -215,8 +263,15 @@ pub fn mr_losses(model: &UmdModel, ema: Option<&EmaTarget>, batch: &Batch, obj: 
     let mut data_terms: Vec<Tensor> = Vec::new();
     let mut feature_terms: Vec<Tensor> = Vec::new();
     let mut record = |name: &'static str, loss: Tensor, feature: bool| -> Result<()> {
-        values.push((name, loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?));
-        if feature { feature_terms.push(loss) } else { data_terms.push(loss) }
+        values.push((
+            name,
+            loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?,
+        ));
+        if feature {
+            feature_terms.push(loss)
+        } else {
+            data_terms.push(loss)
+        }
         Ok(())
     };
 
@@ -224,32 +279,65 @@ pub fn mr_losses(model: &UmdModel, ema: Option<&EmaTarget>, batch: &Batch, obj: 
         let text = full_text.as_ref().ok_or_else(missing)?;
         let visible = model.vision.forward(&batch.patches, Some(&batch.keep))?;
         let fused = model.fuse(&text.last, &batch.text_mask, &visible.last, c.mim_layer)?;
-        let decoded = model.mim_head.decode(&fused.image[c.mim_layer], &batch.restore)?;
+        let decoded = model
+            .mim_head
+            .decode(&fused.image[c.mim_layer], &batch.restore)?;
         if obj.mim {
             let pixels = model.mim_head.pixels(&decoded)?;
-            record("mim", losses::masked_patch_mse(&pixels, &batch.pixel_targets, &batch.removed)?, false)?;
+            record(
+                "mim",
+                losses::masked_patch_mse(&pixels, &batch.pixel_targets, &batch.removed)?,
+                false,
+            )?;
         }
         if obj.feamim {
             let (image_targets, _) = targets.as_ref().ok_or_else(missing)?;
             let pred = flatten_rows(&model.feamim_head.forward(&decoded)?)?;
-            let weights = if obj.masked_only { batch.removed.flatten_all()? } else { batch.removed.ones_like()?.flatten_all()? };
-            record("feamim", losses::feature_loss(&pred, &flatten_rows(image_targets)?, &weights, obj.distance)?, true)?;
+            let weights = if obj.masked_only {
+                batch.removed.flatten_all()?
+            } else {
+                batch.removed.ones_like()?.flatten_all()?
+            };
+            record(
+                "feamim",
+                losses::feature_loss(&pred, &flatten_rows(image_targets)?, &weights, obj.distance)?,
+                true,
+            )?;
         }
     }
     if mlm_pass {
         let vision = full_vision.as_ref().ok_or_else(missing)?;
         let corrupted = model.text.forward(&batch.masked_ids, &batch.text_mask)?;
-        let fused = model.fuse(&corrupted.last, &batch.text_mask, &vision.last, c.fusion_layers)?;
+        let fused = model.fuse(
+            &corrupted.last,
+            &batch.text_mask,
+            &vision.last,
+            c.fusion_layers,
+        )?;
         let text_rows = flatten_rows(fused.text.last().ok_or_else(missing)?)?;
         if obj.mlm && batch.mlm_positions.elem_count() > 0 {
-            let logits = model.mlm_head.forward(&text_rows.index_select(&batch.mlm_positions, 0)?)?;
-            record("mlm", losses::cross_entropy(&logits, &batch.mlm_labels)?, false)?;
+            let logits = model
+                .mlm_head
+                .forward(&text_rows.index_select(&batch.mlm_positions, 0)?)?;
+            record(
+                "mlm",
+                losses::cross_entropy(&logits, &batch.mlm_labels)?,
+                false,
+            )?;
         }
         if obj.feamlm {
             let (_, text_targets) = targets.as_ref().ok_or_else(missing)?;
             let pred = model.feamlm_head.forward(&text_rows)?;
-            let weights = if obj.masked_only { batch.mlm_weights.flatten_all()? } else { batch.text_mask.flatten_all()? };
-            record("feamlm", losses::feature_loss(&pred, &flatten_rows(text_targets)?, &weights, obj.distance)?, true)?;
+            let weights = if obj.masked_only {
+                batch.mlm_weights.flatten_all()?
+            } else {
+                batch.text_mask.flatten_all()?
+            };
+            record(
+                "feamlm",
+                losses::feature_loss(&pred, &flatten_rows(text_targets)?, &weights, obj.distance)?,
+                true,
+            )?;
         }
     }
     if obj.itm {
@@ -258,18 +346,29 @@ pub fn mr_losses(model: &UmdModel, ema: Option<&EmaTarget>, batch: &Batch, obj: 
         let images = vision.last.index_select(&batch.itm_image, 0)?;
         let fused = model.fuse(&text.last, &batch.text_mask, &images, c.fusion_layers)?;
         let logits = model.itm_logits(&model.pooled(&fused)?)?;
-        record("itm", losses::cross_entropy(&logits, &batch.itm_labels)?, false)?;
+        record(
+            "itm",
+            losses::cross_entropy(&logits, &batch.itm_labels)?,
+            false,
+        )?;
     }
 
     let mut total: Option<Tensor> = None;
     for term in data_terms {
-        total = Some(match total { Some(t) => (t + term)?, None => term });
+        total = Some(match total {
+            Some(t) => (t + term)?,
+            None => term,
+        });
     }
     for term in feature_terms {
         let weighted = (term * obj.alpha)?;
-        total = Some(match total { Some(t) => (t + weighted)?, None => weighted });
+        total = Some(match total {
+            Some(t) => (t + weighted)?,
+            None => weighted,
+        });
     }
-    let total = total.ok_or_else(|| ModelError::Config("no loss term produced a value for this batch".into()))?;
+    let total = total
+        .ok_or_else(|| ModelError::Config("no loss term produced a value for this batch".into()))?;
     values.sort_by_key(|(name, _)| TERM_ORDER.iter().position(|n| n == name));
     Ok(LossTerms { total, values })
 }

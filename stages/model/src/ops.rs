@@ -25,7 +25,12 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 }
 
 /// Layer normalisation over the last dimension, with an optional affine part.
-pub fn layer_norm(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+pub fn layer_norm(
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -76,21 +81,42 @@ mod tests {
     #[test]
     fn linear_matches_a_plain_product_and_layer_norm_normalises() {
         let dev = Device::Cpu;
-        let x = Tensor::arange(0f32, 24.0, &dev).unwrap().reshape((2, 3, 4)).unwrap();
-        let w = Tensor::arange(0f32, 20.0, &dev).unwrap().reshape((5, 4)).unwrap();
+        let x = Tensor::arange(0f32, 24.0, &dev)
+            .unwrap()
+            .reshape((2, 3, 4))
+            .unwrap();
+        let w = Tensor::arange(0f32, 20.0, &dev)
+            .unwrap()
+            .reshape((5, 4))
+            .unwrap();
         let b = Tensor::ones(5, candle_core::DType::F32, &dev).unwrap();
         let y = linear(&x, &w, Some(&b)).unwrap();
-        let expect = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
-        assert_eq!(y.to_vec3::<f32>().unwrap(), expect.to_vec3::<f32>().unwrap());
+        let expect = x
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert_eq!(
+            y.to_vec3::<f32>().unwrap(),
+            expect.to_vec3::<f32>().unwrap()
+        );
         let n = layer_norm(&x, None, None, 1e-5).unwrap();
-        let mean = n.mean_keepdim(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mean = n
+            .mean_keepdim(D::Minus1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(mean.iter().all(|m| m.abs() < 1e-5));
     }
 
     #[test]
     fn softmax_and_layer_norm_pass_gradients() {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::new(&[[1f32, 2.0, 0.5], [0.1, -1.0, 3.0]], &dev).unwrap()).unwrap();
+        let x =
+            Var::from_tensor(&Tensor::new(&[[1f32, 2.0, 0.5], [0.1, -1.0, 3.0]], &dev).unwrap())
+                .unwrap();
         let w = Tensor::new(&[[1f32, -2.0, 0.5], [2.0, 1.0, -1.0]], &dev).unwrap();
         let loss = (softmax(&layer_norm(x.as_tensor(), None, None, 1e-5).unwrap()).unwrap() * &w)
             .unwrap()
@@ -98,6 +124,14 @@ mod tests {
             .unwrap();
         let grads = loss.backward().unwrap();
         let g = grads.get(x.as_tensor()).expect("gradient recorded");
-        assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
     }
 }

@@ -47,7 +47,11 @@ pub struct ParamStore {
 
 impl ParamStore {
     pub fn new(device: &Device, seed: u64) -> Self {
-        ParamStore { params: BTreeMap::new(), device: device.clone(), seed }
+        ParamStore {
+            params: BTreeMap::new(),
+            device: device.clone(),
+            seed,
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -55,7 +59,13 @@ impl ParamStore {
     }
 
     /// Creates (or, when it already exists, returns) the parameter `name`.
-    pub fn get(&mut self, name: &str, shape: &[usize], role: ParamRole, init: Init) -> Result<Tensor> {
+    pub fn get(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        role: ParamRole,
+        init: Init,
+    ) -> Result<Tensor> {
         if let Some(existing) = self.params.get(name) {
             if existing.var.dims() != shape {
                 return Err(ModelError::Config(format!(
@@ -103,20 +113,26 @@ impl ParamStore {
 
     /// Writes every parameter to a safetensors file (names as in the store).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors: HashMap<String, Tensor> =
-            self.params.iter().map(|(k, p)| (k.clone(), p.var.as_tensor().clone())).collect();
+        let tensors: HashMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|(k, p)| (k.clone(), p.var.as_tensor().clone()))
+            .collect();
         candle_core::safetensors::save(&tensors, path).map_err(|e| file_error(path, e))
     }
 
     /// Overwrites every parameter with the tensor of the same name in a safetensors file; a
     /// missing name, an extra name or a shape mismatch is an error naming it.
     pub fn load_into(&mut self, path: &Path) -> Result<()> {
-        let loaded = candle_core::safetensors::load(path, &self.device).map_err(|e| file_error(path, e))?;
+        let loaded =
+            candle_core::safetensors::load(path, &self.device).map_err(|e| file_error(path, e))?;
         for name in loaded.keys() {
             if !self.params.contains_key(name) {
                 return Err(ModelError::File {
                     path: path.display().to_string(),
-                    message: format!("tensor `{name}` is not a parameter of this model configuration"),
+                    message: format!(
+                        "tensor `{name}` is not a parameter of this model configuration"
+                    ),
                 });
             }
         }
@@ -143,5 +159,8 @@ impl ParamStore {
 }
 
 fn file_error(path: &Path, e: candle_core::Error) -> ModelError {
-    ModelError::File { path: path.display().to_string(), message: e.to_string() }
+    ModelError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
 }

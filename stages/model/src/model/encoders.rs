@@ -33,18 +33,48 @@ impl VisionEncoder {
     pub fn new(store: &mut ParamStore, c: &ModelConfig) -> Result<Self> {
         let p = "vision_encoder";
         let w = c.vision_width;
-        let patch_embed = store.get(&format!("{p}.patch_embed.weight"), &[w, c.patch_dim()], ParamRole::Weight, Init::Normal(0.02))?;
-        let class_embedding = store.get(&format!("{p}.class_embedding"), &[w], ParamRole::Embedding, Init::Normal(0.02))?;
-        let positional_embedding =
-            store.get(&format!("{p}.positional_embedding"), &[c.num_patches() + 1, w], ParamRole::Embedding, Init::Normal(0.02))?;
+        let patch_embed = store.get(
+            &format!("{p}.patch_embed.weight"),
+            &[w, c.patch_dim()],
+            ParamRole::Weight,
+            Init::Normal(0.02),
+        )?;
+        let class_embedding = store.get(
+            &format!("{p}.class_embedding"),
+            &[w],
+            ParamRole::Embedding,
+            Init::Normal(0.02),
+        )?;
+        let positional_embedding = store.get(
+            &format!("{p}.positional_embedding"),
+            &[c.num_patches() + 1, w],
+            ParamRole::Embedding,
+            Init::Normal(0.02),
+        )?;
         let ln_pre = Norm::new(store, &format!("{p}.ln_pre"), w, c.norm_eps)?;
         let blocks = (0..c.vision_layers)
             .map(|k| {
-                Block::new(store, &format!("{p}.blocks.{k}"), w, c.vision_heads, c.vision_mlp, Activation::QuickGelu, true, c.norm_eps)
+                Block::new(
+                    store,
+                    &format!("{p}.blocks.{k}"),
+                    w,
+                    c.vision_heads,
+                    c.vision_mlp,
+                    Activation::QuickGelu,
+                    true,
+                    c.norm_eps,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let ln_post = Norm::new(store, &format!("{p}.ln_post"), w, c.norm_eps)?;
-        Ok(VisionEncoder { patch_embed, class_embedding, positional_embedding, ln_pre, blocks, ln_post })
+        Ok(VisionEncoder {
+            patch_embed,
+            class_embedding,
+            positional_embedding,
+            ln_pre,
+            blocks,
+            ln_post,
+        })
     }
 
     /// `patches`: [B, L, patch_dim] (see [`crate::batch::patchify`]). `keep`: U32 [B, K] indices of
@@ -59,19 +89,27 @@ impl VisionEncoder {
         let x = match keep {
             Some(keep) => {
                 let (_, k) = keep.dims2()?;
-                let index = keep.unsqueeze(2)?.broadcast_as((b, k, width))?.contiguous()?;
+                let index = keep
+                    .unsqueeze(2)?
+                    .broadcast_as((b, k, width))?
+                    .contiguous()?;
                 x.gather(&index, 1)?
             }
             None => x,
         };
-        let cls = (&self.class_embedding + self.positional_embedding.get(0)?)?.reshape((1, 1, width))?.broadcast_as((b, 1, width))?;
+        let cls = (&self.class_embedding + self.positional_embedding.get(0)?)?
+            .reshape((1, 1, width))?
+            .broadcast_as((b, 1, width))?;
         let mut x = self.ln_pre.forward(&Tensor::cat(&[&cls, &x], 1)?)?;
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             x = block.forward(&x, None)?;
             blocks.push(x.clone());
         }
-        Ok(EncoderOutput { last: self.ln_post.forward(&x)?, blocks })
+        Ok(EncoderOutput {
+            last: self.ln_post.forward(&x)?,
+            blocks,
+        })
     }
 }
 
@@ -89,20 +127,44 @@ impl TextEncoder {
     pub fn new(store: &mut ParamStore, c: &ModelConfig) -> Result<Self> {
         let p = "language_encoder";
         let w = c.text_width;
-        let word_embeddings = Embedding::new(store, &format!("{p}.word_embeddings"), c.vocab_size, w)?;
-        let position_embeddings =
-            store.get(&format!("{p}.position_embeddings.weight"), &[c.max_len, w], ParamRole::Embedding, Init::Normal(0.02))?;
+        let word_embeddings =
+            Embedding::new(store, &format!("{p}.word_embeddings"), c.vocab_size, w)?;
+        let position_embeddings = store.get(
+            &format!("{p}.position_embeddings.weight"),
+            &[c.max_len, w],
+            ParamRole::Embedding,
+            Init::Normal(0.02),
+        )?;
         let ln_embed = Norm::new(store, &format!("{p}.ln_embed"), w, c.norm_eps)?;
         let blocks = (0..c.text_layers)
-            .map(|k| Block::new(store, &format!("{p}.blocks.{k}"), w, c.text_heads, c.text_mlp, Activation::Gelu, false, c.norm_eps))
+            .map(|k| {
+                Block::new(
+                    store,
+                    &format!("{p}.blocks.{k}"),
+                    w,
+                    c.text_heads,
+                    c.text_mlp,
+                    Activation::Gelu,
+                    false,
+                    c.norm_eps,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(TextEncoder { word_embeddings, position_embeddings, ln_embed, blocks })
+        Ok(TextEncoder {
+            word_embeddings,
+            position_embeddings,
+            ln_embed,
+            blocks,
+        })
     }
 
     /// `ids`: U32 [B, T]; `mask`: F32 [B, T], 1 for real tokens. Returns [B, T, width].
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<EncoderOutput> {
         let (_, t) = ids.dims2()?;
-        let x = self.word_embeddings.forward(ids)?.broadcast_add(&self.position_embeddings.narrow(0, 0, t)?)?;
+        let x = self
+            .word_embeddings
+            .forward(ids)?
+            .broadcast_add(&self.position_embeddings.narrow(0, 0, t)?)?;
         let mut x = self.ln_embed.forward(&x)?;
         let bias = key_bias(mask)?;
         let mut blocks = Vec::with_capacity(self.blocks.len());

@@ -15,7 +15,9 @@ use crate::store::{Init, ParamRole, ParamStore};
 pub fn sincos_2d(width: usize, grid: usize) -> Vec<f32> {
     let half = width / 2;
     let quarter = half / 2;
-    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let omega: Vec<f64> = (0..quarter)
+        .map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64))
+        .collect();
     let mut out = vec![0f32; (1 + grid * grid) * width];
     for row in 0..grid {
         for col in 0..grid {
@@ -51,10 +53,26 @@ impl MimDecoder {
         let positions = Tensor::from_vec(sincos_2d(w, c.grid()), (1 + c.num_patches(), w), device)?;
         Ok(MimDecoder {
             embed: Linear::new(store, &format!("{p}.embed"), c.fusion_width, w, true)?,
-            mask_token: store.get(&format!("{p}.mask_token"), &[w], ParamRole::Embedding, Init::Normal(0.02))?,
+            mask_token: store.get(
+                &format!("{p}.mask_token"),
+                &[w],
+                ParamRole::Embedding,
+                Init::Normal(0.02),
+            )?,
             positions,
             blocks: (0..c.decoder_layers)
-                .map(|k| Block::new(store, &format!("{p}.blocks.{k}"), w, c.decoder_heads, c.decoder_mlp, Activation::QuickGelu, true, c.norm_eps))
+                .map(|k| {
+                    Block::new(
+                        store,
+                        &format!("{p}.blocks.{k}"),
+                        w,
+                        c.decoder_heads,
+                        c.decoder_mlp,
+                        Activation::QuickGelu,
+                        true,
+                        c.norm_eps,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?,
             norm: Norm::new(store, &format!("{p}.norm"), w, c.norm_eps)?,
             pixel: Linear::new(store, &format!("{p}.pixel"), w, c.patch_dim(), true)?,
@@ -70,11 +88,21 @@ impl MimDecoder {
         let l = restore.dim(1)?;
         let cls = x.narrow(1, 0, 1)?;
         let visible = x.narrow(1, 1, s - 1)?;
-        let mask = self.mask_token.reshape((1, 1, w))?.broadcast_as((b, 1, w))?;
+        let mask = self
+            .mask_token
+            .reshape((1, 1, w))?
+            .broadcast_as((b, 1, w))?;
         let pool = Tensor::cat(&[&visible, &mask], 1)?;
-        let index = restore.unsqueeze(2)?.broadcast_as((b, l, w))?.contiguous()?;
+        let index = restore
+            .unsqueeze(2)?
+            .broadcast_as((b, l, w))?
+            .contiguous()?;
         let full = pool.contiguous()?.gather(&index, 1)?;
-        let mut x = Tensor::cat(&[&cls, &full], 1)?.broadcast_add(&self.positions.narrow(0, 0, l + 1)?)?;
+        let mut x = Tensor::cat(&[&cls, &full], 1)?.broadcast_add(&self.positions.narrow(
+            0,
+            0,
+            l + 1,
+        )?)?;
         for block in &self.blocks {
             x = block.forward(&x, None)?;
         }
@@ -98,9 +126,21 @@ pub struct MlmHead {
 impl MlmHead {
     pub fn new(store: &mut ParamStore, c: &ModelConfig) -> Result<Self> {
         Ok(MlmHead {
-            dense: Linear::new(store, "mlm_head.transform.dense", c.fusion_width, c.fusion_width, true)?,
+            dense: Linear::new(
+                store,
+                "mlm_head.transform.dense",
+                c.fusion_width,
+                c.fusion_width,
+                true,
+            )?,
             norm: Norm::new(store, "mlm_head.transform.norm", c.fusion_width, c.norm_eps)?,
-            decoder: Linear::new(store, "mlm_head.decoder", c.fusion_width, c.vocab_size, true)?,
+            decoder: Linear::new(
+                store,
+                "mlm_head.decoder",
+                c.fusion_width,
+                c.vocab_size,
+                true,
+            )?,
         })
     }
 
@@ -164,5 +204,8 @@ pub fn mae_indices(removed: &[bool], batch: usize, device: &Device) -> Result<(T
             )));
         }
     }
-    Ok((Tensor::from_vec(keep, (batch, visible), device)?, Tensor::from_vec(restore, (batch, patches), device)?))
+    Ok((
+        Tensor::from_vec(keep, (batch, visible), device)?,
+        Tensor::from_vec(restore, (batch, patches), device)?,
+    ))
 }

@@ -21,10 +21,26 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(store: &mut ParamStore, name: &str, input: usize, output: usize, bias: bool) -> Result<Self> {
-        let weight = store.get(&format!("{name}.weight"), &[output, input], ParamRole::Weight, Init::Normal(INIT_STD))?;
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        input: usize,
+        output: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = store.get(
+            &format!("{name}.weight"),
+            &[output, input],
+            ParamRole::Weight,
+            Init::Normal(INIT_STD),
+        )?;
         let bias = if bias {
-            Some(store.get(&format!("{name}.bias"), &[output], ParamRole::Bias, Init::Zeros)?)
+            Some(store.get(
+                &format!("{name}.bias"),
+                &[output],
+                ParamRole::Bias,
+                Init::Zeros,
+            )?)
         } else {
             None
         };
@@ -47,14 +63,29 @@ pub struct Norm {
 impl Norm {
     pub fn new(store: &mut ParamStore, name: &str, width: usize, eps: f64) -> Result<Self> {
         Ok(Norm {
-            gamma: store.get(&format!("{name}.weight"), &[width], ParamRole::Norm, Init::Ones)?,
-            beta: store.get(&format!("{name}.bias"), &[width], ParamRole::Norm, Init::Zeros)?,
+            gamma: store.get(
+                &format!("{name}.weight"),
+                &[width],
+                ParamRole::Norm,
+                Init::Ones,
+            )?,
+            beta: store.get(
+                &format!("{name}.bias"),
+                &[width],
+                ParamRole::Norm,
+                Init::Zeros,
+            )?,
             eps,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::layer_norm(x, Some(&self.gamma), Some(&self.beta), self.eps)?)
+        Ok(ops::layer_norm(
+            x,
+            Some(&self.gamma),
+            Some(&self.beta),
+            self.eps,
+        )?)
     }
 }
 
@@ -66,14 +97,24 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(store: &mut ParamStore, name: &str, rows: usize, width: usize) -> Result<Self> {
-        Ok(Embedding { table: store.get(&format!("{name}.weight"), &[rows, width], ParamRole::Embedding, Init::Normal(INIT_STD))? })
+        Ok(Embedding {
+            table: store.get(
+                &format!("{name}.weight"),
+                &[rows, width],
+                ParamRole::Embedding,
+                Init::Normal(INIT_STD),
+            )?,
+        })
     }
 
     /// Looks up `ids` (U32, any shape) and returns [..., width].
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let mut dims = ids.dims().to_vec();
         dims.push(self.table.dim(1)?);
-        Ok(self.table.index_select(&ids.flatten_all()?, 0)?.reshape(dims)?)
+        Ok(self
+            .table
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape(dims)?)
     }
 }
 
@@ -102,7 +143,13 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(store: &mut ParamStore, name: &str, width: usize, hidden: usize, act: Activation) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        width: usize,
+        hidden: usize,
+        act: Activation,
+    ) -> Result<Self> {
         Ok(Mlp {
             fc1: Linear::new(store, &format!("{name}.fc1"), width, hidden, true)?,
             fc2: Linear::new(store, &format!("{name}.fc2"), hidden, width, true)?,
@@ -126,7 +173,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(store: &mut ParamStore, name: &str, width: usize, kv_width: usize, heads: usize) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        width: usize,
+        kv_width: usize,
+        heads: usize,
+    ) -> Result<Self> {
         Ok(Attention {
             q: Linear::new(store, &format!("{name}.q"), width, width, true)?,
             k: Linear::new(store, &format!("{name}.k"), kv_width, width, true)?,
@@ -137,7 +190,12 @@ impl Attention {
     }
 
     /// Queries from `x` [B, Sq, W], keys and values from `context` [B, Sk, Wc].
-    pub fn forward(&self, x: &Tensor, context: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        key_bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let q = split_heads(&self.q.forward(x)?, self.heads)?;
         let k = split_heads(&self.k.forward(context)?, self.heads)?;
         let v = split_heads(&self.v.forward(context)?, self.heads)?;
@@ -149,7 +207,9 @@ impl Attention {
 /// [B, S, W] → [B, H, S, W/H].
 fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, s, w) = x.dims3()?;
-    Ok(x.reshape((b, s, heads, w / heads))?.transpose(1, 2)?.contiguous()?)
+    Ok(x.reshape((b, s, heads, w / heads))?
+        .transpose(1, 2)?
+        .contiguous()?)
 }
 
 /// [B, H, S, dh] → [B, S, H·dh].
@@ -161,7 +221,9 @@ fn merge_heads(x: &Tensor) -> Result<Tensor> {
 /// Turns a [B, S] 0/1 mask (F32) into the additive [B, 1, 1, S] key bias.
 pub fn key_bias(mask: &Tensor) -> Result<Tensor> {
     let (b, s) = mask.dims2()?;
-    Ok(mask.affine(-MASKED_KEY_BIAS, MASKED_KEY_BIAS)?.reshape((b, 1, 1, s))?)
+    Ok(mask
+        .affine(-MASKED_KEY_BIAS, MASKED_KEY_BIAS)?
+        .reshape((b, 1, 1, s))?)
 }
 
 /// A transformer block. Pre-LN (CLIP ViT, MAE decoder): `x + attn(ln1 x)`, `x + mlp(ln2 x)`.
@@ -202,7 +264,9 @@ impl Block {
             let x = (x + self.attn.forward(&h, &h, key_bias)?)?;
             Ok((&x + self.mlp.forward(&self.ln2.forward(&x)?)?)?)
         } else {
-            let x = self.ln1.forward(&(x + self.attn.forward(x, x, key_bias)?)?)?;
+            let x = self
+                .ln1
+                .forward(&(x + self.attn.forward(x, x, key_bias)?)?)?;
             self.ln2.forward(&(&x + self.mlp.forward(&x)?)?)
         }
     }
@@ -221,21 +285,44 @@ pub struct CoAttentionLayer {
 }
 
 impl CoAttentionLayer {
-    pub fn new(store: &mut ParamStore, name: &str, width: usize, heads: usize, hidden: usize, eps: f64) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        width: usize,
+        heads: usize,
+        hidden: usize,
+        eps: f64,
+    ) -> Result<Self> {
         Ok(CoAttentionLayer {
             self_attn: Attention::new(store, &format!("{name}.self_attn"), width, width, heads)?,
             ln_self: Norm::new(store, &format!("{name}.ln_self"), width, eps)?,
             cross_attn: Attention::new(store, &format!("{name}.cross_attn"), width, width, heads)?,
             ln_cross: Norm::new(store, &format!("{name}.ln_cross"), width, eps)?,
-            mlp: Mlp::new(store, &format!("{name}.mlp"), width, hidden, Activation::Gelu)?,
+            mlp: Mlp::new(
+                store,
+                &format!("{name}.mlp"),
+                width,
+                hidden,
+                Activation::Gelu,
+            )?,
             ln_out: Norm::new(store, &format!("{name}.ln_out"), width, eps)?,
         })
     }
 
     /// `x`: own stream, `own_bias`: its padding bias; `other`/`other_bias`: the other stream.
-    pub fn forward(&self, x: &Tensor, own_bias: Option<&Tensor>, other: &Tensor, other_bias: Option<&Tensor>) -> Result<Tensor> {
-        let x = self.ln_self.forward(&(x + self.self_attn.forward(x, x, own_bias)?)?)?;
-        let x = self.ln_cross.forward(&(&x + self.cross_attn.forward(&x, other, other_bias)?)?)?;
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        own_bias: Option<&Tensor>,
+        other: &Tensor,
+        other_bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let x = self
+            .ln_self
+            .forward(&(x + self.self_attn.forward(x, x, own_bias)?)?)?;
+        let x = self
+            .ln_cross
+            .forward(&(&x + self.cross_attn.forward(&x, other, other_bias)?)?)?;
         self.ln_out.forward(&(&x + self.mlp.forward(&x)?)?)
     }
 }
@@ -248,10 +335,15 @@ pub struct Pooler {
 
 impl Pooler {
     pub fn new(store: &mut ParamStore, name: &str, width: usize) -> Result<Self> {
-        Ok(Pooler { dense: Linear::new(store, &format!("{name}.dense"), width, width, true)? })
+        Ok(Pooler {
+            dense: Linear::new(store, &format!("{name}.dense"), width, width, true)?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.dense.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?)
+        Ok(self
+            .dense
+            .forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?
+            .tanh()?)
     }
 }

@@ -16,7 +16,7 @@ use heads::{MimDecoder, MlmHead, MlpHead};
 use layers::{CoAttentionLayer, Embedding, Linear, Pooler, key_bias};
 
 /// Output widths of the feature-level heads (they predict the chosen target features).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FeatureDims {
     pub image: usize,
     pub text: usize,
@@ -55,14 +55,27 @@ pub struct UmdModel {
 
 impl UmdModel {
     /// Creates every parameter in `store` (seeded) and the model reading them.
-    pub fn new(store: &mut ParamStore, config: &ModelConfig, feature_dims: FeatureDims) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        config: &ModelConfig,
+        feature_dims: FeatureDims,
+    ) -> Result<Self> {
         config.validate()?;
         let c = config;
         let f = c.fusion_width;
         let device = store.device().clone();
         let fusion = |store: &mut ParamStore, stream: &str| {
             (0..c.fusion_layers)
-                .map(|k| CoAttentionLayer::new(store, &format!("multi_modal_{stream}_layers.{k}"), f, c.fusion_heads, c.fusion_mlp, c.norm_eps))
+                .map(|k| {
+                    CoAttentionLayer::new(
+                        store,
+                        &format!("multi_modal_{stream}_layers.{k}"),
+                        f,
+                        c.fusion_heads,
+                        c.fusion_mlp,
+                        c.norm_eps,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()
         };
         Ok(UmdModel {
@@ -78,7 +91,13 @@ impl UmdModel {
             mim_head: MimDecoder::new(store, c, &device)?,
             mlm_head: MlmHead::new(store, c)?,
             itm_head: Linear::new(store, "itm_head.fc", 2 * f, 2, true)?,
-            feamim_head: Linear::new(store, "feamim_head.fc", c.decoder_width, feature_dims.image, true)?,
+            feamim_head: Linear::new(
+                store,
+                "feamim_head.fc",
+                c.decoder_width,
+                feature_dims.image,
+                true,
+            )?,
             feamlm_head: MlpHead::new(store, "feamlm_head", f, feature_dims.text)?,
             config: config.clone(),
             feature_dims,
@@ -94,17 +113,32 @@ impl UmdModel {
     /// (0 = text, 1 = image).
     pub fn project(&self, text: &Tensor, image: &Tensor) -> Result<(Tensor, Tensor)> {
         let types = self.modality_type.table.clone();
-        let text = self.text_proj.forward(text)?.broadcast_add(&types.get(0)?)?;
-        let image = self.vision_proj.forward(image)?.broadcast_add(&types.get(1)?)?;
+        let text = self
+            .text_proj
+            .forward(text)?
+            .broadcast_add(&types.get(0)?)?;
+        let image = self
+            .vision_proj
+            .forward(image)?
+            .broadcast_add(&types.get(1)?)?;
         Ok((text, image))
     }
 
     /// Runs the projections and the first `layers` co-attention layers. Both streams of layer
     /// k+1 are computed from layer k (M3AE's parallel update). `text_mask`: F32 [B, T].
-    pub fn fuse(&self, text: &Tensor, text_mask: &Tensor, image: &Tensor, layers: usize) -> Result<FusionOutput> {
+    pub fn fuse(
+        &self,
+        text: &Tensor,
+        text_mask: &Tensor,
+        image: &Tensor,
+        layers: usize,
+    ) -> Result<FusionOutput> {
         let (mut t, mut i) = self.project(text, image)?;
         let text_bias = key_bias(text_mask)?;
-        let mut out = FusionOutput { text: vec![t.clone()], image: vec![i.clone()] };
+        let mut out = FusionOutput {
+            text: vec![t.clone()],
+            image: vec![i.clone()],
+        };
         for k in 0..layers.min(self.text_layers.len()) {
             let t_next = self.text_layers[k].forward(&t, Some(&text_bias), &i, None)?;
             let i_next = self.vision_layers[k].forward(&i, None, &t, Some(&text_bias))?;
@@ -119,9 +153,17 @@ impl UmdModel {
     /// `concat(text_pool, image_pool)` [B, 2·fusion_width] from the final fusion layer.
     pub fn pooled(&self, fused: &FusionOutput) -> Result<Tensor> {
         let (Some(t), Some(i)) = (fused.text.last(), fused.image.last()) else {
-            return Err(crate::error::ModelError::Config("fusion produced no layers".into()));
+            return Err(crate::error::ModelError::Config(
+                "fusion produced no layers".into(),
+            ));
         };
-        Ok(Tensor::cat(&[&self.text_pooler.forward(t)?, &self.vision_pooler.forward(i)?], 1)?)
+        Ok(Tensor::cat(
+            &[
+                &self.text_pooler.forward(t)?,
+                &self.vision_pooler.forward(i)?,
+            ],
+            1,
+        )?)
     }
 
     /// ITM logits [B, 2] (class 1 = matched pair).

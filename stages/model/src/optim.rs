@@ -1,0 +1,297 @@
+//! AdamW with M3AE's parameter groups, a warm-up + linear-decay schedule and global-norm
+//! gradient clipping. Written here (not candle_nn's AdamW) because candle's has one learning rate
+//! and decays every tensor.
+
+use candle_core::Tensor;
+use candle_core::backprop::GradStore;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::store::{ParamRole, ParamStore};
+
+/// Optimiser settings (pipeline parameters of `pretrain`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate of the backbone.
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay; never applied to biases and norm parameters.
+    pub weight_decay: f64,
+    /// Multiplier for the heads (`mim_head`, `mlm_head`, `itm_head`, `feamim_head`, `feamlm_head`).
+    pub lr_multiplier_head: f64,
+    /// Multiplier for every parameter whose name contains `multi_modal` (fusion, projections).
+    pub lr_multiplier_fusion: f64,
+    /// Fraction of the steps spent warming up linearly; then linear decay to 0.
+    pub warmup_ratio: f64,
+    /// Clip the global gradient norm to this (0 = no clipping).
+    pub max_grad_norm: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            lr_multiplier_head: 5.0,
+            lr_multiplier_fusion: 5.0,
+            warmup_ratio: 0.1,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Returns `(field, message)` for the first bad setting.
+    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let positive = [
+            ("lr", self.lr),
+            ("eps", self.eps),
+            ("lr_multiplier_head", self.lr_multiplier_head),
+            ("lr_multiplier_fusion", self.lr_multiplier_fusion),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err((name.into(), format!("must be a positive number, got {v}")));
+            }
+        }
+        for (name, v) in [
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("warmup_ratio", self.warmup_ratio),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err((name.into(), format!("must lie in [0, 1), got {v}")));
+            }
+        }
+        for (name, v) in [
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err((name.into(), format!("must be a number >= 0, got {v}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The learning-rate multiplier of a parameter, by name (M3AE's groups).
+    pub fn multiplier(&self, name: &str) -> f64 {
+        const HEADS: [&str; 5] = [
+            "mim_head.",
+            "mlm_head.",
+            "itm_head.",
+            "feamim_head.",
+            "feamlm_head.",
+        ];
+        if HEADS.iter().any(|h| name.starts_with(h)) {
+            self.lr_multiplier_head
+        } else if name.contains("multi_modal") {
+            self.lr_multiplier_fusion
+        } else {
+            1.0
+        }
+    }
+
+    /// The backbone learning rate at `step` (0-based) of `total`: linear warm-up reaching `lr` at
+    /// the end of the warm-up, then linear decay to 0 at `total`.
+    pub fn lr_at(&self, step: u64, total: u64) -> f64 {
+        let warmup = (self.warmup_ratio * total as f64).ceil() as u64;
+        if step < warmup {
+            self.lr * (step + 1) as f64 / warmup as f64
+        } else {
+            let remaining = total.saturating_sub(warmup).max(1);
+            self.lr * (1.0 - (step - warmup) as f64 / remaining as f64).max(0.0)
+        }
+    }
+}
+
+struct Slot {
+    name: String,
+    var: candle_core::Var,
+    m: Tensor,
+    v: Tensor,
+    lr_multiplier: f64,
+    decay: bool,
+}
+
+/// AdamW state over a [`ParamStore`].
+pub struct AdamW {
+    config: OptimConfig,
+    slots: Vec<Slot>,
+    steps: i32,
+}
+
+impl AdamW {
+    pub fn new(store: &ParamStore, config: &OptimConfig) -> Result<Self> {
+        let slots = store
+            .iter()
+            .map(|(name, p)| {
+                Ok(Slot {
+                    name: name.clone(),
+                    var: p.var.clone(),
+                    m: p.var.zeros_like()?,
+                    v: p.var.zeros_like()?,
+                    lr_multiplier: config.multiplier(name),
+                    decay: matches!(p.role, ParamRole::Weight | ParamRole::Embedding),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamW {
+            config: config.clone(),
+            slots,
+            steps: 0,
+        })
+    }
+
+    /// The global L2 norm of all gradients present.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut sum = 0f64;
+        for slot in &self.slots {
+            if let Some(g) = grads.get(slot.var.as_tensor()) {
+                sum += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        Ok(sum.sqrt())
+    }
+
+    /// One update with backbone learning rate `lr`; clips first. Parameters without a gradient
+    /// (their loss term is off) are left untouched. Returns the gradient norm before clipping.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<f64> {
+        let norm = self.grad_norm(grads)?;
+        let clip = if self.config.max_grad_norm > 0.0 && norm > self.config.max_grad_norm {
+            self.config.max_grad_norm / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        self.steps += 1;
+        let c = &self.config;
+        let bias1 = 1.0 - c.beta1.powi(self.steps);
+        let bias2 = 1.0 - c.beta2.powi(self.steps);
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
+            let g = (g * clip)?;
+            let lr = lr * slot.lr_multiplier;
+            slot.m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let mut p = slot.var.as_tensor().clone();
+            if slot.decay && c.weight_decay > 0.0 {
+                p = (p * (1.0 - lr * c.weight_decay))?;
+            }
+            let denom = ((slot.v.sqrt()? / bias2.sqrt())? + c.eps)?;
+            let update = ((&slot.m / denom)? * (lr / bias1))?;
+            slot.var.set(&(p - update)?)?;
+        }
+        Ok(norm)
+    }
+
+    /// Names of the parameters that get weight decay (for documentation and tests).
+    pub fn decayed(&self) -> Vec<&str> {
+        self.slots
+            .iter()
+            .filter(|s| s.decay)
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Init;
+    use candle_core::Device;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        let c = OptimConfig {
+            lr: 1.0,
+            warmup_ratio: 0.1,
+            ..OptimConfig::default()
+        };
+        assert!((c.lr_at(0, 100) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(9, 100) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(10, 100) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(55, 100) - 0.5).abs() < 1e-12);
+        assert!(c.lr_at(99, 100) > 0.0 && c.lr_at(100, 100) == 0.0);
+    }
+
+    #[test]
+    fn groups_and_decay_follow_m3ae() {
+        let c = OptimConfig::default();
+        assert_eq!(c.multiplier("mlm_head.decoder.weight"), 5.0);
+        assert_eq!(
+            c.multiplier("multi_modal_vision_layers.0.mlp.fc1.weight"),
+            5.0
+        );
+        assert_eq!(c.multiplier("vision_encoder.ln_pre.weight"), 1.0);
+        let mut store = ParamStore::new(&Device::Cpu, 1);
+        store
+            .get("a.weight", &[2, 2], ParamRole::Weight, Init::Normal(0.02))
+            .unwrap();
+        store
+            .get("a.bias", &[2], ParamRole::Bias, Init::Zeros)
+            .unwrap();
+        store
+            .get("n.weight", &[2], ParamRole::Norm, Init::Ones)
+            .unwrap();
+        let opt = AdamW::new(&store, &c).unwrap();
+        assert_eq!(opt.decayed(), vec!["a.weight"]);
+    }
+
+    #[test]
+    fn one_step_matches_the_adamw_formula() {
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new(&dev, 1);
+        let w = store
+            .get("w.weight", &[2], ParamRole::Weight, Init::Ones)
+            .unwrap();
+        let c = OptimConfig {
+            weight_decay: 0.1,
+            max_grad_norm: 0.0,
+            ..OptimConfig::default()
+        };
+        let mut opt = AdamW::new(&store, &c).unwrap();
+        let loss = (&w * Tensor::new(&[3f32, -2.0], &dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        opt.step(&grads, 0.01).unwrap();
+        let after = w.to_vec1::<f32>().unwrap();
+        // First step: m̂ = g, v̂ = g², so the update is lr · sign(g) (eps aside) after decay.
+        let expect = [
+            1.0 * (1.0 - 0.01 * 0.1) - 0.01,
+            1.0 * (1.0 - 0.01 * 0.1) + 0.01,
+        ];
+        for (a, e) in after.iter().zip(expect) {
+            assert!((*a as f64 - e).abs() < 1e-6, "{a} vs {e}");
+        }
+    }
+
+    #[test]
+    fn clipping_bounds_the_update_norm() {
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new(&dev, 1);
+        let w = store
+            .get("w.weight", &[2], ParamRole::Weight, Init::Zeros)
+            .unwrap();
+        let opt = AdamW::new(&store, &OptimConfig::default()).unwrap();
+        let loss = (&w * Tensor::new(&[30f32, 40.0], &dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        assert!((opt.grad_norm(&grads).unwrap() - 50.0).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,298 @@
+//! The `pretrain` stage kind: MR-Pretrain of the UMD model on an ingest artifact with a mask plan.
+//!
+//! Output: `checkpoint.safetensors` + `model_config.json` (see [`crate::checkpoint`]),
+//! `loss_curve.csv` (one row per step), `loss_curve.png`, `metrics.json`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use umdflow_data::artifact::Dataset;
+use umdflow_stages::params::{resolve_typed, typed};
+use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
+
+use crate::checkpoint::save_checkpoint;
+use crate::config::{ModelConfig, PRESETS};
+use crate::device::{device_name, select_device};
+use crate::error::ModelError;
+use crate::masking::MaskPlan;
+use crate::objective::{ObjectiveConfig, TERM_ORDER};
+use crate::optim::OptimConfig;
+use crate::plot::{Series, line_plot};
+use crate::train::{StepRecord, TrainObserver, TrainOutcome, TrainSettings, pretrain};
+
+/// Parameters of `pretrain`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainParams {
+    /// Model sizes: `tiny`, `small` or `base` (M3AE's).
+    pub preset: String,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// `auto`, `cpu` or `cuda:N`.
+    pub device: String,
+    /// Stop early after this many steps (null: all epochs of the mask plan).
+    pub max_steps: Option<u64>,
+    /// Loss terms and feature-target choices.
+    pub loss: ObjectiveConfig,
+    pub optim: OptimConfig,
+}
+
+impl Default for PretrainParams {
+    fn default() -> Self {
+        PretrainParams {
+            preset: "tiny".into(),
+            batch_size: 32,
+            seed: 0,
+            device: "auto".into(),
+            max_steps: None,
+            loss: ObjectiveConfig::default(),
+            optim: OptimConfig::default(),
+        }
+    }
+}
+
+impl PretrainParams {
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if !PRESETS.contains(&self.preset.as_str()) {
+            problems.push(Problem::new(
+                "params.preset",
+                format!(
+                    "unknown preset `{}`; expected one of {}",
+                    self.preset,
+                    PRESETS.join(", ")
+                ),
+            ));
+        }
+        if self.batch_size == 0 {
+            problems.push(Problem::new("params.batch_size", "must be at least 1"));
+        }
+        let device_ok = self.device == "auto"
+            || self.device == "cpu"
+            || self
+                .device
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !device_ok {
+            problems.push(Problem::new(
+                "params.device",
+                format!("expected `auto`, `cpu` or `cuda:N`, got `{}`", self.device),
+            ));
+        }
+        // Layer counts do not depend on the data, so the preset can be checked with stand-in sizes.
+        if let Ok(model) = ModelConfig::preset(&self.preset, 32, 1, 8, 8, 8) {
+            if let Err((field, message)) = self.loss.validate(&model) {
+                problems.push(Problem::new(format!("params.loss.{field}"), message));
+            }
+        }
+        if let Err((field, message)) = self.optim.validate() {
+            problems.push(Problem::new(format!("params.optim.{field}"), message));
+        }
+        problems
+    }
+}
+
+/// `kind: pretrain`.
+pub struct PretrainKind;
+
+impl StageKind for PretrainKind {
+    fn name(&self) -> &'static str {
+        "pretrain"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "MR-Pretrain: MIM + MLM + ITM + alpha·(FeaMIM + FeaMLM) on an ingest artifact and a mask plan"
+    }
+
+    fn resolve_params(&self, decl: &StageDecl<'_>, params: Params) -> Result<Params, Vec<Problem>> {
+        let resolved = resolve_typed::<PretrainParams>(params)?;
+        let typed: PretrainParams =
+            typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
+        let mut problems = typed.problems();
+        for needed in ["ingest", "mask"] {
+            if !decl.inputs.iter().any(|(_, kind)| kind == needed) {
+                problems.push(Problem::new(
+                    "inputs",
+                    format!("a `pretrain` stage needs a `{needed}` stage in its inputs"),
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(resolved)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let params: PretrainParams = typed(ctx.params)?;
+        let ingest = ctx.require_input("ingest")?;
+        let mask = ctx.require_input("mask")?;
+        let dataset = Dataset::load(&ingest.dir).map_err(|e| StageError::failed(e.to_string()))?;
+        let plan = MaskPlan::load(&mask.dir).map_err(failed)?;
+        let device = select_device(&params.device).map_err(failed)?;
+        let settings = TrainSettings {
+            preset: params.preset.clone(),
+            batch_size: params.batch_size,
+            seed: params.seed,
+            objective: params.loss.clone(),
+            optim: params.optim.clone(),
+            max_steps: params.max_steps,
+        };
+        let observer = StageObserver { ctx };
+        let outcome = pretrain(&dataset, &plan, &settings, &device, ctx.threads, &observer)
+            .map_err(|e| match e {
+                ModelError::Cancelled => StageError::Cancelled,
+                other => StageError::failed(format!("pretrain `{}`: {other}", ctx.id)),
+            })?;
+        write_outputs(
+            ctx.out_dir,
+            &outcome,
+            &settings,
+            &device_name(&device),
+            ctx.threads,
+        )
+        .map_err(failed)
+    }
+}
+
+fn failed(e: ModelError) -> StageError {
+    StageError::failed(e.to_string())
+}
+
+struct StageObserver<'a, 'b> {
+    ctx: &'a StageContext<'b>,
+}
+
+impl TrainObserver for StageObserver<'_, '_> {
+    fn on_start(&self, total_steps: u64) {
+        self.ctx.progress.set_total(total_steps);
+    }
+
+    fn on_step(&self, record: &StepRecord) {
+        self.ctx.progress.set_position(record.step + 1);
+        self.ctx
+            .progress
+            .set_message(&format!("loss {:.4}", record.total));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.ctx.cancelled()
+    }
+}
+
+/// Colours of the curves in `loss_curve.png` (also listed in `metrics.json`).
+pub const CURVE_COLOURS: [(&str, [u8; 3]); 6] = [
+    ("total", [0, 0, 0]),
+    ("mim", [214, 39, 40]),
+    ("mlm", [31, 119, 180]),
+    ("itm", [44, 160, 44]),
+    ("feamim", [255, 127, 14]),
+    ("feamlm", [148, 103, 189]),
+];
+
+/// Writes checkpoint, curves and metrics of a finished run into `dir`.
+pub fn write_outputs(
+    dir: &Path,
+    outcome: &TrainOutcome,
+    settings: &TrainSettings,
+    device: &str,
+    threads: usize,
+) -> crate::error::Result<()> {
+    save_checkpoint(dir, &outcome.store, &outcome.info)?;
+    let file_err = |path: &Path, e: std::io::Error| ModelError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+
+    let mut csv = String::from("step,epoch,lr,grad_norm,total,mim,mlm,itm,feamim,feamlm\n");
+    for r in &outcome.records {
+        let _ = write!(
+            csv,
+            "{},{},{:e},{},{}",
+            r.step, r.epoch, r.lr, r.grad_norm, r.total
+        );
+        for name in TERM_ORDER {
+            match r.terms.iter().find(|(n, _)| *n == name) {
+                Some((_, v)) => {
+                    let _ = write!(csv, ",{v}");
+                }
+                None => csv.push(','),
+            }
+        }
+        csv.push('\n');
+    }
+    let path = dir.join("loss_curve.csv");
+    std::fs::write(&path, csv).map_err(|e| file_err(&path, e))?;
+
+    let curves: Vec<(&str, [u8; 3], Vec<f32>)> = CURVE_COLOURS
+        .iter()
+        .filter_map(|(name, colour)| {
+            let values: Vec<f32> = outcome
+                .records
+                .iter()
+                .filter_map(|r| {
+                    if *name == "total" {
+                        Some(r.total)
+                    } else {
+                        r.terms.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+                    }
+                })
+                .collect();
+            (!values.is_empty()).then_some((*name, *colour, values))
+        })
+        .collect();
+    let series: Vec<Series<'_>> = curves
+        .iter()
+        .map(|(_, colour, values)| Series {
+            colour: *colour,
+            values,
+        })
+        .collect();
+    line_plot(&series, 800, 400).save_png(&dir.join("loss_curve.png"))?;
+
+    let metrics = metrics_json(outcome, settings, device, threads, &curves);
+    let path = dir.join("metrics.json");
+    let text =
+        serde_json::to_string_pretty(&metrics).map_err(|e| ModelError::Data(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| file_err(&path, e))
+}
+
+/// Mean of each curve over the first and the last tenth of the steps (at least one step).
+fn metrics_json(
+    outcome: &TrainOutcome,
+    settings: &TrainSettings,
+    device: &str,
+    threads: usize,
+    curves: &[(&str, [u8; 3], Vec<f32>)],
+) -> serde_json::Value {
+    let mut first = serde_json::Map::new();
+    let mut last = serde_json::Map::new();
+    for (name, _, values) in curves {
+        let window = (values.len() / 10).max(1);
+        let mean = |xs: &[f32]| xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len().max(1) as f64;
+        first.insert(name.to_string(), mean(&values[..window]).into());
+        last.insert(
+            name.to_string(),
+            mean(&values[values.len() - window..]).into(),
+        );
+    }
+    serde_json::json!({
+        "steps": outcome.records.len(),
+        "samples_seen": outcome.samples_seen,
+        "loss_first": first,
+        "loss_final": last,
+        "parameters": outcome.store.num_scalars(),
+        "preset": settings.preset,
+        "device": device,
+        "threads": threads,
+        "train_seconds": outcome.seconds,
+        "samples_per_second": outcome.samples_seen as f64 / outcome.seconds.max(1e-9),
+        "plot_colours": CURVE_COLOURS.iter().map(|(n, c)| (n.to_string(), serde_json::Value::from(format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])))).collect::<serde_json::Map<_, _>>(),
+    })
+}

@@ -1,0 +1,234 @@
+//! MR-Pretrain on SynthRad `ci` data: gradients reach every parameter, the loss falls, runs repeat
+//! bit for bit, checkpoints round-trip, and a non-finite loss stops training with its step.
+
+mod common;
+
+use candle_core::Device;
+use umdflow_model::batch::build_batch;
+use umdflow_model::checkpoint::{CHECKPOINT_FILE, load_checkpoint, save_checkpoint};
+use umdflow_model::error::ModelError;
+use umdflow_model::model::UmdModel;
+use umdflow_model::objective::{EmaTarget, ObjectiveConfig, TargetNetwork, mr_losses};
+use umdflow_model::optim::OptimConfig;
+use umdflow_model::rng::SplitMix64;
+use umdflow_model::store::ParamStore;
+use umdflow_model::train::{Silent, TrainSettings, model_config_for, pretrain};
+
+fn settings(seed: u64, max_steps: u64) -> TrainSettings {
+    TrainSettings {
+        preset: "tiny".into(),
+        batch_size: 32,
+        seed,
+        objective: ObjectiveConfig::default(),
+        optim: OptimConfig {
+            lr: 1e-3,
+            ..OptimConfig::default()
+        },
+        max_steps: Some(max_steps),
+    }
+}
+
+fn gradient_reaches_every_parameter(objective: ObjectiveConfig) {
+    let mut dataset = common::ci_dataset();
+    let plan = common::plan_for(&dataset, 1, 3);
+    // Make one sample's text fill every position, so that every text position embedding is used.
+    let first = plan.samples[0] as usize;
+    let t = dataset.max_len;
+    dataset.attention_mask[first * t..(first + 1) * t].fill(1);
+    let config = model_config_for(&dataset, &plan, "tiny").unwrap();
+    let mut store = ParamStore::new(&Device::Cpu, 5);
+    let model = UmdModel::new(&mut store, &config, objective.feature_dims(&config)).unwrap();
+    let ema = EmaTarget::new(&store, &model).unwrap();
+    let positions: Vec<usize> = (0..8).collect();
+    let batch = build_batch(
+        &dataset,
+        &plan,
+        0,
+        &positions,
+        &mut SplitMix64::new(1),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let terms = mr_losses(&model, Some(&ema), &batch, &objective).unwrap();
+    assert_eq!(terms.values.len(), 5, "{:?}", terms.values);
+    let grads = terms.total.backward().unwrap();
+    let mut without = Vec::new();
+    for (name, param) in store.iter() {
+        let norm = grads
+            .get(param.var.as_tensor())
+            .map(|g| {
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .unwrap_or(0.0);
+        if norm <= 0.0 || !norm.is_finite() {
+            without.push(name.clone());
+        }
+    }
+    assert!(
+        without.is_empty(),
+        "{} of {} parameters got no gradient: {without:?}",
+        without.len(),
+        store.len()
+    );
+}
+
+#[test]
+fn every_trainable_parameter_receives_a_gradient_with_ema_targets() {
+    gradient_reaches_every_parameter(ObjectiveConfig::default());
+}
+
+#[test]
+fn every_trainable_parameter_receives_a_gradient_with_stopgrad_block_targets() {
+    gradient_reaches_every_parameter(ObjectiveConfig {
+        target_network: TargetNetwork::Stopgrad,
+        target_layer: Some(1),
+        distance: umdflow_model::losses::FeatureDistance::Cosine,
+        ..ObjectiveConfig::default()
+    });
+}
+
+#[test]
+fn total_loss_falls_on_synthrad_ci() {
+    let dataset = common::ci_dataset();
+    let plan = common::plan_for(&dataset, 2, 0);
+    let outcome = pretrain(&dataset, &plan, &settings(0, 40), &Device::Cpu, 1, &Silent).unwrap();
+    let totals: Vec<f32> = outcome.records.iter().map(|r| r.total).collect();
+    assert_eq!(totals.len(), 40);
+    let head = totals[..5].iter().sum::<f32>() / 5.0;
+    let tail = totals[35..].iter().sum::<f32>() / 5.0;
+    assert!(
+        tail < 0.85 * head,
+        "loss did not fall: first steps {head}, last steps {tail}; {totals:?}"
+    );
+    // Each data-level term falls too.
+    for term in ["mim", "mlm"] {
+        let series: Vec<f32> = outcome
+            .records
+            .iter()
+            .map(|r| r.terms.iter().find(|(n, _)| *n == term).unwrap().1)
+            .collect();
+        let (a, b) = (
+            series[..5].iter().sum::<f32>(),
+            series[35..].iter().sum::<f32>(),
+        );
+        assert!(b < a, "{term} did not fall: {series:?}");
+    }
+}
+
+fn checkpoint_bytes(seed: u64) -> Vec<u8> {
+    let dataset = common::ci_dataset();
+    let plan = common::plan_for(&dataset, 1, 0);
+    // Two threads: the CI machine's count; determinism is promised per thread count.
+    let outcome = pretrain(
+        &dataset,
+        &plan,
+        &settings(seed, 4),
+        &Device::Cpu,
+        2,
+        &Silent,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_checkpoint(dir.path(), &outcome.store, &outcome.info).unwrap();
+    std::fs::read(dir.path().join(CHECKPOINT_FILE)).unwrap()
+}
+
+#[test]
+fn one_seed_gives_a_bit_identical_checkpoint() {
+    let a = checkpoint_bytes(7);
+    let b = checkpoint_bytes(7);
+    assert!(a == b, "two runs with seed 7 wrote different checkpoints");
+    assert!(
+        checkpoint_bytes(8) != a,
+        "seed 8 wrote the same checkpoint as seed 7"
+    );
+}
+
+#[test]
+fn checkpoint_round_trip_is_exact() {
+    let dataset = common::ci_dataset();
+    let plan = common::plan_for(&dataset, 1, 0);
+    let outcome = pretrain(&dataset, &plan, &settings(3, 2), &Device::Cpu, 1, &Silent).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_checkpoint(dir.path(), &outcome.store, &outcome.info).unwrap();
+    let (store, model, info) = load_checkpoint(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(info, outcome.info);
+    assert_eq!(store.len(), outcome.store.len());
+    for (name, param) in outcome.store.iter() {
+        let loaded = store
+            .param(name)
+            .unwrap_or_else(|| panic!("{name} missing after load"));
+        let (a, b) = (
+            param.var.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            loaded.var.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name} changed in the round trip"
+        );
+    }
+    // The reloaded model computes exactly what the trained one does.
+    let batch = build_batch(
+        &dataset,
+        &plan,
+        0,
+        &[0, 1, 2, 3],
+        &mut SplitMix64::new(4),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let objective = ObjectiveConfig {
+        target_network: TargetNetwork::Stopgrad,
+        ..ObjectiveConfig::default()
+    };
+    let before = mr_losses(&outcome.model, None, &batch, &objective)
+        .unwrap()
+        .total
+        .to_scalar::<f32>()
+        .unwrap();
+    let after = mr_losses(&model, None, &batch, &objective)
+        .unwrap()
+        .total
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(before.to_bits(), after.to_bits());
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_naming_the_step() {
+    let mut dataset = common::ci_dataset();
+    let plan = common::plan_for(&dataset, 1, 0);
+    dataset.images.iter_mut().for_each(|v| *v = f32::NAN);
+    let err = match pretrain(&dataset, &plan, &settings(0, 3), &Device::Cpu, 1, &Silent) {
+        Err(err) => err,
+        Ok(_) => panic!("training on NaN images succeeded"),
+    };
+    assert!(
+        matches!(err, ModelError::NonFinite { step: 0, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at step 0"), "{err}");
+}
+
+#[test]
+fn an_exploding_learning_rate_is_caught_at_its_step() {
+    let dataset = common::ci_dataset();
+    let plan = common::plan_for(&dataset, 1, 0);
+    let mut s = settings(0, 20);
+    s.optim = OptimConfig {
+        lr: 1e30,
+        warmup_ratio: 0.0,
+        max_grad_norm: 0.0,
+        ..OptimConfig::default()
+    };
+    match pretrain(&dataset, &plan, &s, &Device::Cpu, 1, &Silent) {
+        Err(ModelError::NonFinite { step, .. }) => assert!(step >= 1, "step {step}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("lr 1e30 trained 20 finite steps"),
+    }
+}
