@@ -160,7 +160,7 @@ def main():
     git = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()
 
     report = {"machine": bl.machine(), "git": bl.git_state(), "git_version": git,
-              "stages": STAGES, "reps": args.reps, "tools": {}}
+              "binary": str(flow.binary), "stages": STAGES, "reps": args.reps, "tools": {}}
     for tool in (dvc, flow):
         print(f"measuring {tool.name} ({args.reps} repetitions) ...", flush=True)
         report["tools"][tool.name] = {"version": tool.version(), "command": tool.command(),

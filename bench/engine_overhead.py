@@ -92,19 +92,21 @@ def direct_spawns(count, reps):
     """Seconds to run the stages' `sh -c` command `count` times without umdflow (median of reps)."""
     work = bl.scratch_dir("spawn-")
     try:
-        samples = []
+        samples, cpus = [], []
         for rep in range(reps):
             outs = []
             for i in range(count):
                 out = work / f"r{rep}" / f"s{i:03d}"
                 out.mkdir(parents=True)
                 outs.append(out)
+            cpu = bl.children_cpu()
             start = time.perf_counter()
             for i, out in enumerate(outs):
                 env = dict(os.environ, UMDFLOW_OUT=str(out), UMDFLOW_PARAM_I=str(i))
                 subprocess.run(["sh", "-c", WRITE_ONE_FILE], cwd=work, env=env, check=True)
             samples.append(time.perf_counter() - start)
-        return samples
+            cpus.append(bl.children_cpu() - cpu)
+        return samples, cpus
     finally:
         bl.remove_tree(work)
 
@@ -126,9 +128,10 @@ def stage_overhead(binary, count, reps):
             stage_seconds += [s["seconds"] for s in doc["stages"]]
         finally:
             bl.remove_tree(work)
-    direct = direct_spawns(count, reps)
+    direct, direct_cpus = direct_spawns(count, reps)
     raw = statistics.median(samples)
     base = statistics.median(direct)
+    cpu_net = statistics.median(cpus) - statistics.median(direct_cpus)
     return {
         "stages": count,
         "jobs": 1,
@@ -136,6 +139,8 @@ def stage_overhead(binary, count, reps):
         "umdflow_first_run": bl.summary(samples),
         "umdflow_first_run_cpu": bl.summary(cpus),
         "direct_sh_spawns": bl.summary(direct),
+        "direct_sh_spawns_cpu": bl.summary(direct_cpus),
+        "net_cpu_per_stage_s": cpu_net / count,
         "raw_per_stage_s": raw / count,
         "direct_per_spawn_s": base / count,
         "net_overhead_per_stage_s": (raw - base) / count,
@@ -173,7 +178,9 @@ def verdict(value, goal):
 
 def print_report(report):
     print("\n" + bl.machine_line(report["machine"], report["loadavg_after"]))
-    print(f"umdflow: {report['umdflow_version']} (commit {report['git']['commit']})\n")
+    g = report["git"]
+    print(f"{report['umdflow_version']}, binary {report['binary']}; tree at {g['commit']}"
+          f"{' with local edits in engine/cache/stages/core' if g['engine_dirty'] else ''}\n")
     print("(a) no-op rerun, 500 instances, `umdflow run p.yaml -q`")
     print("| shape | first run | no-op run median | min | CPU median | plan median "
           "| goal < 50 ms |")
@@ -188,13 +195,13 @@ def print_report(report):
     o = report["stage_overhead"]
     print(f"\n(b) per-stage overhead, {o['stages']} trivial stages, first run, --jobs 1")
     print("| umdflow run (median) | its CPU | raw per stage | sh -c spawns (median) "
-          "| per spawn | net per stage | goal < 5 ms |")
-    print("|---|---|---|---|---|---|---|")
+          "| per spawn | net per stage | net CPU per stage | goal < 5 ms |")
+    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {o['umdflow_first_run']['median_s']:.2f} s "
         f"| {o['umdflow_first_run_cpu']['median_s']:.2f} s | {bl.ms(o['raw_per_stage_s'])} "
         f"| {o['direct_sh_spawns']['median_s']:.3f} s | {bl.ms(o['direct_per_spawn_s'])} "
-        f"| {bl.ms(o['net_overhead_per_stage_s'])} "
+        f"| {bl.ms(o['net_overhead_per_stage_s'])} | {bl.ms(o['net_cpu_per_stage_s'])} "
         f"| {verdict(o['net_overhead_per_stage_s'], STAGE_GOAL_S)} |"
     )
     traces = [(f"no-op rerun ({r['shape']})", r["strace"], 1) for r in report["noop"]]
@@ -232,6 +239,7 @@ def main():
     report = {
         "machine": bl.machine(),
         "umdflow_version": bl.umdflow_version(binary),
+        "binary": str(binary),
         "git": bl.git_state(),
         "noop": [noop_rerun(binary, s, pipelines[s](), args.reps) for s in shapes],
         "stage_overhead": stage_overhead(binary, args.stages, args.overhead_reps),
