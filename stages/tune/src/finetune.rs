@@ -1,0 +1,404 @@
+//! Task fine-tuning with GM-Coord, independent of the stage machinery: per step the task loss,
+//! OGM-GE's confidence scores and coefficients, the gradient rewrite, and an optional weighted
+//! MR-Pretrain loss (TD-Calib's joint reading).
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use umdflow_data::artifact::Dataset;
+use umdflow_model::batch::build_batch;
+use umdflow_model::masking::MaskPlan;
+use umdflow_model::model::UmdModel;
+use umdflow_model::model::layers::Linear;
+use umdflow_model::objective::{ObjectiveConfig, mr_losses};
+use umdflow_model::optim::{AdamW, OptimConfig};
+use umdflow_model::rng::SplitMix64;
+use umdflow_model::store::ParamStore;
+
+use crate::coord::{
+    BranchParams, Coefficients, coefficients, masked_concat_scores, rewrite_gradients,
+    true_label_confidence,
+};
+use crate::error::{Result, TuneError};
+use crate::task::{PairRows, Task, TaskHead, TaskInfo, ce_loss, pooled_features, vqa_bce_loss};
+use crate::views::{SplitView, Train};
+
+/// Where GM-Coord reads the unimodal confidences from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreSource {
+    /// The task head on `[text_pool; 0]` and `[0; image_pool]` (no extra parameters).
+    MaskedConcat,
+    /// Linear heads on each detached pool, trained alongside (they never move the backbone).
+    AuxHeads,
+}
+
+/// GM-Coord settings (`params.gmcoord`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GmCoordConfig {
+    /// false = plain fine-tuning (the ablation arm); scores are still logged.
+    pub enabled: bool,
+    /// OGM-GE's α.
+    pub alpha: f64,
+    pub scores: ScoreSource,
+    /// OGM-GE's generalisation-enhancement noise.
+    pub noise: bool,
+    /// Modulate only in epochs `start_epoch ..= end_epoch` (0-based).
+    pub start_epoch: usize,
+    pub end_epoch: usize,
+}
+
+impl Default for GmCoordConfig {
+    fn default() -> Self {
+        GmCoordConfig {
+            enabled: true,
+            alpha: 0.5,
+            scores: ScoreSource::MaskedConcat,
+            noise: false,
+            start_epoch: 0,
+            end_epoch: 50,
+        }
+    }
+}
+
+/// The joint reading of TD-Calib: `L_task + weight · L_MR` with a fresh masking plan over the
+/// training images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JointMr {
+    pub weight: f64,
+    pub objective: ObjectiveConfig,
+    pub image_ratio: f64,
+    pub text_ratio: f64,
+}
+
+/// Everything the loop needs besides data and model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneSettings {
+    pub task: Task,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Retrieval: sampled negative texts per image.
+    pub negatives: usize,
+    pub optim: OptimConfig,
+    pub gmcoord: GmCoordConfig,
+    pub joint_mr: Option<JointMr>,
+}
+
+/// One logged step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CoordStep {
+    pub step: u64,
+    pub epoch: usize,
+    pub s_text: f64,
+    pub s_image: f64,
+    pub rho: f64,
+    pub coeff_text: f64,
+    pub coeff_image: f64,
+    pub task_loss: f64,
+    pub mr_loss: f64,
+}
+
+/// Receives steps and answers "stop?".
+pub trait StepObserver {
+    fn on_start(&self, _total: u64) {}
+    fn on_step(&self, _step: &CoordStep) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+pub struct Quiet;
+impl StepObserver for Quiet {}
+
+/// The number of training items of a task: questions for VQA, images otherwise.
+pub fn item_count(data: &Dataset, task: Task) -> Result<usize> {
+    match task {
+        Task::Vqa => Ok(data
+            .vqa
+            .as_ref()
+            .ok_or_else(|| {
+                TuneError::invalid(
+                    "task `vqa` needs questions, but the dataset has no vqa.safetensors",
+                )
+            })?
+            .len()),
+        _ => Ok(data.n),
+    }
+}
+
+/// The head width a task needs on this dataset.
+pub fn task_info(data: &Dataset, task: Task) -> Result<TaskInfo> {
+    let outputs = match task {
+        Task::Vqa => data.meta.answers.len(),
+        Task::Classification => data.meta.classes.len(),
+        Task::Retrieval => 1,
+    };
+    if outputs == 0 {
+        return Err(TuneError::invalid(format!(
+            "task {task:?}: the dataset's meta.json lists no answers/classes"
+        )));
+    }
+    Ok(TaskInfo { task, outputs })
+}
+
+/// Auxiliary unimodal heads (`gmcoord_aux.text`, `gmcoord_aux.image`).
+struct AuxHeads {
+    text: Linear,
+    image: Linear,
+}
+
+/// One batch: the pairs, the labels the logits are scored against, and how many pair rows form
+/// one logit row (1, or 1 + negatives for retrieval).
+struct StepBatch<'a> {
+    pairs: PairRows<'a>,
+    labels: Vec<u32>,
+    group: usize,
+}
+
+fn step_batch<'a>(
+    data: &'a Dataset,
+    task: Task,
+    items: &[usize],
+    negatives: usize,
+    rng: &mut SplitMix64,
+) -> Result<StepBatch<'a>> {
+    Ok(match task {
+        Task::Classification => StepBatch {
+            pairs: PairRows::own_texts(data, items),
+            labels: items.iter().map(|&i| data.labels[i]).collect(),
+            group: 1,
+        },
+        Task::Vqa => {
+            let answers = &data
+                .vqa
+                .as_ref()
+                .ok_or_else(|| TuneError::invalid("no questions"))?
+                .answer;
+            StepBatch {
+                pairs: PairRows::questions(data, items)?,
+                labels: items.iter().map(|&q| answers[q]).collect(),
+                group: 1,
+            }
+        }
+        Task::Retrieval => {
+            if data.n < 2 {
+                return Err(TuneError::invalid(
+                    "retrieval needs at least 2 training images",
+                ));
+            }
+            let mut images = Vec::new();
+            let mut texts = Vec::new();
+            for &i in items {
+                images.push(i);
+                texts.push(i);
+                for _ in 0..negatives {
+                    images.push(i);
+                    texts.push((i + 1 + rng.below(data.n - 1)) % data.n);
+                }
+            }
+            StepBatch {
+                pairs: PairRows::with_texts(data, &images, &texts),
+                labels: vec![0; items.len()],
+                group: 1 + negatives,
+            }
+        }
+    })
+}
+
+/// Logits [B, C] from pair scores: for retrieval, regroup [B·(1+n), 1] into [B, 1+n].
+fn grouped(logits: Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(logits);
+    }
+    let rows = logits.dim(0)? / group;
+    Ok(logits.reshape((rows, group))?)
+}
+
+fn task_loss(task: Task, logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
+    match task {
+        Task::Vqa => vqa_bce_loss(logits, labels),
+        _ => ce_loss(logits, labels),
+    }
+}
+
+/// Fine-tunes `model` (whose parameters live in `store`) on the training view; creates the task
+/// head in `store` and returns it with the step log.
+pub fn finetune(
+    store: &mut ParamStore,
+    model: &UmdModel,
+    view: &SplitView<Train>,
+    settings: &FinetuneSettings,
+    device: &Device,
+    observer: &dyn StepObserver,
+) -> Result<(TaskHead, Vec<CoordStep>)> {
+    let data = view.data();
+    let task = settings.task;
+    let info = task_info(data, task)?;
+    let head = TaskHead::new(store, model, &info)?;
+    let aux = if settings.gmcoord.scores == ScoreSource::AuxHeads {
+        let w = model.config.fusion_width;
+        Some(AuxHeads {
+            text: Linear::new(store, "gmcoord_aux.text", w, info.outputs, true)?,
+            image: Linear::new(store, "gmcoord_aux.image", w, info.outputs, true)?,
+        })
+    } else {
+        None
+    };
+    let n_items = item_count(data, task)?;
+    if n_items == 0 || settings.batch_size == 0 {
+        return Err(TuneError::invalid(
+            "fine-tuning needs at least one training item and batch_size ≥ 1",
+        ));
+    }
+    let plan = match &settings.joint_mr {
+        Some(joint) => Some(joint_plan(data, model, joint, settings)?),
+        None => None,
+    };
+    let branches = BranchParams::from_store(store);
+    let mut optimiser = AdamW::new(store, &settings.optim)?;
+    let total = (n_items.div_ceil(settings.batch_size) * settings.epochs) as u64;
+    observer.on_start(total);
+    let mut neg_rng = SplitMix64::derived(settings.seed, "retrieval-negatives");
+    let mut noise_rng = SplitMix64::derived(settings.seed, "ogm-ge-noise");
+    let mut itm_rng = SplitMix64::derived(settings.seed, "joint-mr-itm");
+    let mut log = Vec::with_capacity(total as usize);
+    let mut step = 0u64;
+    for epoch in 0..settings.epochs {
+        let mut order: Vec<usize> = (0..n_items).collect();
+        SplitMix64::derived(
+            settings.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
+            "finetune-order",
+        )
+        .shuffle(&mut order);
+        for items in order.chunks(settings.batch_size) {
+            if observer.cancelled() {
+                return Err(TuneError::Cancelled);
+            }
+            let batch = step_batch(data, task, items, settings.negatives, &mut neg_rng)?;
+            let pooled = pooled_features(model, &batch.pairs, device)?;
+            let logits = grouped(head.forward(&pooled)?, batch.group)?;
+            let loss = task_loss(task, &logits, &batch.labels)?;
+            let (s_text, s_image, aux_loss) = match &aux {
+                None => {
+                    let (st, si) = masked_concat_scores(&pooled, &batch.labels, |x| {
+                        grouped(head.forward(x)?, batch.group)
+                    })?;
+                    (st, si, None)
+                }
+                Some(aux) => {
+                    let w = pooled.dim(1)? / 2;
+                    let detached = pooled.detach();
+                    let text_logits =
+                        grouped(aux.text.forward(&detached.narrow(1, 0, w)?)?, batch.group)?;
+                    let image_logits =
+                        grouped(aux.image.forward(&detached.narrow(1, w, w)?)?, batch.group)?;
+                    let aux_loss = (task_loss(task, &text_logits, &batch.labels)?
+                        + task_loss(task, &image_logits, &batch.labels)?)?;
+                    (
+                        true_label_confidence(&text_logits, &batch.labels)?,
+                        true_label_confidence(&image_logits, &batch.labels)?,
+                        Some(aux_loss),
+                    )
+                }
+            };
+            let mut total_loss = match aux_loss {
+                Some(a) => (&loss + a)?,
+                None => loss.clone(),
+            };
+            let mut mr_value = 0.0;
+            if let (Some(joint), Some(plan)) = (&settings.joint_mr, &plan) {
+                let images: Vec<usize> = batch
+                    .pairs
+                    .images
+                    .iter()
+                    .step_by(batch.group)
+                    .copied()
+                    .collect();
+                let mr_batch = build_batch(data, plan, epoch, &images, &mut itm_rng, device)?;
+                let terms = mr_losses(model, None, &mr_batch, &joint.objective)?;
+                mr_value = terms
+                    .total
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
+                total_loss = (total_loss + (terms.total * joint.weight)?)?;
+            }
+            let task_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            if !task_value.is_finite() || !mr_value.is_finite() {
+                return Err(TuneError::invalid(format!(
+                    "the loss became non-finite at step {step} (task {task_value}, MR {mr_value})"
+                )));
+            }
+            let mut grads = total_loss.backward()?;
+            let in_window =
+                (settings.gmcoord.start_epoch..=settings.gmcoord.end_epoch).contains(&epoch);
+            let coeffs = if settings.gmcoord.enabled && in_window {
+                let c = coefficients(s_text, s_image, settings.gmcoord.alpha);
+                rewrite_gradients(
+                    &mut grads,
+                    &branches,
+                    &c,
+                    settings.gmcoord.noise.then_some(&mut noise_rng),
+                )?;
+                c
+            } else {
+                Coefficients::neutral(s_text / s_image)
+            };
+            let lr = settings.optim.lr_at(step, total);
+            optimiser.step(&grads, lr)?;
+            let record = CoordStep {
+                step,
+                epoch,
+                s_text,
+                s_image,
+                rho: coeffs.rho,
+                coeff_text: coeffs.text,
+                coeff_image: coeffs.image,
+                task_loss: task_value,
+                mr_loss: mr_value,
+            };
+            observer.on_step(&record);
+            log.push(record);
+            step += 1;
+        }
+    }
+    Ok((head, log))
+}
+
+/// A masking plan over every training image (plan position = view row) for the joint MR loss.
+fn joint_plan(
+    data: &Dataset,
+    model: &UmdModel,
+    joint: &JointMr,
+    settings: &FinetuneSettings,
+) -> Result<MaskPlan> {
+    crate::calibrate::plan_for(
+        data,
+        model,
+        joint.image_ratio,
+        joint.text_ratio,
+        settings.epochs,
+        settings.seed,
+    )
+}
+
+/// `gmcoord.csv`: one row per step.
+pub fn steps_csv(steps: &[CoordStep]) -> String {
+    let mut out =
+        String::from("step,epoch,s_text,s_image,rho,coeff_text,coeff_image,task_loss,mr_loss\n");
+    for s in steps {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            s.step,
+            s.epoch,
+            s.s_text,
+            s.s_image,
+            s.rho,
+            s.coeff_text,
+            s.coeff_image,
+            s.task_loss,
+            s.mr_loss
+        ));
+    }
+    out
+}

@@ -1,0 +1,20 @@
+//! TD-Calib, GM-Coord and evaluation for umdflow: the `calibrate`, `coordinate-tune` and
+//! `evaluate` stage kinds, the evaluation metrics and the image-only linear probe.
+//!
+//! Data enters only through [`views`]: training stages get a training-split view, evaluation a
+//! test-split view (plus the training images for the linear probe).
+
+pub mod calibrate;
+pub mod coord;
+pub mod error;
+pub mod evaluate;
+pub mod finetune;
+pub mod kinds;
+pub mod metrics;
+pub mod plots;
+pub mod probe;
+pub mod task;
+pub mod views;
+
+pub use error::{Result, TuneError};
+pub use kinds::{CalibrateKind, CoordinateTuneKind, EvaluateKind};

@@ -1,0 +1,419 @@
+//! The three stage kinds end to end on a tiny synthetic artifact and a tiny random checkpoint,
+//! including the data-separation guarantees: calibration output does not depend on test rows,
+//! evaluation output does not depend on training texts (nor, apart from the probe, on training
+//! images).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::Device;
+use serde_json::{Value, json};
+use umdflow_data::artifact::{Counts, Dataset, Meta, VqaSet};
+use umdflow_model::checkpoint::{CheckpointInfo, save_checkpoint};
+use umdflow_model::model::{FeatureDims, UmdModel};
+use umdflow_model::store::ParamStore;
+use umdflow_model::{ModelConfig, rng::SplitMix64};
+use umdflow_stages::{InputArtifact, NoProgress, Params, StageContext, StageDecl, StageKind};
+use umdflow_tune::{CalibrateKind, CoordinateTuneKind, EvaluateKind};
+
+const SIZE: usize = 16;
+const T: usize = 8;
+const VOCAB: usize = 24;
+
+/// 24 images in 3 classes (a bright quadrant per class, plus noise); the text names the class;
+/// splits by `i % 6`: 0-3 train, 4 val, 5 test.
+fn toy_dataset() -> Dataset {
+    let n = 24;
+    let mut rng = SplitMix64::new(5);
+    let mut images = Vec::new();
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for i in 0..n {
+        let class = i % 3;
+        for y in 0..SIZE {
+            for x in 0..SIZE {
+                let bright = match class {
+                    0 => x < 8 && y < 8,
+                    1 => x >= 8 && y < 8,
+                    _ => y >= 8,
+                };
+                images.push(if bright { 0.8 } else { 0.2 } + 0.1 * rng.next_f64() as f32);
+            }
+        }
+        let text = [2, 5 + class as u32, 9 + (i % 4) as u32, 3];
+        ids.extend(text);
+        ids.extend(std::iter::repeat_n(0, T - text.len()));
+        mask.extend([1u8; 4]);
+        mask.extend([0u8; T - 4]);
+    }
+    let split: Vec<u8> = (0..n)
+        .map(|i| match i % 6 {
+            0..=3 => 0,
+            4 => 1,
+            _ => 2,
+        })
+        .collect();
+    let q_ids: Vec<u32> = (0..n)
+        .flat_map(|i| [2, 14, 15 + (i % 3) as u32, 3, 0, 0, 0, 0])
+        .collect();
+    let vqa = VqaSet {
+        image_index: (0..n as u32).collect(),
+        input_ids: q_ids,
+        attention_mask: (0..n).flat_map(|_| [1, 1, 1, 1, 0, 0, 0, 0]).collect(),
+        answer: (0..n).map(|i| u32::from(i % 3 == 0)).collect(),
+        closed: (0..n).map(|i| (i % 2) as u8).collect(),
+        qtype: vec![0; n],
+    };
+    let meta = Meta {
+        source: "toy".into(),
+        licence: "test data".into(),
+        domain: "target".into(),
+        image_size: SIZE,
+        channels: 1,
+        max_len: T,
+        counts: Counts {
+            train: 16,
+            val: 4,
+            test: 4,
+            questions: n,
+        },
+        class_counts: vec![8, 8, 8],
+        classes: vec!["left".into(), "right".into(), "bottom".into()],
+        answers: vec!["no".into(), "yes".into()],
+        question_types: vec!["pres".into()],
+        seed: 5,
+        params: Value::Null,
+        vocab_size: VOCAB,
+        pad_id: 0,
+        unk_id: 1,
+        cls_id: 2,
+        sep_id: 3,
+        mask_id: 4,
+    };
+    Dataset {
+        images,
+        n,
+        channels: 1,
+        size: SIZE,
+        input_ids: ids,
+        attention_mask: mask,
+        max_len: T,
+        labels: (0..n).map(|i| (i % 3) as u32).collect(),
+        split,
+        vqa: Some(vqa),
+        retrieval: None,
+        meta,
+    }
+}
+
+/// Replaces every row whose split is in `splits`: its image with noise, its text with other tokens.
+fn scramble(mut d: Dataset, splits: &[u8], images: bool, texts: bool) -> Dataset {
+    let px = SIZE * SIZE;
+    let mut rng = SplitMix64::new(99);
+    for i in 0..d.n {
+        if !splits.contains(&d.split[i]) {
+            continue;
+        }
+        if images {
+            for v in &mut d.images[i * px..(i + 1) * px] {
+                *v = rng.next_f64() as f32;
+            }
+        }
+        if texts {
+            for v in &mut d.input_ids[i * T + 1..i * T + 3] {
+                *v = 5 + rng.below(15) as u32;
+            }
+            if let Some(q) = d.vqa.as_mut() {
+                q.input_ids[i * T + 2] = 5 + rng.below(15) as u32;
+            }
+        }
+    }
+    d
+}
+
+fn save(data: Dataset, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    data.save(dir).unwrap();
+}
+
+fn pretrained(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = ModelConfig::preset("tiny", SIZE, 1, 8, VOCAB, T).unwrap();
+    let dims = FeatureDims {
+        image: config.fusion_width,
+        text: config.fusion_width,
+    };
+    let mut store = ParamStore::new(&Device::Cpu, 11);
+    UmdModel::new(&mut store, &config, dims).unwrap();
+    let info = CheckpointInfo {
+        preset: "tiny".into(),
+        model: config,
+        feature_dims: dims,
+    };
+    save_checkpoint(dir, &store, &info).unwrap();
+}
+
+fn params(kind: &dyn StageKind, inputs: &[(String, String)], p: Value) -> Params {
+    let decl = StageDecl {
+        name: "s",
+        run: None,
+        inputs,
+    };
+    kind.resolve_params(&decl, p.as_object().cloned().unwrap())
+        .unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// Runs a kind with the given inputs `(kind, dir)` into a fresh folder and returns it.
+fn run(kind: &dyn StageKind, inputs: &[(&str, &Path)], p: Value, out: &Path) -> PathBuf {
+    let named: Vec<(String, String)> = inputs
+        .iter()
+        .map(|(k, _)| (k.to_string(), k.to_string()))
+        .collect();
+    let params = params(kind, &named, p);
+    let artifacts: Vec<InputArtifact> = inputs
+        .iter()
+        .map(|(k, d)| InputArtifact {
+            stage: k.to_string(),
+            kind: k.to_string(),
+            dir: d.to_path_buf(),
+        })
+        .collect();
+    std::fs::create_dir_all(out).unwrap();
+    let cancel = AtomicBool::new(false);
+    let ctx = StageContext {
+        id: "test",
+        name: "test",
+        params: &params,
+        run: None,
+        inputs: &artifacts,
+        out_dir: out,
+        work_dir: out,
+        log_path: &out.join("log.txt"),
+        threads: 1,
+        progress: &NoProgress,
+        cancel: &cancel,
+    };
+    kind.run(&ctx)
+        .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+    out.to_path_buf()
+}
+
+fn metrics(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+fn calib_params() -> Value {
+    json!({"epochs": 1, "batch_size": 8, "device": "cpu", "loss": {"target_network": "stopgrad"}})
+}
+
+#[test]
+fn calibration_never_reads_test_rows() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    pretrained(&r.join("pre"));
+    save(toy_dataset(), &r.join("data"));
+    save(
+        scramble(toy_dataset(), &[1, 2], true, true),
+        &r.join("data_scrambled"),
+    );
+    let a = run(
+        &CalibrateKind,
+        &[("ingest", &r.join("data")), ("pretrain", &r.join("pre"))],
+        calib_params(),
+        &r.join("a"),
+    );
+    let b = run(
+        &CalibrateKind,
+        &[
+            ("ingest", &r.join("data_scrambled")),
+            ("pretrain", &r.join("pre")),
+        ],
+        calib_params(),
+        &r.join("b"),
+    );
+    let read = |d: &Path| std::fs::read(d.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(
+        read(&a),
+        read(&b),
+        "test/val rows changed the calibrated checkpoint"
+    );
+    // ...while changing training rows does change it (so the comparison can fail).
+    save(
+        scramble(toy_dataset(), &[0], true, false),
+        &r.join("data_train"),
+    );
+    let c = run(
+        &CalibrateKind,
+        &[
+            ("ingest", &r.join("data_train")),
+            ("pretrain", &r.join("pre")),
+        ],
+        calib_params(),
+        &r.join("c"),
+    );
+    assert_ne!(read(&a), read(&c));
+    assert_ne!(
+        read(&a),
+        std::fs::read(r.join("pre/checkpoint.safetensors")).unwrap(),
+        "calibration did not train"
+    );
+    assert_eq!(metrics(&a)["train_pairs"], 16);
+}
+
+#[test]
+fn classification_tunes_and_evaluation_never_reads_training_texts() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    pretrained(&r.join("pre"));
+    save(toy_dataset(), &r.join("data"));
+    // Joint TD-Calib reading: the calibrate stage passes the checkpoint through.
+    let calib = run(
+        &CalibrateKind,
+        &[("ingest", &r.join("data")), ("pretrain", &r.join("pre"))],
+        json!({"mode": "joint", "mr_weight": 0.5, "device": "cpu", "loss": {"target_network": "stopgrad"}}),
+        &r.join("calib"),
+    );
+    let tuned = run(
+        &CoordinateTuneKind,
+        &[("ingest", &r.join("data")), ("calibrate", &calib)],
+        json!({"task": "classification", "epochs": 2, "batch_size": 8, "device": "cpu", "gmcoord": {"alpha": 0.5}}),
+        &r.join("tuned"),
+    );
+    let csv = std::fs::read_to_string(tuned.join("gmcoord.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    let first: Vec<f64> = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(first[8] > 0.0, "joint mode logs a positive MR loss: {csv}");
+    // The logged coefficient is OGM-GE's for the logged scores.
+    let (st, si, rho, ct, ci) = (first[2], first[3], first[4], first[5], first[6]);
+    assert!((rho - st / si).abs() < 1e-12);
+    let expect = umdflow_tune::coord::coefficients(st, si, 0.5);
+    assert_eq!((ct, ci), (expect.text, expect.image));
+    assert!(std::fs::metadata(tuned.join("gmcoord.png")).unwrap().len() > 1000);
+
+    let eval = |data: &str, out: &str| {
+        run(
+            &EvaluateKind,
+            &[("ingest", &r.join(data)), ("coordinate-tune", &tuned)],
+            json!({"device": "cpu"}),
+            &r.join(out),
+        )
+    };
+    let base = eval("data", "eval");
+    let m = metrics(&base);
+    assert_eq!(m["test_items"], 4);
+    let acc = m["classification"]["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert!(m["ece"].as_f64().is_some() && m["linear_probe"]["accuracy"].as_f64().is_some());
+    assert_eq!(m["linear_probe"]["train_images"], 16);
+    assert!(base.join("confusion.png").exists());
+
+    // Training and validation texts (and validation images) never reach evaluation.
+    save(
+        scramble(toy_dataset(), &[0, 1], false, true),
+        &r.join("texts"),
+    );
+    save(
+        scramble(toy_dataset(), &[1], true, false),
+        &r.join("val_images"),
+    );
+    assert_eq!(metrics(&eval("texts", "e2")), m);
+    assert_eq!(metrics(&eval("val_images", "e3")), m);
+    // Training images reach the linear probe only.
+    save(
+        scramble(toy_dataset(), &[0], true, false),
+        &r.join("train_images"),
+    );
+    let mut other = metrics(&eval("train_images", "e4"));
+    let mut base_m = m.clone();
+    other.as_object_mut().unwrap().remove("linear_probe");
+    base_m.as_object_mut().unwrap().remove("linear_probe");
+    assert_eq!(other, base_m);
+}
+
+#[test]
+fn vqa_and_retrieval_tune_and_evaluate() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    pretrained(&r.join("pre"));
+    save(toy_dataset(), &r.join("data"));
+    let vqa = run(
+        &CoordinateTuneKind,
+        &[("ingest", &r.join("data")), ("pretrain", &r.join("pre"))],
+        json!({"task": "vqa", "epochs": 1, "batch_size": 8, "device": "cpu", "gmcoord": {"enabled": false}}),
+        &r.join("vqa"),
+    );
+    let csv = std::fs::read_to_string(vqa.join("gmcoord.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .skip(1)
+            .all(|l| l.split(',').nth(5) == Some("1") && l.split(',').nth(6) == Some("1")),
+        "{csv}"
+    );
+    let m = metrics(&run(
+        &EvaluateKind,
+        &[("ingest", &r.join("data")), ("coordinate-tune", &vqa)],
+        json!({"device": "cpu", "linear_probe": false}),
+        &r.join("ev"),
+    ));
+    assert_eq!(
+        m["vqa"]["n_open"].as_u64().unwrap() + m["vqa"]["n_closed"].as_u64().unwrap(),
+        4
+    );
+    assert!(m["linear_probe"].is_null());
+
+    let ret = run(
+        &CoordinateTuneKind,
+        &[("ingest", &r.join("data")), ("pretrain", &r.join("pre"))],
+        json!({"task": "retrieval", "epochs": 1, "batch_size": 8, "negatives": 2, "device": "cpu",
+               "gmcoord": {"scores": "aux_heads", "noise": true}}),
+        &r.join("ret"),
+    );
+    let m = metrics(&run(
+        &EvaluateKind,
+        &[("ingest", &r.join("data")), ("coordinate-tune", &ret)],
+        json!({"device": "cpu", "linear_probe": false}),
+        &r.join("er"),
+    ));
+    assert_eq!(m["retrieval"]["n"], 4);
+    // With 4 test pairs every item is within the top 5.
+    assert_eq!(m["retrieval"]["i2t_r5"], 1.0);
+}
+
+#[test]
+fn declarations_are_checked() {
+    let decl_inputs = vec![("prep".to_string(), "ingest".to_string())];
+    let decl = StageDecl {
+        name: "tune",
+        run: None,
+        inputs: &decl_inputs,
+    };
+    let problems = CoordinateTuneKind
+        .resolve_params(
+            &decl,
+            json!({"gmcoord": {"alpha": -1.0}, "batch_size": 0})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        )
+        .unwrap_err();
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert!(
+        fields.contains(&"inputs")
+            && fields.contains(&"params.gmcoord.alpha")
+            && fields.contains(&"params.batch_size"),
+        "{problems:?}"
+    );
+    let problems = EvaluateKind
+        .resolve_params(&decl, json!({"task": "vqa"}).as_object().cloned().unwrap())
+        .unwrap_err();
+    assert!(
+        problems[0].message.contains("unknown field `task`"),
+        "{problems:?}"
+    );
+}
