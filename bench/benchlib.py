@@ -56,7 +56,7 @@ def umdflow_binary():
 
 
 def scratch_dir(prefix):
-    """A fresh folder under bench/out/work (same filesystem as the repository: fsync costs match)."""
+    """A fresh folder under bench/out/work, on the repository's filesystem (fsync costs match)."""
     base = OUT / "work"
     base.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
@@ -164,7 +164,7 @@ def git_state():
         proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
         return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
-    dirty = git("status", "--porcelain", "--", "engine", "cache", "stages/core", "Cargo.lock")
+    dirty = git("status", "--porcelain", "--", "engine", "cache", "stages/core")
     return {"commit": git("rev-parse", "--short", "HEAD"), "engine_dirty": bool(dirty)}
 
 

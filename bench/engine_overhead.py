@@ -69,7 +69,8 @@ def noop_rerun(binary, shape, text, reps):
         (work / "p.yaml").write_text(text)
         first_s, _, doc = bl.umdflow_json(binary, ["run", "p.yaml"], work)
         bl.expect_counts(doc, f"{shape}: first run", INSTANCES, 0)
-        _, _, doc = bl.umdflow_json(binary, ["run", "p.yaml"], work)  # warm-up, and a correctness check
+        # An untimed warm-up that also checks that nothing reruns.
+        _, _, doc = bl.umdflow_json(binary, ["run", "p.yaml"], work)
         bl.expect_counts(doc, f"{shape}: no-op rerun", 0, INSTANCES)
         runs = [bl.timed([str(binary), "run", "p.yaml", "-q"], work)[:2] for _ in range(reps)]
         plans = [bl.timed([str(binary), "plan", "p.yaml", "-q"], work)[0] for _ in range(reps)]
@@ -229,7 +230,10 @@ def main():
         bl.fail("--reps must be at least 10")
     if args.stages < 1 or args.overhead_reps < 1:
         bl.fail("--stages and --overhead-reps must be at least 1")
-    pipelines = {"sweep": sweep_pipeline, "independent": lambda: independent_pipeline("noop-independent", INSTANCES)}
+    pipelines = {
+        "sweep": sweep_pipeline,
+        "independent": lambda: independent_pipeline("noop-independent", INSTANCES),
+    }
     shapes = args.shapes.split(",")
     unknown = [s for s in shapes if s not in pipelines]
     if unknown:
