@@ -47,7 +47,12 @@ fn main() {
         "{:>6} {:>8} {:>8} {:>12} {:>16} {:>20}",
         "size", "threads", "text", "studies/s", "cpu us/study", "2 idle cores /s"
     );
+    // `cargo bench -p umdflow-data --bench synthrad -- 64` measures one size only.
+    let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
     for (size, count) in [(32, 20_000), (64, 10_000), (128, 3_000)] {
+        if only.is_some_and(|o| o != size) {
+            continue;
+        }
         for threads in [1, 2] {
             for (text, name) in [(TextKind::Report, "report"), (TextKind::Caption, "caption")] {
                 let (rate, cpu) = measure(size, threads, count, text);

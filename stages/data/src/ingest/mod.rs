@@ -102,7 +102,16 @@ fn ingest(
     };
     let dataset = build_dataset(collected, &tokenizer, params)?;
     ctx.progress.set_message("writing");
-    write_artifact(&dataset, &tokenizer, params.preview, ctx.out_dir)
+    write_artifact(&dataset, &tokenizer, params.preview, ctx.out_dir)?;
+    tracing::info!(
+        source = %params.source,
+        images = dataset.n,
+        questions = dataset.meta.counts.questions,
+        vocab_size = dataset.meta.vocab_size,
+        "ingest wrote {}",
+        ctx.out_dir.display()
+    );
+    Ok(())
 }
 
 /// Relative paths in params resolve against the folder of the pipeline file.

@@ -66,14 +66,17 @@ fn inside(d: f32, edge: f32) -> f32 {
 
 /// Soft mask of an axis-aligned ellipse.
 fn ellipse(x: f32, y: f32, cx: f32, cy: f32, ax: f32, ay: f32, edge: f32) -> f32 {
-    let (dx, dy) = ((x - cx) / ax, (y - cy) / ay);
-    // Outside the bounding box plus half the edge: no square root needed.
-    let reach = 1.0 + 0.5 * edge / ax.min(ay);
-    if dx.abs() > reach || dy.abs() > reach {
+    let (ex, ey) = (x - cx, y - cy);
+    // Farther than the half edge outside the bounding box means 0; tested with products only,
+    // since most pixels are outside most shapes.
+    let m = ax.min(ay);
+    let outside = m + 0.5 * edge;
+    if ex.abs() * m > ax * outside || ey.abs() * m > ay * outside {
         return 0.0;
     }
+    let (dx, dy) = (ex / ax, ey / ay);
     let r = (dx * dx + dy * dy).sqrt();
-    inside((r - 1.0) * ax.min(ay), edge)
+    inside((r - 1.0) * m, edge)
 }
 
 /// Distance from a point to a segment; `f32::MAX` when clearly farther than `within`.
@@ -218,11 +221,12 @@ impl<'a> Scene<'a> {
 
     /// Soft mask of one lung: inside its ellipse and above its diaphragm dome.
     fn lung_mask(&self, lung: &Lung, x: f32, y: f32) -> (f32, f32) {
-        let (dx, dy) = ((x - lung.cx) / lung.ax, (y - lung.cy) / lung.ay);
-        let reach = 1.0 + 0.5 * self.edge / lung.ax;
-        if dx.abs() > reach || dy.abs() > reach {
-            return (0.0, reach);
+        let (ex, ey) = (x - lung.cx, y - lung.cy);
+        let outside = lung.ax + 0.5 * self.edge;
+        if ex.abs() > outside || ey.abs() * lung.ax > lung.ay * outside {
+            return (0.0, outside / lung.ax);
         }
+        let (dx, dy) = (ex / lung.ax, ey / lung.ay);
         let r = (dx * dx + dy * dy).sqrt();
         let dome_y = lung.dome - 0.12 * (1.0 - dx * dx).max(0.0);
         let mask = inside((r - 1.0) * lung.ax, self.edge) * inside(y - dome_y, self.edge);
