@@ -516,7 +516,7 @@ fn read_joint(dir: &Path) -> std::result::Result<Option<JointMr>, StageError> {
         .map_err(StageError::io(format!("reading {}", path.display())))?;
     let record: CalibrationRecord = serde_json::from_str(&text)
         .map_err(|e| StageError::failed(format!("{}: {e}", path.display())))?;
-    Ok((record.mode == CalibMode::Joint).then(|| JointMr {
+    Ok((record.mode == CalibMode::Joint).then_some(JointMr {
         weight: record.mr_weight,
         objective: record.objective,
         image_ratio: record.image_ratio,

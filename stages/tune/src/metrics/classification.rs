@@ -39,9 +39,9 @@ pub fn macro_f1(matrix: &[Vec<u64>]) -> Option<f64> {
     let k = matrix.len();
     let mut sum = 0.0;
     let mut counted = 0usize;
-    for c in 0..k {
-        let tp = matrix[c][c];
-        let support: u64 = matrix[c].iter().sum();
+    for (c, row) in matrix.iter().enumerate() {
+        let tp = row[c];
+        let support: u64 = row.iter().sum();
         let predicted: u64 = (0..k).map(|r| matrix[r][c]).sum();
         let (fn_, fp) = (support - tp, predicted - tp);
         if support + predicted == 0 {
