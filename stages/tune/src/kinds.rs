@@ -337,7 +337,13 @@ impl Default for CoordinateTuneParams {
             seed: 0,
             device: "auto".into(),
             negatives: 3,
-            optim: OptimConfig::default(),
+            // The new task heads get no head multiplier from the model crate's optimiser (it
+            // knows only the pre-training heads), so fine-tuning starts from a higher base rate
+            // than pre-training's 1e-4.
+            optim: OptimConfig {
+                lr: 1e-3,
+                ..OptimConfig::default()
+            },
             gmcoord: GmCoordConfig::default(),
         }
     }

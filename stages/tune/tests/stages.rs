@@ -258,6 +258,39 @@ fn calibration_never_reads_test_rows() {
         "calibration did not train"
     );
     assert_eq!(metrics(&a)["train_pairs"], 16);
+    // max_steps 0 is the "without TD-Calib" arm: the checkpoint passes through unchanged.
+    let mut p = calib_params();
+    p["max_steps"] = json!(0);
+    let none = run(
+        &CalibrateKind,
+        &[("ingest", &r.join("data")), ("pretrain", &r.join("pre"))],
+        p,
+        &r.join("none"),
+    );
+    assert_eq!(
+        read(&none),
+        std::fs::read(r.join("pre/checkpoint.safetensors")).unwrap()
+    );
+    // Question pairs (VQA) calibrate on the 16 training questions, and also ignore test rows.
+    let mut p = calib_params();
+    p["pair_text"] = json!("question");
+    let q1 = run(
+        &CalibrateKind,
+        &[("ingest", &r.join("data")), ("pretrain", &r.join("pre"))],
+        p.clone(),
+        &r.join("q1"),
+    );
+    let q2 = run(
+        &CalibrateKind,
+        &[
+            ("ingest", &r.join("data_scrambled")),
+            ("pretrain", &r.join("pre")),
+        ],
+        p,
+        &r.join("q2"),
+    );
+    assert_eq!(read(&q1), read(&q2));
+    assert_ne!(read(&q1), read(&a));
 }
 
 #[test]
