@@ -665,18 +665,30 @@ fn tensor<'a>(
     Ok(view)
 }
 
+/// A tensor of 4-byte little-endian values (`F32` or `U32`) decoded with `decode`.
+fn read_words<T>(
+    path: &Path,
+    file: &SafeTensors<'_>,
+    name: &str,
+    dtype: Dtype,
+    shape: &[usize],
+    decode: fn([u8; 4]) -> T,
+) -> Result<Vec<T>, DataError> {
+    let view = tensor(path, file, name, dtype, shape)?;
+    Ok(view
+        .data()
+        .chunks_exact(4)
+        .map(|b| decode([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
 fn read_f32(
     path: &Path,
     file: &SafeTensors<'_>,
     name: &str,
     shape: &[usize],
 ) -> Result<Vec<f32>, DataError> {
-    let view = tensor(path, file, name, Dtype::F32, shape)?;
-    Ok(view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    read_words(path, file, name, Dtype::F32, shape, f32::from_le_bytes)
 }
 
 fn read_u32(
@@ -685,12 +697,7 @@ fn read_u32(
     name: &str,
     shape: &[usize],
 ) -> Result<Vec<u32>, DataError> {
-    let view = tensor(path, file, name, Dtype::U32, shape)?;
-    Ok(view
-        .data()
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    read_words(path, file, name, Dtype::U32, shape, u32::from_le_bytes)
 }
 
 fn read_u8(

@@ -134,6 +134,37 @@ pub fn field_str<'a>(
     })
 }
 
+/// The `answer` of a JSON record as text (numbers cast like Python's `str()`).
+pub fn json_answer(
+    path: &Path,
+    record: &serde_json::Value,
+    index: usize,
+) -> Result<String, DataError> {
+    record
+        .get("answer")
+        .and_then(normalize::answer_text)
+        .ok_or_else(|| {
+            DataError::record(
+                path,
+                index.to_string(),
+                "field `answer` is missing or not a string/number",
+            )
+        })
+}
+
+/// `CLOSED` -> true, `OPEN` -> false (any case, surrounding spaces ignored).
+pub fn closed_answer_type(path: &Path, index: usize, answer_type: &str) -> Result<bool, DataError> {
+    match answer_type.trim().to_ascii_uppercase().as_str() {
+        "CLOSED" => Ok(true),
+        "OPEN" => Ok(false),
+        other => Err(DataError::record(
+            path,
+            index.to_string(),
+            format!("answer_type `{other}` is not OPEN or CLOSED"),
+        )),
+    }
+}
+
 /// Collapses runs of whitespace to single spaces and trims.
 pub fn collapse_whitespace(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")

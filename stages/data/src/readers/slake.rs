@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::normalize::{answer_text, normalize_answer};
-use super::{ImageRef, RawQuestion, RawRecord, RawSource, ReadOptions, field_str, read_json_list};
+use super::{
+    ImageRef, RawQuestion, RawRecord, RawSource, ReadOptions, closed_answer_type, field_str,
+    json_answer, read_json_list,
+};
 use crate::error::DataError;
 
 pub const LICENCE: &str =
@@ -38,28 +41,12 @@ pub fn read(dir: &Path, options: &ReadOptions) -> Result<RawSource, DataError> {
             }
             let image = field_str(&path, record, index, "img_name")?;
             let question = field_str(&path, record, index, "question")?;
-            let answer = record.get("answer").and_then(answer_text).ok_or_else(|| {
-                DataError::record(
-                    &path,
-                    index.to_string(),
-                    "field `answer` is missing or not a string/number",
-                )
-            })?;
-            let closed = match field_str(&path, record, index, "answer_type")?
-                .trim()
-                .to_ascii_uppercase()
-                .as_str()
-            {
-                "CLOSED" => true,
-                "OPEN" => false,
-                other => {
-                    return Err(DataError::record(
-                        &path,
-                        index.to_string(),
-                        format!("answer_type `{other}` is not OPEN or CLOSED"),
-                    ));
-                }
-            };
+            let answer = json_answer(&path, record, index)?;
+            let closed = closed_answer_type(
+                &path,
+                index,
+                field_str(&path, record, index, "answer_type")?,
+            )?;
             let qtype = record
                 .get("content_type")
                 .and_then(|v| v.as_str())

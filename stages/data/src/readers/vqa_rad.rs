@@ -5,8 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::normalize::{answer_text, normalize_answer};
-use super::{ImageRef, RawQuestion, RawRecord, RawSource, field_str, read_json_list};
+use super::normalize::normalize_answer;
+use super::{
+    ImageRef, RawQuestion, RawRecord, RawSource, closed_answer_type, field_str, json_answer,
+    read_json_list,
+};
 use crate::error::DataError;
 
 const RELEASE_JSON: &str = "VQA_RAD Dataset Public.json";
@@ -45,28 +48,12 @@ pub fn read(dir: &Path) -> Result<RawSource, DataError> {
         for (index, record) in read_json_list(&path)?.iter().enumerate() {
             let image = field_str(&path, record, index, "image_name")?;
             let question = field_str(&path, record, index, "question")?;
-            let answer = record.get("answer").and_then(answer_text).ok_or_else(|| {
-                DataError::record(
-                    &path,
-                    index.to_string(),
-                    "field `answer` is missing or not a string/number",
-                )
-            })?;
+            let answer = json_answer(&path, record, index)?;
             let answer_type = record
                 .get("answer_type")
                 .and_then(|v| v.as_str())
                 .unwrap_or("OPEN");
-            let closed = match answer_type.trim().to_ascii_uppercase().as_str() {
-                "CLOSED" => true,
-                "OPEN" => false,
-                other => {
-                    return Err(DataError::record(
-                        &path,
-                        index.to_string(),
-                        format!("answer_type `{other}` is not OPEN or CLOSED"),
-                    ));
-                }
-            };
+            let closed = closed_answer_type(&path, index, answer_type)?;
             let qtype = record
                 .get("question_type")
                 .and_then(|v| v.as_str())
