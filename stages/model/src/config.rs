@@ -122,7 +122,10 @@ impl ModelConfig {
     /// Checks that the sizes fit together.
     pub fn validate(&self) -> Result<()> {
         let fail = |m: String| Err(ModelError::Config(m));
-        if self.patch_size == 0 || self.image_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0
+            || self.image_size == 0
+            || !self.image_size.is_multiple_of(self.patch_size)
+        {
             return fail(format!(
                 "patch_size {} must be positive and divide image_size {}",
                 self.patch_size, self.image_size
@@ -143,7 +146,7 @@ impl ModelConfig {
                 ));
             }
         }
-        if self.decoder_width % 4 != 0 {
+        if !self.decoder_width.is_multiple_of(4) {
             return fail(format!(
                 "decoder_width {} must be a multiple of 4 (2-D sin-cos positions)",
                 self.decoder_width

@@ -102,7 +102,7 @@ impl MaskPlan {
         image_size: usize,
         tokens: &TokenInfo,
     ) -> Result<MaskPlan> {
-        if settings.patch_size == 0 || image_size % settings.patch_size != 0 {
+        if settings.patch_size == 0 || !image_size.is_multiple_of(settings.patch_size) {
             return Err(ModelError::Config(format!(
                 "patch_size {} must divide the image size {image_size}",
                 settings.patch_size
@@ -297,16 +297,16 @@ impl MaskPlan {
             let t = tensors
                 .get(name)
                 .ok_or_else(|| file_err(&path, format!("missing tensor `{name}`")))?;
-            if let Some(n) = expected {
-                if t.elem_count() != n {
-                    return Err(file_err(
-                        &path,
-                        format!(
-                            "tensor `{name}` has {} elements, expected {n}",
-                            t.elem_count()
-                        ),
-                    ));
-                }
+            if let Some(n) = expected
+                && t.elem_count() != n
+            {
+                return Err(file_err(
+                    &path,
+                    format!(
+                        "tensor `{name}` has {} elements, expected {n}",
+                        t.elem_count()
+                    ),
+                ));
             }
             Ok(t)
         };
@@ -432,11 +432,11 @@ mod tests {
         for s in 0..400 {
             let row = &ids[s * 64..(s + 1) * 64];
             let m = plan.sample(2, s, row).unwrap();
-            for t in 0..64 {
+            for (t, &original) in row.iter().enumerate() {
                 if m.selected[t] {
                     if m.masked_ids[t] == 4 {
                         masked += 1;
-                    } else if m.masked_ids[t] != row[t] {
+                    } else if m.masked_ids[t] != original {
                         random += 1;
                     } else {
                         kept += 1;

@@ -81,10 +81,10 @@ impl PretrainParams {
             ));
         }
         // Layer counts do not depend on the data, so the preset can be checked with stand-in sizes.
-        if let Ok(model) = ModelConfig::preset(&self.preset, 32, 1, 8, 8, 8) {
-            if let Err((field, message)) = self.loss.validate(&model) {
-                problems.push(Problem::new(format!("params.loss.{field}"), message));
-            }
+        if let Ok(model) = ModelConfig::preset(&self.preset, 32, 1, 8, 8, 8)
+            && let Err((field, message)) = self.loss.validate(&model)
+        {
+            problems.push(Problem::new(format!("params.loss.{field}"), message));
         }
         if let Err((field, message)) = self.optim.validate() {
             problems.push(Problem::new(format!("params.optim.{field}"), message));

@@ -176,7 +176,7 @@ impl MlpHead {
 /// each patch to its visible slot, or to K (the mask token) when removed. Every sample must keep
 /// the same number K of patches (the masking plan guarantees it).
 pub fn mae_indices(removed: &[bool], batch: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-    if batch == 0 || removed.len() % batch != 0 {
+    if batch == 0 || !removed.len().is_multiple_of(batch) {
         return Err(crate::error::ModelError::Data(format!(
             "patch mask of length {} does not split into {batch} samples",
             removed.len()
