@@ -21,6 +21,9 @@ pub enum DataError {
         record: String,
         message: String,
     },
+    /// The run was interrupted (Ctrl-C) before it finished.
+    #[error("interrupted")]
+    Cancelled,
     /// Something a caller asked for cannot be done (bad parameter combination, unsupported case).
     #[error("{0}")]
     Invalid(String),

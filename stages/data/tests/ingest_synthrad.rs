@@ -162,3 +162,35 @@ fn bad_params_are_refused_before_running() {
     .to_string();
     assert!(err.contains("params.text_leak_train"), "{err}");
 }
+
+#[test]
+fn an_interrupted_ingest_reports_cancelled() {
+    use std::sync::atomic::AtomicBool;
+    use umdflow_data::IngestKind;
+    use umdflow_stages::{NoProgress, StageContext, StageDecl, StageError, StageKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    let params = json!({"count": 50}).as_object().cloned().unwrap();
+    let decl = StageDecl {
+        name: "data",
+        run: None,
+        inputs: &[],
+    };
+    let resolved = IngestKind.resolve_params(&decl, params).unwrap();
+    let (log, cancel) = (dir.path().join("log"), AtomicBool::new(true));
+    let ctx = StageContext {
+        id: "data",
+        name: "data",
+        params: &resolved,
+        run: None,
+        inputs: &[],
+        out_dir: dir.path(),
+        work_dir: dir.path(),
+        log_path: &log,
+        threads: 1,
+        progress: &NoProgress,
+        cancel: &cancel,
+    };
+    assert!(matches!(IngestKind.run(&ctx), Err(StageError::Cancelled)));
+    assert!(!dir.path().join("meta.json").exists());
+}

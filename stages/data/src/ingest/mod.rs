@@ -56,7 +56,7 @@ impl StageKind for IngestKind {
             .input_of_kind("ingest")
             .map(|input| tokenizer_path(&input.dir));
         ingest(&params, ctx, shared_tokenizer.as_deref()).map_err(|err| match err {
-            DataError::Invalid(message) if message == "interrupted" => StageError::Cancelled,
+            DataError::Cancelled => StageError::Cancelled,
             other => StageError::Failed(other.to_string()),
         })
     }

@@ -53,7 +53,7 @@ pub fn collect(
     progress.set_total(raw.records.len() as u64);
     for (index, record) in raw.records.iter().enumerate() {
         if cancel.load(Ordering::Relaxed) {
-            return Err(DataError::Invalid("interrupted".into()));
+            return Err(DataError::Cancelled);
         }
         let decoded;
         let image = match &record.image {

@@ -45,7 +45,7 @@ pub fn collect(
     let mut start = 0;
     while start < count {
         if cancel.load(Ordering::Relaxed) {
-            return Err(DataError::Invalid("interrupted".into()));
+            return Err(DataError::Cancelled);
         }
         let batch = BATCH.min(count - start);
         for generated in generate_range(config, start as u64, batch, threads, &mut out.images) {
