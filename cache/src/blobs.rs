@@ -48,6 +48,15 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), CacheError> {
     Ok((hasher.finalize().to_hex().to_string(), size))
 }
 
+/// What [`BlobStore::store`] did.
+pub(crate) struct Stored {
+    pub hash: String,
+    pub size: u64,
+    pub stat: BlobStat,
+    /// Folders that gained an entry (empty when the blob already existed).
+    pub changed_dirs: Vec<PathBuf>,
+}
+
 pub(crate) struct BlobStore {
     dir: PathBuf,
 }
@@ -63,41 +72,55 @@ impl BlobStore {
     }
 
     /// Moves a finished file into the store: hash, fsync, make read-only, rename. If the blob
-    /// already exists the file is dropped (same content, same name). Returns hash, size and stat.
-    pub fn store(&self, file: &Path) -> Result<(String, u64, BlobStat), CacheError> {
+    /// already exists the file is dropped (same content, same name). Returns hash, size, stat and
+    /// the folders whose entries changed (to fsync before the index names the blob).
+    pub fn store(&self, file: &Path) -> Result<Stored, CacheError> {
         let (hash, size) = hash_file(file)?;
         let target = self.path(&hash);
         if let Ok(existing) = BlobStat::of(&target)
             && existing.size == size
         {
             let _ = fs::remove_file(file);
-            return Ok((hash, size, existing));
+            return Ok(Stored {
+                hash,
+                size,
+                stat: existing,
+                changed_dirs: Vec::new(),
+            });
         }
         File::open(file)
-            .and_then(|f| f.sync_all())
+            .and_then(|f| f.sync_data())
             .map_err(CacheError::io(file))?;
         let mut permissions = fs::metadata(file)
             .map_err(CacheError::io(file))?
             .permissions();
         permissions.set_readonly(true);
         fs::set_permissions(file, permissions).map_err(CacheError::io(file))?;
-        let parent = target.parent().unwrap_or(&self.dir);
-        fs::create_dir_all(parent).map_err(CacheError::io(parent))?;
+        let parent = target.parent().unwrap_or(&self.dir).to_path_buf();
+        let mut changed_dirs = vec![parent.clone()];
+        if !parent.exists() {
+            fs::create_dir_all(&parent).map_err(CacheError::io(&parent))?;
+            changed_dirs.push(self.dir.clone());
+        }
         fs::rename(file, &target).map_err(CacheError::io(&target))?;
         let stat = BlobStat::of(&target).map_err(CacheError::io(&target))?;
-        Ok((hash, size, stat))
+        Ok(Stored {
+            hash,
+            size,
+            stat,
+            changed_dirs,
+        })
     }
 
-    /// fsyncs every blob folder so that the renames are durable before the index names them.
-    pub fn sync_dirs(&self) -> Result<(), CacheError> {
-        for dir in self.subdirs()? {
-            File::open(&dir)
+    /// fsyncs the given blob folders so that renames into them are durable before the index
+    /// names the blobs.
+    pub fn sync_dirs(&self, dirs: &BTreeSet<PathBuf>) -> Result<(), CacheError> {
+        for dir in dirs {
+            File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(CacheError::io(&dir))?;
+                .map_err(CacheError::io(dir))?;
         }
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(CacheError::io(&self.dir))
+        Ok(())
     }
 
     /// Ok when the blob is present and its content matches its name. A damaged blob is deleted.

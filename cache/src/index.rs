@@ -1,15 +1,18 @@
 //! The redb index: key -> record, plus per-stage history and blob stats.
 //!
-//! The database is opened for each transaction and closed right after, because redb allows one
-//! open handle per file: that way several `umdflow` processes share one cache, each waiting a few
-//! milliseconds at most for the other's transaction.
+//! Each process keeps one handle open in redb's multi-writer mode: any number of `umdflow`
+//! processes share the file, reads never block, and redb serialises write transactions across
+//! processes (each commit is one short transaction).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Builder, ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable,
+    TableDefinition,
+};
 
 use crate::Found;
 use crate::blobs::BlobStat;
@@ -22,11 +25,8 @@ const BLOB_STATS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("blob
 
 /// How many earlier keys per stage are remembered for explaining reruns.
 const HISTORY_LEN: usize = 32;
-/// How long to wait for another process's transaction before giving up.
+/// How long to keep retrying an open that another process blocks (e.g. while it repairs the file).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// One redb handle per process at a time (redb refuses a second one, even in-process).
-static OPEN: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, Default, Clone)]
 pub struct GcReport {
@@ -58,6 +58,7 @@ impl Reader<'_> {
 
 pub(crate) struct Index {
     path: PathBuf,
+    db: OnceLock<Database>,
 }
 
 fn history_key(pipeline: &str, stage: &str) -> String {
@@ -66,20 +67,33 @@ fn history_key(pipeline: &str, stage: &str) -> String {
 
 impl Index {
     pub fn new(path: PathBuf) -> Self {
-        Index { path }
+        Index {
+            path,
+            db: OnceLock::new(),
+        }
     }
 
-    /// Opens the database, waiting while another process has it open.
+    /// The process's handle, opened on first use.
     fn with_db<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, CacheError>,
     ) -> Result<T, CacheError> {
-        let _guard = OPEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(db) = self.db.get() {
+            return f(db);
+        }
+        let db = self.open()?;
+        f(self.db.get_or_init(|| db))
+    }
+
+    fn open(&self) -> Result<Database, CacheError> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
-            match Database::create(&self.path) {
-                Ok(db) => return f(&db),
+            let opened = Builder::new()
+                .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+                .create(&self.path);
+            match opened {
+                Ok(db) => return Ok(db),
                 Err(DatabaseError::DatabaseAlreadyOpen) if start.elapsed() < OPEN_TIMEOUT => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(25));

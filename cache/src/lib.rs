@@ -145,48 +145,50 @@ impl Cache {
     /// `record` carries everything except the manifest, which is filled in here.
     pub fn commit(&self, staging: Staging, mut record: Record) -> Result<Record, CacheError> {
         let (files, log) = staging.collect_files()?;
-        let mut stats = Vec::new();
-        let mut entries = Vec::with_capacity(files.len());
-        let stored: Vec<Result<(FileEntry, BlobStat), CacheError>> = {
+        let stored: Vec<Result<(FileEntry, blobs::Stored), CacheError>> = {
             use rayon::prelude::*;
             files
                 .par_iter()
                 .map(|(relative, path, executable)| {
-                    let (hash, size, stat) = self.blobs.store(path)?;
-                    Ok((
-                        FileEntry {
-                            path: relative.clone(),
-                            hash,
-                            size,
-                            executable: *executable,
-                        },
-                        stat,
-                    ))
+                    let stored = self.blobs.store(path)?;
+                    let entry = FileEntry {
+                        path: relative.clone(),
+                        hash: stored.hash.clone(),
+                        size: stored.size,
+                        executable: *executable,
+                    };
+                    Ok((entry, stored))
                 })
                 .collect()
         };
+        let mut stats = Vec::new();
+        let mut changed_dirs = BTreeSet::new();
+        let mut entries = Vec::with_capacity(files.len());
         for item in stored {
-            let (entry, stat) = item?;
-            stats.push((entry.hash.clone(), stat));
+            let (entry, stored) = item?;
+            stats.push((stored.hash, stored.stat));
+            changed_dirs.extend(stored.changed_dirs);
             entries.push(entry);
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         record.log = match log {
             Some(path) => {
-                let (hash, size, stat) = self.blobs.store(&path)?;
-                stats.push((hash.clone(), stat));
-                Some(FileEntry {
+                let stored = self.blobs.store(&path)?;
+                let entry = FileEntry {
                     path: "<log>".into(),
-                    hash,
-                    size,
+                    hash: stored.hash.clone(),
+                    size: stored.size,
                     executable: false,
-                })
+                };
+                stats.push((stored.hash, stored.stat));
+                changed_dirs.extend(stored.changed_dirs);
+                Some(entry)
             }
             None => None,
         };
         record.output_digest = output_digest(&entries);
         record.files = entries;
-        self.blobs.sync_dirs()?;
+        self.blobs.sync_dirs(&changed_dirs)?;
         self.index.insert(&record, &stats)?;
         staging.remove();
         Ok(record)

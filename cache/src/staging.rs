@@ -57,8 +57,10 @@ impl Staging {
         let mut files = Vec::new();
         collect(&self.out_dir(), "", &mut files)?;
         files.sort_by(|a, b| a.0.cmp(&b.0));
+        // An empty log is not worth a blob (and an fsync).
         let log = self.log_path();
-        Ok((files, log.exists().then_some(log)))
+        let has_log = fs::metadata(&log).is_ok_and(|m| m.len() > 0);
+        Ok((files, has_log.then_some(log)))
     }
 
     pub(crate) fn remove(self) {

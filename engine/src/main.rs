@@ -202,7 +202,17 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Output piped into `head` should end umdflow quietly, as it ends any Unix tool, rather than
+/// panic in `println!` (Rust ignores SIGPIPE by default).
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match execute(cli) {

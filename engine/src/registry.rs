@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
+use umdflow_data::IngestKind;
+use umdflow_model::{MaskKind, PretrainKind};
 use umdflow_stages::{CmdKind, StageKind};
+use umdflow_tune::{CalibrateKind, CoordinateTuneKind, EvaluateKind};
 
 pub struct Registry {
     kinds: Vec<Arc<dyn StageKind>>,
@@ -12,7 +15,15 @@ impl Registry {
     /// The kinds that ship with umdflow.
     pub fn builtin() -> Registry {
         Registry {
-            kinds: vec![Arc::new(CmdKind)],
+            kinds: vec![
+                Arc::new(CmdKind),
+                Arc::new(IngestKind),
+                Arc::new(MaskKind),
+                Arc::new(PretrainKind),
+                Arc::new(CalibrateKind),
+                Arc::new(CoordinateTuneKind),
+                Arc::new(EvaluateKind),
+            ],
         }
     }
 

@@ -185,3 +185,18 @@ fn the_lock_file_is_identical_for_identical_results() {
     );
     assert!(project.path("elsewhere.json").exists());
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let project = Project::new();
+    project.write("prep.txt", "x");
+    project.write("p.yaml", &sweep_pipeline("[0.25, 0.5, 0.75]"));
+    project.json(&["run", "p.yaml"], 0);
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("'{BIN}' run p.yaml --json | head -1"))
+        .current_dir(project.dir.path())
+        .output()
+        .unwrap();
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+}
