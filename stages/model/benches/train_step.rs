@@ -3,7 +3,7 @@
 //! with candle in the same process.
 //!
 //! Run: `cargo bench -p umdflow-model` (env `UMD_BENCH_THREADS`, default 2; `UMD_BENCH_STEPS`,
-//! default 12 measured steps after 2 warm-up steps).
+//! default 12 measured steps after 2 warm-up steps; `UMD_BENCH_PRESETS`, default `tiny,small`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -119,6 +119,13 @@ fn sgemm_ceiling(n: usize) -> f64 {
 
 fn main() {
     let threads = env("UMD_BENCH_THREADS", 2);
+    if let Ok(t) = std::env::var("UMD_GEMM_THRESHOLD") {
+        gemm::set_threading_threshold(t.parse().unwrap());
+    }
+    println!(
+        "gemm threading threshold: {}",
+        gemm::get_threading_threshold()
+    );
     let steps = env("UMD_BENCH_STEPS", 12);
     let dataset = common::ci_dataset();
     let plan = common::plan_for(&dataset, 1, 0);
@@ -132,7 +139,9 @@ fn main() {
         "| preset | batch | ms/step (median) | samples/s | GFLOP/step | GFLOP/s | % of sgemm |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (preset, batch) in [("tiny", 32usize), ("small", 32)] {
+    let presets = std::env::var("UMD_BENCH_PRESETS").unwrap_or_else(|_| "tiny,small".into());
+    for preset in presets.split(',') {
+        let batch = 32usize;
         let settings = TrainSettings {
             preset: preset.into(),
             batch_size: batch,

@@ -57,6 +57,19 @@ pub fn run_stage(
     kind.run(&ctx)
 }
 
+/// candle 0.11 runs large element-wise ops on a process-wide pool of spinning worker threads,
+/// sized once from `CANDLE_NUM_THREADS` at first use; on a loaded machine the spinning slows a
+/// `tiny` step 10× (see docs/benchmarks.md). The tests keep element-wise ops on the calling
+/// thread; matrix products still use the stage's rayon pool.
+pub fn single_threaded_elementwise() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: runs once, before this test process makes its first candle call (every test
+        // reaches candle through the fixtures below), and no C code reads the environment then.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    });
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     ingest: PathBuf,
@@ -64,6 +77,7 @@ struct Fixture {
 
 /// A SynthRad `ci` ingest (32×32 grey images, 64 tokens), made once per test binary.
 pub fn ci_ingest_dir() -> &'static Path {
+    single_threaded_elementwise();
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     &FIXTURE
         .get_or_init(|| {
