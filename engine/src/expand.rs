@@ -491,15 +491,32 @@ fn validate_report(source: &Source, names: &[String], axes: &[Axis], reporter: &
         return;
     };
     let known_stage = |name: &str| names.iter().any(|n| n == name);
-    if !known_stage(&report.stage) {
-        reporter.at_value(
-            "report.stage",
-            format!(
-                "unknown stage `{}`; stages in this file: {}",
-                report.stage,
-                names.join(", ")
-            ),
-        );
+    match (&report.stage, report.stages.is_empty()) {
+        (None, true) => reporter.at_key(
+            "report",
+            "`report:` needs `stage:` (or `stages:`), the stage whose metrics fill the table",
+        ),
+        (Some(_), false) => {
+            reporter.at_key("report.stages", "give `stage:` or `stages:`, not both")
+        }
+        _ => {}
+    }
+    let listed = report.stage.iter().map(|s| ("report.stage".to_string(), s));
+    let many = report
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("report.stages[{i}]"), s));
+    for (path, stage) in listed.chain(many) {
+        if !known_stage(stage) {
+            reporter.at_value(
+                &path,
+                format!(
+                    "unknown stage `{stage}`; stages in this file: {}",
+                    names.join(", ")
+                ),
+            );
+        }
     }
     for (i, curve) in report.curves.iter().enumerate() {
         if !known_stage(&curve.stage) {

@@ -155,11 +155,17 @@ pub fn gather(loaded: &Loaded, cache: &Cache) -> Result<ReportInput> {
             loaded.source.file.display()
         );
     };
-    let stage = expanded
-        .stages
+    let (stage_names, prefixed) = spec.metric_stages();
+    let stages: Vec<usize> = stage_names
         .iter()
-        .position(|s| s.name == spec.stage)
-        .context("report.stage was validated")?;
+        .map(|name| {
+            expanded
+                .stages
+                .iter()
+                .position(|s| &s.name == name)
+                .context("report stages were validated")
+        })
+        .collect::<Result<_>>()?;
     let resolutions = resolve_all(expanded, cache, &loaded.deps, &|_| false)?;
     let record_of = |instance: usize| match &resolutions[instance] {
         Resolution::Cached(record) => Some(record.as_ref()),
@@ -186,25 +192,42 @@ pub fn gather(loaded: &Loaded, cache: &Cache) -> Result<ReportInput> {
                 rows.len() - 1
             }
         };
-        let instance = expanded.point_instances[stage][p];
-        let replicate = match record_of(instance).and_then(|r| r.metrics.as_ref()) {
-            Some(metrics) => {
-                let flat = flatten_metrics(metrics);
-                all_metrics.extend(flat.keys().cloned());
-                Replicate {
-                    seed: seed_of(expanded, point),
-                    metrics: Some(flat),
-                    missing: None,
+        let seed = seed_of(expanded, point);
+        let mut merged = BTreeMap::new();
+        let mut missing = Vec::new();
+        for (&stage, name) in stages.iter().zip(&stage_names) {
+            let instance = expanded.point_instances[stage][p];
+            match record_of(instance).map(|r| r.metrics.as_ref()) {
+                Some(Some(metrics)) => {
+                    for (metric, value) in flatten_metrics(metrics) {
+                        let metric = if prefixed {
+                            format!("{name}.{metric}")
+                        } else {
+                            metric
+                        };
+                        merged.insert(metric, value);
+                    }
                 }
+                Some(None) => missing.push(format!(
+                    "{} wrote no metrics.json",
+                    expanded.instances[instance].id
+                )),
+                None => missing.push(format!("{} has not run", expanded.instances[instance].id)),
             }
-            None => Replicate {
-                seed: seed_of(expanded, point),
+        }
+        all_metrics.extend(merged.keys().cloned());
+        let replicate = if missing.is_empty() {
+            Replicate {
+                seed,
+                metrics: Some(merged),
+                missing: None,
+            }
+        } else {
+            Replicate {
+                seed,
                 metrics: None,
-                missing: Some(match record_of(instance) {
-                    Some(_) => format!("{} wrote no metrics.json", expanded.instances[instance].id),
-                    None => format!("{} has not run", expanded.instances[instance].id),
-                }),
-            },
+                missing: Some(missing.join("; ")),
+            }
         };
         rows[row].replicates.push(replicate);
     }

@@ -99,7 +99,12 @@ pub struct RawCurve {
 #[serde(deny_unknown_fields)]
 pub struct RawReport {
     /// The stage whose metrics fill the table (one row per sweep point, seeds as replicates).
-    pub stage: String,
+    #[serde(default)]
+    pub stage: Option<String>,
+    /// Or several stages (e.g. one evaluation per task): their metrics are merged per point,
+    /// each prefixed with its stage name (`eval_vqa.vqa.overall`).
+    #[serde(default)]
+    pub stages: Vec<String>,
     /// Metric columns in order (nested metrics are named with dots: `vqa.overall`); default: all.
     #[serde(default)]
     pub metrics: Vec<String>,
@@ -111,6 +116,16 @@ pub struct RawReport {
     pub x_axis: Option<String>,
     #[serde(default)]
     pub curves: Vec<RawCurve>,
+}
+
+impl RawReport {
+    /// The stages whose metrics fill the table, and whether their names prefix the metrics.
+    pub fn metric_stages(&self) -> (Vec<String>, bool) {
+        match &self.stage {
+            Some(stage) => (vec![stage.clone()], false),
+            None => (self.stages.clone(), true),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,5 +7,6 @@ mod commands;
 mod concurrency;
 mod crash;
 mod example;
+mod ml_pipeline;
 mod report;
 mod validation;
