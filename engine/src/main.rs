@@ -163,6 +163,17 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// candle sizes its own pool of spinning element-wise threads once per process from
+/// CANDLE_NUM_THREADS (default: every core), whatever the stage asks for; with several stages
+/// running at once that oversubscribes the machine many times over. Give it the per-stage budget
+/// unless the user set it.
+fn limit_candle_threads(threads_per_stage: usize) {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called from main before any stage or worker thread is started.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads_per_stage.to_string()) };
+    }
+}
+
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
 fn install_ctrl_c() {
@@ -251,6 +262,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads_per_stage: threads_per_stage.unwrap_or((cores / jobs).max(1)),
                 umdflow_version: env!("CARGO_PKG_VERSION").to_string(),
             };
+            limit_candle_threads(options.threads_per_stage);
             install_ctrl_c();
             let lock = match (no_lock_file, lock_file) {
                 (true, _) => LockFile::Off,
