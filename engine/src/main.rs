@@ -143,8 +143,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// List the stage kinds.
-    Kinds,
+    /// List the stage kinds (with `--defaults`, every parameter with its default value).
+    Kinds {
+        #[arg(long)]
+        defaults: bool,
+    },
 }
 
 fn init_logging(verbose: u8) {
@@ -401,7 +404,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Kinds => {
+        Command::Kinds { defaults } => {
             for kind in registry.all() {
                 println!(
                     "{:<16} v{:<3} {}",
@@ -409,6 +412,9 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     kind.version(),
                     kind.summary()
                 );
+                if defaults {
+                    println!("{}", commands::kind_defaults(kind.as_ref()));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

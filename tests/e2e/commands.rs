@@ -200,3 +200,24 @@ fn output_into_a_closed_pipe_ends_quietly() {
         .unwrap();
     assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
 }
+
+#[test]
+fn the_pipeline_reference_lists_every_kind_with_its_defaults() {
+    let output = std::process::Command::new(BIN)
+        .args(["kinds", "--defaults"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(output.stdout).unwrap();
+    let doc_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/pipeline-reference.md");
+    let doc = std::fs::read_to_string(doc_path).unwrap();
+    let block = doc
+        .split("<!-- kinds:begin -->\n```\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```\n<!-- kinds:end -->").next())
+        .expect("the kinds block in docs/pipeline-reference.md");
+    assert_eq!(
+        block, listed,
+        "update docs/pipeline-reference.md from `umdflow kinds --defaults`"
+    );
+}
