@@ -114,9 +114,10 @@ pub fn render(
     text
 }
 
-/// Writes the lock file atomically (temporary file, then rename).
+/// Writes the lock file atomically (temporary file, then rename). The temporary name is per
+/// process, so concurrent runs of one pipeline never trip over each other (the last one wins).
 pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
 }
