@@ -215,36 +215,36 @@ fn mimic(root: &Path) -> Result<()> {
     let dir = root.join("mimic-cxr-jpg");
     let images = [
         (
-            "10000032",
-            "50414267",
+            "19999901",
+            "59999901",
             "0a000001-00000001-00000001-00000001-00000001",
             "PA",
             "train",
         ),
         (
-            "10000032",
-            "50414267",
+            "19999901",
+            "59999901",
             "0a000001-00000001-00000001-00000001-00000002",
             "LATERAL",
             "train",
         ),
         (
-            "10000032",
-            "53189527",
+            "19999901",
+            "59999902",
             "0a000001-00000001-00000001-00000001-00000003",
             "AP",
             "validate",
         ),
         (
-            "10000764",
-            "57375967",
+            "19999902",
+            "59999903",
             "0a000001-00000001-00000001-00000001-00000004",
             "PA",
             "test",
         ),
         (
-            "10000764",
-            "57375967",
+            "19999902",
+            "59999903",
             "0a000001-00000001-00000001-00000001-00000005",
             "LL",
             "test",
@@ -270,24 +270,24 @@ fn mimic(root: &Path) -> Result<()> {
     gzip(
         &dir.join("mimic-cxr-2.0.0-chexpert.csv.gz"),
         "subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices\n\
-         10000032,50414267,,,,,,,,,1.0,,,,,\n\
-         10000032,53189527,,-1.0,,,,,,,,1.0,,,0.0,1.0\n\
-         10000764,57375967,,,,,,,,1.0,,,,-1.0,,\n",
+         19999901,59999901,,,,,,,,,1.0,,,,,\n\
+         19999901,59999902,,-1.0,,,,,,,,1.0,,,0.0,1.0\n\
+         19999902,59999903,,,,,,,,1.0,,,,-1.0,,\n",
     )?;
     let reports = [
         (
-            "10000032",
-            "50414267",
+            "19999901",
+            "59999901",
             "                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n INDICATION:  ___ year old woman with invented cough.\n \n COMPARISON:  None.\n \n FINDINGS: \n \n The lungs are clear.  Heart size is normal.  No pleural effusion or pneumothorax.\n \n IMPRESSION: \n \n No acute cardiopulmonary process.\n",
         ),
         (
-            "10000032",
-            "53189527",
+            "19999901",
+            "59999902",
             "                                 FINAL REPORT\n EXAMINATION:  CHEST (PORTABLE AP)\n \n INDICATION:  ___ year old woman, invented shortness of breath.\n \n FINDINGS: \n \n Small right pleural effusion.  Right IJ line tip in the SVC.\n \n IMPRESSION: \n \n Small right pleural effusion.\n",
         ),
         (
-            "10000764",
-            "57375967",
+            "19999902",
+            "59999903",
             "                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n INDICATION:  ___ year old man with invented fever.\n \n IMPRESSION: \n \n Left lower lobe opacity, possibly pneumonia.\n",
         ),
     ];
