@@ -222,7 +222,7 @@ fn mimic_joins_metadata_splits_labels_and_reports() {
         "IMPRESSION: Left lower lobe opacity, possibly pneumonia."
     );
     assert!(
-        matches!(&raw.records[2].image, ImageRef::File(p) if p.ends_with("files/p10/p19999901/s59999902/0a000001-00000001-00000001-00000001-00000003.jpg"))
+        matches!(&raw.records[2].image, ImageRef::File(p) if p.ends_with("files/p19/p19999901/s59999902/0a000001-00000001-00000001-00000001-00000003.jpg"))
     );
 }
 
