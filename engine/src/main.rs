@@ -192,13 +192,8 @@ fn install_ctrl_c() {
 }
 
 /// Exit code 2 for an invalid pipeline, with every problem listed.
-fn invalid(err: Invalid) -> ExitCode {
-    eprintln!("{err}");
-    ExitCode::from(2)
-}
-
-fn load(pipeline: &Pipeline, registry: &Registry) -> Result<Loaded, ExitCode> {
-    commands::load_pipeline(&pipeline.args(), registry).map_err(invalid)
+fn load(pipeline: &Pipeline, registry: &Registry) -> Result<Loaded, Invalid> {
+    commands::load_pipeline(&pipeline.args(), registry)
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -231,10 +226,17 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match execute(cli) {
         Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(1)
-        }
+        // An invalid pipeline lists every problem and exits with 2, before anything ran.
+        Err(err) => match err.downcast_ref::<Invalid>() {
+            Some(invalid) => {
+                eprintln!("{invalid}");
+                ExitCode::from(2)
+            }
+            None => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -254,10 +256,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             lock_file,
             no_lock_file,
         } => {
-            let loaded = match load(&pipeline, &registry) {
-                Ok(loaded) => loaded,
-                Err(code) => return Ok(code),
-            };
+            let loaded = load(&pipeline, &registry)?;
             let jobs = jobs.unwrap_or(cores).max(1);
             let options = RunOptions {
                 jobs,
@@ -286,34 +285,22 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
             json,
         } => {
-            let loaded = match load(&pipeline, &registry) {
-                Ok(loaded) => loaded,
-                Err(code) => return Ok(code),
-            };
+            let loaded = load(&pipeline, &registry)?;
             commands::plan(&loaded, &force, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dag { pipeline, format } => {
-            let loaded = match load(&pipeline, &registry) {
-                Ok(loaded) => loaded,
-                Err(code) => return Ok(code),
-            };
+            let loaded = load(&pipeline, &registry)?;
             print!("{}", commands::dag(&loaded.expanded, format));
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { pipeline, json } => {
-            let loaded = match load(&pipeline, &registry) {
-                Ok(loaded) => loaded,
-                Err(code) => return Ok(code),
-            };
+            let loaded = load(&pipeline, &registry)?;
             commands::show(&loaded, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Log { pipeline, id } => {
-            let loaded = match load(&pipeline, &registry) {
-                Ok(loaded) => loaded,
-                Err(code) => return Ok(code),
-            };
+            let loaded = load(&pipeline, &registry)?;
             print!("{}", commands::log(&loaded, &id)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -326,10 +313,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     max_points: usize::MAX,
                     cache: cache.clone(),
                 };
-                match commands::load_pipeline(&args, &registry) {
-                    Ok(pipeline) => loaded.push(pipeline),
-                    Err(err) => return Ok(invalid(err)),
-                }
+                loaded.push(commands::load_pipeline(&args, &registry)?);
             }
             let dir = match loaded.first() {
                 Some(first) => first.cache_dir.clone(),
@@ -385,10 +369,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Report { pipeline, out } => {
-            let loaded = match load(&pipeline, &registry) {
-                Ok(loaded) => loaded,
-                Err(code) => return Ok(code),
-            };
+            let loaded = load(&pipeline, &registry)?;
             let out =
                 out.unwrap_or_else(|| umdflow::report::default_report_dir(&loaded.source.file));
             let files = umdflow::report::report(&loaded, &out)?;
@@ -396,10 +377,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { pipeline, out } => {
-            let loaded = match load(&pipeline, &registry) {
-                Ok(loaded) => loaded,
-                Err(code) => return Ok(code),
-            };
+            let loaded = load(&pipeline, &registry)?;
             let files = umdflow::report::export(&loaded, &out, 1)?;
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(ExitCode::SUCCESS)

@@ -312,7 +312,8 @@ pub fn run(
     let mut explainer = Explainer::new(cache, &expanded.name);
     let mut stopping: Option<String> = None;
     let mut running = 0usize;
-    let mut counts = [0usize; 4];
+    // For the overall progress bar's message.
+    let (mut ran, mut failed_count) = (0usize, 0usize);
 
     std::thread::scope(|scope| -> Result<(), CacheError> {
         for _ in 0..options.jobs.max(1) {
@@ -372,14 +373,14 @@ pub fn run(
                                     record: Some(record),
                                     log_tail: None,
                                 });
-                                counts[1] += 1;
                                 progress.advance("");
-                                for &next in &dependents[index] {
-                                    waiting_on[next] -= 1;
-                                    if waiting_on[next] == 0 {
-                                        ready.push_back(next);
-                                    }
-                                }
+                                release_dependents(
+                                    index,
+                                    &dependents,
+                                    &mut waiting_on,
+                                    &outcomes,
+                                    &mut ready,
+                                );
                                 continue;
                             }
                             Err(reason) => reasons[index] = reason,
@@ -450,24 +451,18 @@ pub fn run(
                     }
                 }
             };
-            counts[match outcome.status {
-                Status::Executed => 0,
-                Status::Cached => 1,
-                Status::Failed => 2,
-                Status::Skipped => 3,
-            }] += 1;
-            progress.advance(&format!("ran {} failed {}", counts[0], counts[2]));
+            match outcome.status {
+                Status::Executed => ran += 1,
+                Status::Failed => failed_count += 1,
+                Status::Cached | Status::Skipped => {}
+            }
+            progress.advance(&format!("ran {ran} failed {failed_count}"));
             let failed = outcome.status == Status::Failed;
             outcomes[index] = Some(outcome);
             if failed {
                 skip_descendants(index, &dependents, &mut outcomes, expanded, progress);
             } else {
-                for &next in &dependents[index] {
-                    waiting_on[next] -= 1;
-                    if waiting_on[next] == 0 && outcomes[next].is_none() {
-                        ready.push_back(next);
-                    }
-                }
+                release_dependents(index, &dependents, &mut waiting_on, &outcomes, &mut ready);
             }
         }
         drop(job_tx);
@@ -489,6 +484,22 @@ pub fn run(
             })
         })
         .collect())
+}
+
+/// An instance is done: dependents whose inputs are now all done become ready.
+fn release_dependents(
+    done: usize,
+    dependents: &[Vec<usize>],
+    waiting_on: &mut [usize],
+    outcomes: &[Option<Outcome>],
+    ready: &mut VecDeque<usize>,
+) {
+    for &next in &dependents[done] {
+        waiting_on[next] -= 1;
+        if waiting_on[next] == 0 && outcomes[next].is_none() {
+            ready.push_back(next);
+        }
+    }
 }
 
 fn skip_descendants(
