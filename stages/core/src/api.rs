@@ -108,6 +108,18 @@ pub struct StageContext<'a> {
 }
 
 impl StageContext<'_> {
+    /// Appends one line to the stage's kept log (`umdflow log`). For facts that must stay out of
+    /// the output, such as wall-clock times: they would make two identical runs' outputs differ.
+    pub fn log(&self, line: &str) -> Result<(), StageError> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path)
+            .map_err(StageError::io("opening the stage log"))?;
+        writeln!(file, "{line}").map_err(StageError::io("writing the stage log"))
+    }
+
     /// True once the run was interrupted; long stages check it between steps.
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)

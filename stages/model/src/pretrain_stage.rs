@@ -102,7 +102,9 @@ impl StageKind for PretrainKind {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: wall-clock times moved from metrics.json to the stage log, so identical runs give
+        // identical outputs.
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -157,7 +159,13 @@ impl StageKind for PretrainKind {
             &device_name(&device),
             ctx.threads,
         )
-        .map_err(failed)
+        .map_err(failed)?;
+        ctx.log(&format!(
+            "trained {} steps in {:.2} s ({:.1} samples/s)",
+            outcome.records.len(),
+            outcome.seconds,
+            outcome.samples_seen as f64 / outcome.seconds.max(1e-9)
+        ))
     }
 }
 
@@ -291,8 +299,6 @@ fn metrics_json(
         "preset": settings.preset,
         "device": device,
         "threads": threads,
-        "train_seconds": outcome.seconds,
-        "samples_per_second": outcome.samples_seen as f64 / outcome.seconds.max(1e-9),
         "plot_colours": CURVE_COLOURS.iter().map(|(n, c)| (n.to_string(), serde_json::Value::from(format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])))).collect::<serde_json::Map<_, _>>(),
     })
 }

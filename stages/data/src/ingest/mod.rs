@@ -28,7 +28,8 @@ impl StageKind for IngestKind {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: float knobs are keyed as the decimals written (0.9, not 0.8999999761581421).
+        2
     }
 
     fn summary(&self) -> &'static str {

@@ -37,7 +37,7 @@ pub struct IngestParams {
     /// Keep at most this many images (real sources: the first ones in reading order).
     pub limit: Option<usize>,
     /// Train / val / test fractions, for sources without their own split.
-    pub split: [f32; 3],
+    pub split: [f64; 3],
     pub seed: u64,
     pub domain: Domain,
     pub max_len: Option<usize>,
@@ -48,17 +48,23 @@ pub struct IngestParams {
     /// Which label column a source with several uses (MELINDA: `p_meth_label`, ...).
     pub label: Option<String>,
     // SynthRad knobs (see docs/data.md).
-    pub shift_strength: f32,
+    pub shift_strength: f64,
     pub text: Option<TextKind>,
-    pub text_leak_train: f32,
-    pub text_leak_test: f32,
-    pub image_snr: f32,
-    pub answer_prior: f32,
-    pub text_redundancy: f32,
-    pub image_only_attributes: f32,
-    pub finding_patches: [f32; 2],
+    pub text_leak_train: f64,
+    pub text_leak_test: f64,
+    pub image_snr: f64,
+    pub answer_prior: f64,
+    pub text_redundancy: f64,
+    pub image_only_attributes: f64,
+    pub finding_patches: [f64; 2],
     pub patch: usize,
     pub questions_per_image: usize,
+}
+
+/// The f64 a YAML author would write for an f32 default (0.8, not 0.800000011920929), so the
+/// key and `umdflow show` print round numbers; SynthRad gets the same f32 back.
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 impl Default for IngestParams {
@@ -71,22 +77,22 @@ impl Default for IngestParams {
             image_size: None,
             count: None,
             limit: None,
-            split: synth.split,
+            split: synth.split.map(decimal),
             seed: 0,
             domain: Domain::Source,
             max_len: None,
             vocab_size: None,
             preview: 8,
             label: None,
-            shift_strength: synth.shift_strength,
+            shift_strength: decimal(synth.shift_strength),
             text: None,
-            text_leak_train: synth.text_leak_train,
-            text_leak_test: synth.text_leak_test,
-            image_snr: synth.image_snr,
-            answer_prior: synth.answer_prior,
-            text_redundancy: synth.text_redundancy,
-            image_only_attributes: synth.image_only_attributes,
-            finding_patches: synth.finding_patches,
+            text_leak_train: decimal(synth.text_leak_train),
+            text_leak_test: decimal(synth.text_leak_test),
+            image_snr: decimal(synth.image_snr),
+            answer_prior: decimal(synth.answer_prior),
+            text_redundancy: decimal(synth.text_redundancy),
+            image_only_attributes: decimal(synth.image_only_attributes),
+            finding_patches: synth.finding_patches.map(decimal),
             patch: synth.patch,
             questions_per_image: synth.questions_per_image,
         }
@@ -130,20 +136,20 @@ impl IngestParams {
     /// The SynthRad configuration these params describe.
     pub fn synth_config(&self) -> SynthConfig {
         let mut config = SynthConfig::new(self.seed, self.domain, self.image_size());
-        config.shift_strength = self.shift_strength;
-        config.text_leak_train = self.text_leak_train;
-        config.text_leak_test = self.text_leak_test;
-        config.image_snr = self.image_snr;
-        config.answer_prior = self.answer_prior;
-        config.text_redundancy = self.text_redundancy;
-        config.image_only_attributes = self.image_only_attributes;
-        config.finding_patches = self.finding_patches;
+        config.shift_strength = self.shift_strength as f32;
+        config.text_leak_train = self.text_leak_train as f32;
+        config.text_leak_test = self.text_leak_test as f32;
+        config.image_snr = self.image_snr as f32;
+        config.answer_prior = self.answer_prior as f32;
+        config.text_redundancy = self.text_redundancy as f32;
+        config.image_only_attributes = self.image_only_attributes as f32;
+        config.finding_patches = self.finding_patches.map(|x| x as f32);
         config.patch = self.patch;
         config.questions_per_image = self.questions_per_image;
         if let Some(text) = self.text {
             config.text = text;
         }
-        config.split = self.split;
+        config.split = self.split.map(|x| x as f32);
         config
     }
 

@@ -73,9 +73,10 @@ pub fn collect(
         resize_into(image, size, &mut out.images);
         let split = record.split.unwrap_or_else(|| {
             let u = Rng::for_item(params.seed, STREAM_SPLIT, index as u64).uniform();
-            if u < params.split[0] {
+            let split = params.split.map(|x| x as f32);
+            if u < split[0] {
                 0
-            } else if u < params.split[0] + params.split[1] {
+            } else if u < split[0] + split[1] {
                 1
             } else {
                 2
