@@ -146,6 +146,78 @@ fn read_curve(cache: &Cache, record: &Record, curve: &RawCurve) -> Result<Vec<(f
     Ok(points)
 }
 
+/// The instances of one stage that differ only by seed, and the table rows that use them.
+struct CurveGroup {
+    rows: Vec<String>,
+    instances: Vec<usize>,
+}
+
+impl CurveGroup {
+    /// The rows using this instance: a pre-training shared by four arms is labelled by two of them
+    /// and a count, so the legend stays readable.
+    fn label(&self) -> String {
+        match self.rows.as_slice() {
+            [] => String::new(),
+            [one] => one.clone(),
+            [one, two] => format!("{one} / {two}"),
+            [one, two, rest @ ..] => format!("{one} / {two} (+{} more)", rest.len()),
+        }
+    }
+}
+
+/// Groups a stage's instances by everything but the seed, in row order.
+fn curve_groups(
+    expanded: &Expanded,
+    stage: usize,
+    point_rows: &[usize],
+    rows: &[Row],
+) -> Vec<CurveGroup> {
+    let mut keys: Vec<Vec<(String, Value)>> = Vec::new();
+    let mut groups: Vec<CurveGroup> = Vec::new();
+    for (p, &row) in point_rows.iter().enumerate() {
+        let instance = expanded.point_instances[stage][p];
+        let key: Vec<(String, Value)> = expanded.instances[instance]
+            .assignment
+            .iter()
+            .filter(|(reference, _)| reference != SEED_AXIS)
+            .cloned()
+            .collect();
+        let g = match keys.iter().position(|k| *k == key) {
+            Some(g) => g,
+            None => {
+                keys.push(key);
+                groups.push(CurveGroup {
+                    rows: Vec::new(),
+                    instances: Vec::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[g];
+        if !group.rows.contains(&rows[row].label) {
+            group.rows.push(rows[row].label.clone());
+        }
+        if !group.instances.contains(&instance) {
+            group.instances.push(instance);
+        }
+    }
+    groups
+}
+
+/// The pointwise mean of several curves, at the x values every one of them has.
+fn mean_curve(curves: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
+    let mut all: Vec<(f64, f64)> = curves.iter().flatten().copied().collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut mean = Vec::new();
+    for same_x in all.chunk_by(|a, b| a.0 == b.0) {
+        if same_x.len() == curves.len() {
+            let sum: f64 = same_x.iter().map(|(_, y)| y).sum();
+            mean.push((same_x[0].0, sum / same_x.len() as f64));
+        }
+    }
+    mean
+}
+
 /// Builds the report input from the cache alone.
 pub fn gather(loaded: &Loaded, cache: &Cache) -> Result<ReportInput> {
     let expanded = &loaded.expanded;
@@ -176,6 +248,8 @@ pub fn gather(loaded: &Loaded, cache: &Cache) -> Result<ReportInput> {
     let mut row_keys: Vec<Vec<usize>> = Vec::new();
     let mut row_points: Vec<Vec<usize>> = Vec::new();
     let mut all_metrics = std::collections::BTreeSet::new();
+    // The table row of every point (points differ from rows only by seed).
+    let mut point_rows: Vec<usize> = Vec::new();
     for (p, point) in expanded.points.iter().enumerate() {
         let key = row_key(expanded, point);
         let row = match row_keys.iter().position(|k| *k == key) {
@@ -192,6 +266,7 @@ pub fn gather(loaded: &Loaded, cache: &Cache) -> Result<ReportInput> {
                 rows.len() - 1
             }
         };
+        point_rows.push(row);
         let seed = seed_of(expanded, point);
         let mut merged = BTreeMap::new();
         let mut missing = Vec::new();
@@ -244,23 +319,37 @@ pub fn gather(loaded: &Loaded, cache: &Cache) -> Result<ReportInput> {
 
     let mut curves = Vec::new();
     for curve in &spec.curves {
-        let Some(curve_stage) = expanded.stages.iter().find(|s| s.name == curve.stage) else {
+        let Some(stage) = expanded.stages.iter().position(|s| s.name == curve.stage) else {
             continue;
         };
         let mut series = Vec::new();
-        for &instance in &curve_stage.instances {
-            if let Some(record) = record_of(instance) {
+        let mut averaged = false;
+        for group in curve_groups(expanded, stage, &point_rows, &rows) {
+            let mut per_seed = Vec::new();
+            for &instance in &group.instances {
+                if let Some(record) = record_of(instance) {
+                    per_seed.push(read_curve(cache, record, curve)?);
+                }
+            }
+            averaged |= per_seed.len() > 1;
+            let points = mean_curve(&per_seed);
+            if !points.is_empty() {
                 series.push(Series {
-                    label: record.instance.clone(),
-                    points: read_curve(cache, record, curve)?,
+                    label: group.label(),
+                    points,
                 });
             }
         }
+        let title = curve
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("{} {} ({})", curve.stage, curve.y, curve.file));
         curves.push(CurveSet {
-            title: curve
-                .title
-                .clone()
-                .unwrap_or_else(|| format!("{} {} ({})", curve.stage, curve.y, curve.file)),
+            title: if averaged {
+                format!("{title}, mean over seeds")
+            } else {
+                title
+            },
             x_label: curve.x.clone(),
             y_label: curve.y.clone(),
             series,
@@ -373,4 +462,28 @@ pub fn export(loaded: &Loaded, out: &Path, threads_per_stage: usize) -> Result<V
         written.extend(report.files().into_iter().map(Path::to_path_buf));
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curves_average_over_seeds_where_every_seed_has_a_point() {
+        let a = vec![(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)];
+        let b = vec![(0.0, 3.0), (1.0, 5.0)];
+        assert_eq!(mean_curve(&[a, b]), vec![(0.0, 2.0), (1.0, 4.0)]);
+        assert!(mean_curve(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_shared_instance_is_labelled_by_two_rows_and_a_count() {
+        let group = |rows: &[&str]| CurveGroup {
+            rows: rows.iter().map(|r| r.to_string()).collect(),
+            instances: vec![0],
+        };
+        assert_eq!(group(&["full-umd"]).label(), "full-umd");
+        assert_eq!(group(&["a", "b"]).label(), "a / b");
+        assert_eq!(group(&["a", "b", "c", "d"]).label(), "a / b (+2 more)");
+    }
 }

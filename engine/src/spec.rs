@@ -175,6 +175,46 @@ const TOP_LEVEL: [&str; 8] = [
     "report",
 ];
 
+/// `--set preset=NAME` applies the overrides listed under `presets: NAME:` in the file.
+const PRESET: &str = "preset";
+
+/// A preset: `(override path, value)` in the order written.
+type Preset = Vec<(String, serde_yaml::Value)>;
+
+/// Removes `presets:` from the document (it is not part of the pipeline once applied) and
+/// checks its shape: preset names mapping to `PATH: VALUE` overrides, as `--set` takes them.
+fn take_presets(document: &mut serde_yaml::Value) -> Result<Vec<(String, Preset)>, String> {
+    let serde_yaml::Value::Mapping(top) = document else {
+        return Ok(Vec::new());
+    };
+    let Some(presets) = top.remove("presets") else {
+        return Ok(Vec::new());
+    };
+    let serde_yaml::Value::Mapping(presets) = presets else {
+        return Err("`presets:` must map preset names to `PATH: VALUE` overrides".into());
+    };
+    let mut found = Vec::new();
+    for (name, entries) in presets {
+        let Some(name) = name.as_str().map(str::to_string) else {
+            return Err("`presets:` names must be strings".into());
+        };
+        let serde_yaml::Value::Mapping(entries) = entries else {
+            return Err(format!(
+                "`presets.{name}` must map override paths (`corpus.params.count`) to values"
+            ));
+        };
+        let mut preset = Vec::new();
+        for (path, value) in entries {
+            let Some(path) = path.as_str().map(str::to_string) else {
+                return Err(format!("`presets.{name}`: override paths must be strings"));
+            };
+            preset.push((path, value));
+        }
+        found.push((name, preset));
+    }
+    Ok(found)
+}
+
 /// `sweep.ratio` stays as is; `train.params.lr` means `stages.train.params.lr`.
 fn override_path(path: &str) -> String {
     let first = path.split(['.', '[']).next().unwrap_or("");
@@ -245,6 +285,7 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Source, Invalid> {
         ));
     }
 
+    let presets = take_presets(&mut document).map_err(|message| file_error(file, message))?;
     let mut overrides = Vec::new();
     for set in sets {
         let Some((path, value_text)) = set.split_once('=') else {
@@ -253,6 +294,34 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Source, Invalid> {
                 format!("--set {set}: expected PATH=VALUE, e.g. sweep.ratio=[0.5,0.75]"),
             ));
         };
+        if path.trim() == PRESET {
+            let name = value_text.trim();
+            let Some((_, entries)) = presets.iter().find(|(n, _)| n == name) else {
+                let known: Vec<&str> = presets.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(file_error(
+                    file,
+                    format!(
+                        "--set {set}: the file has no preset `{name}` under `presets:`; expected one of: {}",
+                        if known.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            };
+            for (entry, value) in entries {
+                let path = override_path(entry);
+                apply_override(&mut document, &path, value.clone()).map_err(|message| {
+                    file_error(
+                        file,
+                        format!("--set {set}: presets.{name}.{entry}: {message}"),
+                    )
+                })?;
+                overrides.push((path, format!("{set} (presets.{name}: {entry})")));
+            }
+            continue;
+        }
         let path = override_path(path.trim());
         let value = serde_yaml::from_str::<serde_yaml::Value>(value_text)
             .unwrap_or_else(|_| serde_yaml::Value::String(value_text.to_string()));
@@ -326,6 +395,55 @@ mod tests {
         assert_eq!(
             override_path("stages.train.params.lr"),
             "stages.train.params.lr"
+        );
+    }
+
+    fn pipeline_file(dir: &Path, text: &str) -> PathBuf {
+        let file = dir.join("p.yaml");
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
+    const WITH_PRESETS: &str = "name: p
+seeds: [0, 1, 2]
+stages:
+  a: {kind: cmd, run: 'true', params: {n: 100, m: 1}}
+presets:
+  small:
+    seeds: [0]
+    a.params.n: 5
+";
+
+    #[test]
+    fn a_preset_applies_its_overrides_and_later_sets_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = pipeline_file(dir.path(), WITH_PRESETS);
+        let sets = ["preset=small".to_string(), "a.params.m=7".to_string()];
+        let source = load(&file, &sets).unwrap();
+        let a = &source.raw.stages.0[0].1;
+        assert_eq!(a.params["n"], 5);
+        assert_eq!(a.params["m"], 7);
+        assert!(matches!(source.raw.seeds, Some(Seeds::List(ref s)) if s.len() == 1));
+        // Overridden values say which preset set them.
+        assert!(source.overrides[1].1.contains("presets.small: a.params.n"));
+        // A later --set beats the preset.
+        let sets = ["preset=small".to_string(), "a.params.n=9".to_string()];
+        assert_eq!(load(&file, &sets).unwrap().raw.stages.0[0].1.params["n"], 9);
+        // Without the preset the file's values stand.
+        assert_eq!(load(&file, &[]).unwrap().raw.stages.0[0].1.params["n"], 100);
+    }
+
+    #[test]
+    fn an_unknown_preset_lists_the_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = pipeline_file(dir.path(), WITH_PRESETS);
+        let Err(err) = load(&file, &["preset=tiny".to_string()]) else {
+            panic!("an unknown preset must fail");
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("no preset `tiny`") && text.contains("small"),
+            "{text}"
         );
     }
 }

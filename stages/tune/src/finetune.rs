@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use umdflow_data::artifact::Dataset;
 use umdflow_model::batch::build_batch;
+use umdflow_model::config::ModelConfig;
 use umdflow_model::masking::MaskPlan;
 use umdflow_model::model::UmdModel;
 use umdflow_model::model::layers::Linear;
@@ -19,7 +20,7 @@ use crate::coord::{
     true_label_confidence,
 };
 use crate::error::{Result, TuneError};
-use crate::task::{PairRows, Task, TaskHead, TaskInfo, ce_loss, pooled_features, vqa_bce_loss};
+use crate::task::{PairRows, Task, TaskHead, TaskInfo, ce_loss, features, vqa_bce_loss};
 use crate::views::{SplitView, Train};
 
 /// Where GM-Coord reads the unimodal confidences from.
@@ -30,6 +31,20 @@ pub enum ScoreSource {
     MaskedConcat,
     /// Linear heads on each detached pool, trained alongside (they never move the backbone).
     AuxHeads,
+    /// Linear heads on each unimodal encoder's detached class token, before fusion: unlike the
+    /// pools, these have not attended to the other modality.
+    EncoderHeads,
+}
+
+impl ScoreSource {
+    /// Input widths `(text, image)` of the auxiliary heads this source trains, if any.
+    pub fn aux_widths(self, config: &ModelConfig) -> Option<(usize, usize)> {
+        match self {
+            ScoreSource::MaskedConcat => None,
+            ScoreSource::AuxHeads => Some((config.fusion_width, config.fusion_width)),
+            ScoreSource::EncoderHeads => Some((config.text_width, config.vision_width)),
+        }
+    }
 }
 
 /// GM-Coord settings (`params.gmcoord`).
@@ -236,14 +251,12 @@ pub fn finetune(
     let task = settings.task;
     let info = task_info(data, task)?;
     let head = TaskHead::new(store, model, &info)?;
-    let aux = if settings.gmcoord.scores == ScoreSource::AuxHeads {
-        let w = model.config.fusion_width;
-        Some(AuxHeads {
-            text: Linear::new(store, "gmcoord_aux.text", w, info.outputs, true)?,
-            image: Linear::new(store, "gmcoord_aux.image", w, info.outputs, true)?,
-        })
-    } else {
-        None
+    let aux = match settings.gmcoord.scores.aux_widths(&model.config) {
+        Some((text, image)) => Some(AuxHeads {
+            text: Linear::new(store, "gmcoord_aux.text", text, info.outputs, true)?,
+            image: Linear::new(store, "gmcoord_aux.image", image, info.outputs, true)?,
+        }),
+        None => None,
     };
     let n_items = item_count(data, task)?;
     if n_items == 0 || settings.batch_size == 0 {
@@ -276,23 +289,30 @@ pub fn finetune(
                 return Err(TuneError::Cancelled);
             }
             let batch = step_batch(data, task, items, settings.negatives, &mut neg_rng)?;
-            let pooled = pooled_features(model, &batch.pairs, device)?;
-            let logits = grouped(head.forward(&pooled)?, batch.group)?;
+            let forward = features(model, &batch.pairs, device)?;
+            let pooled = &forward.pooled;
+            let logits = grouped(head.forward(pooled)?, batch.group)?;
             let loss = task_loss(task, &logits, &batch.labels)?;
             let (s_text, s_image, aux_loss) = match &aux {
                 None => {
-                    let (st, si) = masked_concat_scores(&pooled, &batch.labels, |x| {
+                    let (st, si) = masked_concat_scores(pooled, &batch.labels, |x| {
                         grouped(head.forward(x)?, batch.group)
                     })?;
                     (st, si, None)
                 }
                 Some(aux) => {
-                    let w = pooled.dim(1)? / 2;
-                    let detached = pooled.detach();
-                    let text_logits =
-                        grouped(aux.text.forward(&detached.narrow(1, 0, w)?)?, batch.group)?;
+                    let (text_in, image_in) = match settings.gmcoord.scores {
+                        ScoreSource::EncoderHeads => {
+                            (forward.text_cls.clone(), forward.image_cls.clone())
+                        }
+                        _ => {
+                            let w = pooled.dim(1)? / 2;
+                            (pooled.narrow(1, 0, w)?, pooled.narrow(1, w, w)?)
+                        }
+                    };
+                    let text_logits = grouped(aux.text.forward(&text_in.detach())?, batch.group)?;
                     let image_logits =
-                        grouped(aux.image.forward(&detached.narrow(1, w, w)?)?, batch.group)?;
+                        grouped(aux.image.forward(&image_in.detach())?, batch.group)?;
                     let aux_loss = (task_loss(task, &text_logits, &batch.labels)?
                         + task_loss(task, &image_logits, &batch.labels)?)?;
                     (

@@ -355,6 +355,9 @@ pub struct TunedInfo {
     pub task: TaskInfo,
     /// Width of GM-Coord's auxiliary heads when they were used (their parameters are saved).
     pub aux_outputs: Option<usize>,
+    /// Their input widths `(text, image)`; absent = the fusion width (`scores: aux_heads`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux_inputs: Option<(usize, usize)>,
 }
 
 /// `kind: coordinate-tune` (task fine-tuning with GM-Coord).
@@ -382,7 +385,9 @@ impl StageKind for CoordinateTuneKind {
         "coordinate-tune"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: with GM-Coord disabled, its modulation settings leave the key; `scores:
+        // encoder_heads` added.
+        2
     }
     fn summary(&self) -> &'static str {
         "Task fine-tuning (VQA, classification, retrieval) with GM-Coord gradient modulation"
@@ -426,7 +431,7 @@ impl StageKind for CoordinateTuneKind {
             problems.push(Problem::new(format!("params.optim.{field}"), message));
         }
         if problems.is_empty() {
-            Ok(resolved)
+            Ok(without_inert_gmcoord(resolved, &p.gmcoord))
         } else {
             Err(problems)
         }
@@ -467,8 +472,10 @@ impl StageKind for CoordinateTuneKind {
         })?;
         save_checkpoint(ctx.out_dir, &store, &info).map_err(failed)?;
         let task = crate::finetune::task_info(view.data(), p.task).map_err(failed)?;
+        let aux_widths = p.gmcoord.scores.aux_widths(&model.config);
         let tuned = TunedInfo {
-            aux_outputs: (p.gmcoord.scores == ScoreSource::AuxHeads).then_some(task.outputs),
+            aux_outputs: aux_widths.map(|_| task.outputs),
+            aux_inputs: aux_widths.filter(|_| p.gmcoord.scores == ScoreSource::EncoderHeads),
             task,
         };
         write(&ctx.out_dir.join(TASK_FILE), &json(&tuned)?)?;
@@ -515,6 +522,19 @@ impl StageKind for CoordinateTuneKind {
     }
 }
 
+/// With GM-Coord disabled, `alpha`, `noise` and the epoch window change nothing, so they leave the
+/// resolved params (and the key): sweeping `alpha` then reruns only the arms that modulate.
+/// `scores` stays, because auxiliary heads are trained (and saved) even when nothing is modulated.
+fn without_inert_gmcoord(mut resolved: Params, gmcoord: &GmCoordConfig) -> Params {
+    if !gmcoord.enabled {
+        resolved.insert(
+            "gmcoord".into(),
+            serde_json::json!({"enabled": false, "scores": gmcoord.scores}),
+        );
+    }
+    resolved
+}
+
 /// The joint-mode MR settings from a `calibrate` output (None for the continued mode).
 fn read_joint(dir: &Path) -> std::result::Result<Option<JointMr>, StageError> {
     let path = dir.join(CALIBRATION_FILE);
@@ -558,8 +578,9 @@ pub fn load_tuned(
     let head = TaskHead::new(&mut store, &model, &tuned.task)?;
     if let Some(outputs) = tuned.aux_outputs {
         let w = model.config.fusion_width;
-        Linear::new(&mut store, "gmcoord_aux.text", w, outputs, true)?;
-        Linear::new(&mut store, "gmcoord_aux.image", w, outputs, true)?;
+        let (text, image) = tuned.aux_inputs.unwrap_or((w, w));
+        Linear::new(&mut store, "gmcoord_aux.text", text, outputs, true)?;
+        Linear::new(&mut store, "gmcoord_aux.image", image, outputs, true)?;
     }
     store.load_into(&dir.join(TUNED_FILE))?;
     Ok((store, model, head, tuned))

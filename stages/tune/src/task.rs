@@ -212,6 +212,22 @@ impl<'a> PairRows<'a> {
 /// full (unmasked) encoders and every fusion layer. Images are scaled to [-1, 1] as in
 /// pre-training.
 pub fn pooled_features(model: &UmdModel, pairs: &PairRows<'_>, device: &Device) -> Result<Tensor> {
+    Ok(features(model, pairs, device)?.pooled)
+}
+
+/// What one forward pass over image-text pairs yields for fine-tuning.
+pub struct PairFeatures {
+    /// `concat(text_pool, image_pool)` after the fusion layers [B, 2W].
+    pub pooled: Tensor,
+    /// The text encoder's [CLS] output before fusion [B, text_width]: sees no image.
+    pub text_cls: Tensor,
+    /// The vision encoder's class token before fusion [B, vision_width]: sees no text.
+    pub image_cls: Tensor,
+}
+
+/// Pooled fused features plus each unimodal encoder's own class token (GM-Coord's
+/// `encoder_heads` read the latter, which no cross-attention has mixed).
+pub fn features(model: &UmdModel, pairs: &PairRows<'_>, device: &Device) -> Result<PairFeatures> {
     let c = &model.config;
     let b = pairs.images.len();
     let t = pairs.data.max_len;
@@ -226,7 +242,11 @@ pub fn pooled_features(model: &UmdModel, pairs: &PairRows<'_>, device: &Device) 
     let vision = model.vision.forward(&patches, None)?;
     let text = model.text.forward(&ids, &mask)?;
     let fused = model.fuse(&text.last, &mask, &vision.last, c.fusion_layers)?;
-    Ok(model.pooled(&fused)?)
+    Ok(PairFeatures {
+        pooled: model.pooled(&fused)?,
+        text_cls: text.last.narrow(1, 0, 1)?.squeeze(1)?,
+        image_cls: vision.last.narrow(1, 0, 1)?.squeeze(1)?,
+    })
 }
 
 /// The frozen image encoder's pooled feature (the ViT class token after `ln_post`, CLIP's image

@@ -137,8 +137,14 @@ fn save(data: Dataset, dir: &Path) {
 }
 
 fn pretrained(dir: &Path) {
+    pretrained_with(dir, |_| {});
+}
+
+/// A fresh tiny checkpoint, with `change` applied to its configuration first.
+fn pretrained_with(dir: &Path, change: impl FnOnce(&mut ModelConfig)) {
     std::fs::create_dir_all(dir).unwrap();
-    let config = ModelConfig::preset("tiny", SIZE, 1, 8, VOCAB, T).unwrap();
+    let mut config = ModelConfig::preset("tiny", SIZE, 1, 8, VOCAB, T).unwrap();
+    change(&mut config);
     let dims = FeatureDims {
         image: config.fusion_width,
         text: config.fusion_width,
@@ -449,4 +455,67 @@ fn declarations_are_checked() {
         problems[0].message.contains("unknown field `task`"),
         "{problems:?}"
     );
+}
+
+#[test]
+fn disabled_gmcoord_keeps_only_what_changes_the_result() {
+    let inputs = vec![
+        ("prep".to_string(), "ingest".to_string()),
+        ("pre".to_string(), "pretrain".to_string()),
+    ];
+    let resolve = |p: Value| params(&CoordinateTuneKind, &inputs, p);
+    // Disabled: alpha, noise and the window cannot matter, so they leave the key.
+    let off_a = resolve(json!({"gmcoord": {"enabled": false, "alpha": 0.1}}));
+    let off_b = resolve(json!({"gmcoord": {"enabled": false, "alpha": 0.9, "noise": true}}));
+    assert_eq!(off_a, off_b);
+    assert_eq!(
+        off_a["gmcoord"],
+        json!({"enabled": false, "scores": "masked_concat"})
+    );
+    // Auxiliary heads are trained even when disabled, so the score source stays.
+    let aux = resolve(json!({"gmcoord": {"enabled": false, "scores": "aux_heads"}}));
+    assert_ne!(aux, off_a);
+    // Resolving again changes nothing (the key is stable).
+    assert_eq!(resolve(Value::Object(off_a.clone())), off_a);
+    // Enabled: alpha is part of the key.
+    let on_a = resolve(json!({"gmcoord": {"alpha": 0.1}}));
+    let on_b = resolve(json!({"gmcoord": {"alpha": 0.9}}));
+    assert_ne!(on_a, on_b);
+    assert_eq!(on_a["gmcoord"]["alpha"], 0.1);
+}
+
+/// `scores: encoder_heads` trains heads on the unimodal encoders' class tokens, whose widths need
+/// not be the fusion width; the tuned checkpoint must load back with those widths.
+#[test]
+fn encoder_heads_tune_save_and_evaluate_with_their_own_widths() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    pretrained_with(&r.join("pre"), |c| c.text_width = 16);
+    save(toy_dataset(), &r.join("data"));
+    let tuned = run(
+        &CoordinateTuneKind,
+        &[("ingest", &r.join("data")), ("pretrain", &r.join("pre"))],
+        json!({"task": "classification", "epochs": 2, "batch_size": 4, "device": "cpu",
+               "gmcoord": {"scores": "encoder_heads"}}),
+        &r.join("tuned"),
+    );
+    let task: Value =
+        serde_json::from_str(&std::fs::read_to_string(tuned.join("task.json")).unwrap()).unwrap();
+    assert_eq!(task["aux_inputs"], json!([16, 32]), "{task}");
+    let csv = std::fs::read_to_string(tuned.join("gmcoord.csv")).unwrap();
+    // Modulation happened: on every step one branch's coefficient is below 1.
+    assert!(
+        csv.lines().skip(1).all(|l| {
+            let c: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
+            c[5].min(c[6]) < 1.0
+        }),
+        "{csv}"
+    );
+    let m = metrics(&run(
+        &EvaluateKind,
+        &[("ingest", &r.join("data")), ("coordinate-tune", &tuned)],
+        json!({"device": "cpu", "linear_probe": false}),
+        &r.join("ev"),
+    ));
+    assert!(m["classification"]["accuracy"].is_number(), "{m}");
 }
