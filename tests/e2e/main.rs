@@ -9,4 +9,5 @@ mod crash;
 mod example;
 mod ml_pipeline;
 mod report;
+mod shipped_pipelines;
 mod validation;

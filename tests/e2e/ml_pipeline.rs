@@ -58,63 +58,108 @@ fn the_quickstart_runs_and_a_masking_change_reruns_only_below_mask() {
     assert_eq!(changed["executed"], 5);
 }
 
-/// The paper's ablation pipeline, shrunk to seconds: every arm runs, `report` renders it, and a
-/// new seed would run only the new instances (the ingests are shared).
-#[test]
-fn the_ablation_pipeline_runs_small_and_reports() {
-    let project = Project::new();
-    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/ablation.yaml");
-    let cache = project.path("cache");
-    let shrink = [
-        "--set",
-        "corpus.params.count=64",
-        "--set",
-        "downstream.params.count=64",
-        "--set",
-        "pretrain.params.max_steps=2",
-        "--set",
-        "calibrate.params.epochs=1",
-        "--set",
-        "tune_vqa.params.epochs=1",
-        "--set",
-        "tune_cls.params.epochs=1",
-        "--set",
-        "tune_ret.params.epochs=1",
-    ];
-    let with = |extra: &[&str]| {
-        let mut args = vec![
-            pipeline.to_str().unwrap(),
-            "--cache",
-            cache.to_str().unwrap(),
-        ];
-        args.extend_from_slice(&shrink);
-        args.extend_from_slice(extra);
-        args.into_iter().map(str::to_string).collect::<Vec<_>>()
-    };
-    let mut run_args = vec!["run".to_string(), "--no-lock-file".to_string()];
-    run_args.extend(with(&["--set", "seeds=[0]"]));
-    let run_refs: Vec<&str> = run_args.iter().map(String::as_str).collect();
-    let run = project.json(&run_refs, 0);
-    assert_eq!(run["failed"], 0);
-    // 2 ingests, 4 masks, 7 pre-trainings, 8 calibrations, 10 x 3 tunings and evaluations.
-    assert_eq!(run["executed"], 81, "10 arms x 1 seed, shared work once");
+fn ablation_file() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/ablation.yaml")
+}
 
-    let mut plan_args = vec!["plan".to_string()];
-    plan_args.extend(with(&["--set", "seeds=[0, 1]"]));
-    let plan_refs: Vec<&str> = plan_args.iter().map(String::as_str).collect();
-    let plan = project.json(&plan_refs, 0);
-    assert_eq!(plan["cached"], 81, "{plan}");
-    assert_eq!(plan["run"], 79, "only seed 1's instances would run: {plan}");
+/// `umdflow COMMAND pipelines/ablation.yaml --set preset=ci --cache CACHE EXTRA...`.
+fn ablation_args(command: &str, cache: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        command,
+        ablation_file().to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--set",
+        "preset=ci",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn ablation(project: &Project, command: &str, cache: &Path, extra: &[&str]) -> serde_json::Value {
+    let args = ablation_args(command, cache, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    project.json(&refs, 0)
+}
+
+/// `(stage name, id)` of the instances a `plan --json` would run.
+fn would_run(plan: &serde_json::Value) -> Vec<(String, String)> {
+    plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "run")
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The paper's ablation pipeline at its `ci` preset (the one CI runs): every arm runs and shared
+/// work runs once; a new seed or masking ratio would run only its own instances; a GM-Coord
+/// `alpha` change reaches only the tunings (and evaluations) of arms that modulate; `report`
+/// renders the table.
+#[test]
+fn the_ablation_pipeline_runs_at_its_ci_preset_and_reruns_only_what_changed() {
+    let project = Project::new();
+    let cache = project.path("cache");
+    let run = ablation(&project, "run", &cache, &["--no-lock-file"]);
+    assert_eq!(run["failed"], 0, "{run}");
+    // 2 ingests, 4 masks, 7 pre-trainings, 8 calibrations, 10 x 3 tunings and evaluations,
+    // per seed but the ingests: 2 + 2 x 79.
+    assert_eq!(run["executed"], 160, "10 arms x 2 seeds, shared work once");
+
+    let plan = ablation(&project, "plan", &cache, &["--set", "seeds=[0, 1, 2]"]);
+    assert_eq!(plan["cached"], 160, "{plan}");
+    assert_eq!(plan["run"], 79, "only seed 2's instances would run: {plan}");
+    assert!(would_run(&plan).iter().all(|(_, id)| id.contains("seed=2")));
+
+    let plan = ablation(
+        &project,
+        "plan",
+        &cache,
+        &["--set", "sweep.ratio=[0.25, 0.5, 0.6, 0.75, 0.9]"],
+    );
+    // One new point (full-umd at 0.6) per seed: mask, pretrain, calibrate, 3 tunes, 3 evals.
+    assert_eq!(plan["run"], 2 * 9, "{plan}");
+    assert!(
+        would_run(&plan)
+            .iter()
+            .all(|(_, id)| id.contains("ratio=0.6"))
+    );
+
+    let alpha = [
+        "--set",
+        "tune_vqa.params.gmcoord.alpha=0.9",
+        "--set",
+        "tune_cls.params.gmcoord.alpha=0.9",
+        "--set",
+        "tune_ret.params.gmcoord.alpha=0.9",
+    ];
+    let plan = ablation(&project, "plan", &cache, &alpha);
+    let rerun = would_run(&plan);
+    // The arms that modulate: +gm-coord and full-umd at 4 ratios = 5 points x 2 seeds x 3 tasks,
+    // each a tuning and its evaluation.
+    assert_eq!(rerun.len(), 5 * 2 * 3 * 2, "{plan}");
+    for (name, id) in &rerun {
+        assert!(
+            name.starts_with("tune_") || name.starts_with("eval_"),
+            "{id} must not rerun for alpha"
+        );
+        assert!(id.contains("arm.coord=true"), "{id} does not modulate");
+    }
 
     let out = project.path("report");
-    let mut report_args = vec![
-        "report".to_string(),
-        "--out".to_string(),
-        out.to_str().unwrap().to_string(),
-    ];
-    report_args.extend(with(&["--set", "seeds=[0]"]));
-    let report_refs: Vec<&str> = report_args.iter().map(String::as_str).collect();
-    let output = project.umdflow(&report_refs);
+    let mut args = ablation_args("report", &cache, &[]);
+    args.extend(["--out".to_string(), out.to_str().unwrap().to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = project.umdflow(&refs);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let table = std::fs::read_to_string(out.join("ablation.md")).unwrap();
     for arm in [
@@ -128,4 +173,44 @@ fn the_ablation_pipeline_runs_small_and_reports() {
     ] {
         assert!(table.contains(arm), "{arm} missing from\n{table}");
     }
+}
+
+/// Two runs from empty caches give bit-identical metrics and outputs: their lock files agree.
+#[test]
+fn two_runs_from_empty_caches_give_identical_metrics() {
+    let project = Project::new();
+    let mut locks = Vec::new();
+    for name in ["first", "second"] {
+        let cache = project.path(&format!("{name}-cache"));
+        let lock = project.path(&format!("{name}.lock.json"));
+        // One seed and the full-umd arm at one ratio: every ML kind, in seconds.
+        ablation(
+            &project,
+            "run",
+            &cache,
+            &[
+                "--lock-file",
+                lock.to_str().unwrap(),
+                "--set",
+                "seeds=[0]",
+                "--set",
+                "sweep.arm=[{name: full-umd, feamim: true, feamlm: true, calib_steps: null, coord: true}]",
+                "--set",
+                "sweep.ratio=[0.75]",
+            ],
+        );
+        locks.push(std::fs::read_to_string(&lock).unwrap());
+    }
+    let lock: serde_json::Value = serde_json::from_str(&locks[0]).unwrap();
+    let evaluations: Vec<&serde_json::Value> = lock["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "evaluate")
+        .collect();
+    assert_eq!(evaluations.len(), 3);
+    assert!(evaluations.iter().all(|e| e["metrics_digest"].is_string()));
+    // The lock file holds every key, output digest and metric digest, and no times or paths
+    // that differ between runs: identical files mean identical results.
+    assert_eq!(locks[0], locks[1]);
 }
