@@ -340,18 +340,18 @@ pub fn gather(loaded: &Loaded, cache: &Cache) -> Result<ReportInput> {
                 });
             }
         }
-        let title = curve
-            .title
-            .clone()
-            .unwrap_or_else(|| format!("{} {} ({})", curve.stage, curve.y, curve.file));
         curves.push(CurveSet {
-            title: if averaged {
-                format!("{title}, mean over seeds")
-            } else {
-                title
-            },
+            title: curve
+                .title
+                .clone()
+                .unwrap_or_else(|| format!("{} {} ({})", curve.stage, curve.y, curve.file)),
             x_label: curve.x.clone(),
-            y_label: curve.y.clone(),
+            // Said on the axis, not in the title: the title names the plot's files.
+            y_label: if averaged {
+                format!("{} (mean over seeds)", curve.y)
+            } else {
+                curve.y.clone()
+            },
             series,
         });
     }
