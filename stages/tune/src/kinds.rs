@@ -25,8 +25,7 @@ use crate::calibrate::{
 use crate::error::{Result, TuneError};
 use crate::evaluate::{EvalSettings, evaluate};
 use crate::finetune::{
-    CoordStep, FinetuneSettings, GmCoordConfig, JointMr, ScoreSource, StepObserver, finetune,
-    steps_csv,
+    CoordStep, FinetuneSettings, GmCoordConfig, JointMr, StepObserver, finetune, steps_csv,
 };
 use crate::plots::{Panel, confusion_png, curves_png};
 use crate::probe::ProbeSettings;
@@ -353,11 +352,16 @@ impl Default for CoordinateTuneParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TunedInfo {
     pub task: TaskInfo,
-    /// Width of GM-Coord's auxiliary heads when they were used (their parameters are saved).
-    pub aux_outputs: Option<usize>,
-    /// Their input widths `(text, image)`; absent = the fusion width (`scores: aux_heads`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aux_inputs: Option<(usize, usize)>,
+    /// GM-Coord's auxiliary heads, when the score source trains them (their parameters are saved).
+    pub aux: Option<AuxShape>,
+}
+
+/// The shape of GM-Coord's auxiliary heads: input widths per modality, and the output width.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AuxShape {
+    pub text_inputs: usize,
+    pub image_inputs: usize,
+    pub outputs: usize,
 }
 
 /// `kind: coordinate-tune` (task fine-tuning with GM-Coord).
@@ -472,10 +476,16 @@ impl StageKind for CoordinateTuneKind {
         })?;
         save_checkpoint(ctx.out_dir, &store, &info).map_err(failed)?;
         let task = crate::finetune::task_info(view.data(), p.task).map_err(failed)?;
-        let aux_widths = p.gmcoord.scores.aux_widths(&model.config);
         let tuned = TunedInfo {
-            aux_outputs: aux_widths.map(|_| task.outputs),
-            aux_inputs: aux_widths.filter(|_| p.gmcoord.scores == ScoreSource::EncoderHeads),
+            aux: p
+                .gmcoord
+                .scores
+                .aux_widths(&model.config)
+                .map(|(text, image)| AuxShape {
+                    text_inputs: text,
+                    image_inputs: image,
+                    outputs: task.outputs,
+                }),
             task,
         };
         write(&ctx.out_dir.join(TASK_FILE), &json(&tuned)?)?;
@@ -576,11 +586,21 @@ pub fn load_tuned(
     let mut store = ParamStore::new(device, 0);
     let model = UmdModel::new(&mut store, &info.model, info.feature_dims)?;
     let head = TaskHead::new(&mut store, &model, &tuned.task)?;
-    if let Some(outputs) = tuned.aux_outputs {
-        let w = model.config.fusion_width;
-        let (text, image) = tuned.aux_inputs.unwrap_or((w, w));
-        Linear::new(&mut store, "gmcoord_aux.text", text, outputs, true)?;
-        Linear::new(&mut store, "gmcoord_aux.image", image, outputs, true)?;
+    if let Some(aux) = tuned.aux {
+        Linear::new(
+            &mut store,
+            "gmcoord_aux.text",
+            aux.text_inputs,
+            aux.outputs,
+            true,
+        )?;
+        Linear::new(
+            &mut store,
+            "gmcoord_aux.image",
+            aux.image_inputs,
+            aux.outputs,
+            true,
+        )?;
     }
     store.load_into(&dir.join(TUNED_FILE))?;
     Ok((store, model, head, tuned))

@@ -501,7 +501,11 @@ fn encoder_heads_tune_save_and_evaluate_with_their_own_widths() {
     );
     let task: Value =
         serde_json::from_str(&std::fs::read_to_string(tuned.join("task.json")).unwrap()).unwrap();
-    assert_eq!(task["aux_inputs"], json!([16, 32]), "{task}");
+    assert_eq!(
+        task["aux"],
+        json!({"text_inputs": 16, "image_inputs": 32, "outputs": 3}),
+        "{task}"
+    );
     let csv = std::fs::read_to_string(tuned.join("gmcoord.csv")).unwrap();
     // Modulation happened: on every step one branch's coefficient is below 1.
     assert!(
