@@ -31,7 +31,8 @@ struct Cli {
 struct Pipeline {
     /// The pipeline file (YAML).
     file: PathBuf,
-    /// Override a value: `sweep.ratio=[0.5,0.75]`, `train.params.lr=0.001`, `seeds=3`.
+    /// Override a value: `sweep.ratio=[0.5,0.75]`, `train.params.lr=0.001`, `seeds=3`, or
+    /// `preset=ci` (the overrides listed under the file's `presets: ci:`).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     sets: Vec<String>,
     /// Refuse sweeps with more points than this.
