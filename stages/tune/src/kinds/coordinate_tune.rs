@@ -1,0 +1,325 @@
+//! The `coordinate-tune` kind (fine-tuning with GM-Coord): parameters, inputs, output files, and
+//! [`load_tuned`], which rebuilds a tuned model from its output. The work is in
+//! [`crate::finetune`].
+
+use std::path::Path;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use umdflow_model::checkpoint::{
+    CheckpointInfo, MODEL_CONFIG_FILE, load_checkpoint, save_checkpoint,
+};
+use umdflow_model::device::{device_name, select_device};
+use umdflow_model::model::UmdModel;
+use umdflow_model::model::layers::Linear;
+use umdflow_model::optim::OptimConfig;
+use umdflow_model::store::ParamStore;
+use umdflow_stages::params::{resolve_typed, typed};
+use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
+
+use super::{
+    TASK_FILE, TUNED_FILE, check_fits, device_problem, failed, json, needs_inputs, stage_error,
+    with_threads, write,
+};
+use crate::calibrate::{CALIBRATION_FILE, CalibMode, CalibrationRecord};
+use crate::error::{Result, TuneError};
+use crate::finetune::{
+    CoordStep, FinetuneSettings, GmCoordConfig, JointMr, StepObserver, finetune, steps_csv,
+};
+use crate::plots::{Panel, curves_png};
+use crate::task::{Task, TaskHead, TaskInfo};
+use crate::views::{SplitView, Train};
+
+/// Parameters of `coordinate-tune`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinateTuneParams {
+    pub task: Task,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub device: String,
+    /// Retrieval: negative texts sampled per image.
+    pub negatives: usize,
+    pub optim: OptimConfig,
+    pub gmcoord: GmCoordConfig,
+}
+
+impl Default for CoordinateTuneParams {
+    fn default() -> Self {
+        CoordinateTuneParams {
+            task: Task::Classification,
+            epochs: 3,
+            batch_size: 16,
+            seed: 0,
+            device: "auto".into(),
+            negatives: 3,
+            // The new task heads get no head multiplier from the model crate's optimiser (it
+            // knows only the pre-training heads), so fine-tuning starts from a higher base rate
+            // than pre-training's 1e-4.
+            optim: OptimConfig {
+                lr: 1e-3,
+                ..OptimConfig::default()
+            },
+            gmcoord: GmCoordConfig::default(),
+        }
+    }
+}
+
+/// `task.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunedInfo {
+    pub task: TaskInfo,
+    /// GM-Coord's auxiliary heads, when the score source trains them (their parameters are saved).
+    pub aux: Option<AuxShape>,
+}
+
+/// The shape of GM-Coord's auxiliary heads: input widths per modality, and the output width.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AuxShape {
+    pub text_inputs: usize,
+    pub image_inputs: usize,
+    pub outputs: usize,
+}
+
+/// `kind: coordinate-tune` (task fine-tuning with GM-Coord).
+pub struct CoordinateTuneKind;
+
+struct TuneProgress<'a, 'b>(&'a StageContext<'b>);
+
+impl StepObserver for TuneProgress<'_, '_> {
+    fn on_start(&self, total: u64) {
+        self.0.progress.set_total(total);
+    }
+    fn on_step(&self, s: &CoordStep) {
+        self.0.progress.set_position(s.step + 1);
+        self.0
+            .progress
+            .set_message(&format!("loss {:.4} rho {:.3}", s.task_loss, s.rho));
+    }
+    fn cancelled(&self) -> bool {
+        self.0.cancelled()
+    }
+}
+
+impl StageKind for CoordinateTuneKind {
+    fn name(&self) -> &'static str {
+        "coordinate-tune"
+    }
+    fn version(&self) -> u32 {
+        // 2: with GM-Coord disabled, its modulation settings leave the key; `scores:
+        // encoder_heads` added.
+        2
+    }
+    fn summary(&self) -> &'static str {
+        "Task fine-tuning (VQA, classification, retrieval) with GM-Coord gradient modulation"
+    }
+    fn resolve_params(
+        &self,
+        decl: &StageDecl<'_>,
+        params: Params,
+    ) -> std::result::Result<Params, Vec<Problem>> {
+        let resolved = resolve_typed::<CoordinateTuneParams>(params)?;
+        let p: CoordinateTuneParams =
+            typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
+        let mut problems = needs_inputs(
+            decl,
+            "coordinate-tune",
+            &[&["ingest"], &["pretrain", "calibrate"]],
+        );
+        problems.extend(device_problem(&p.device));
+        if p.batch_size == 0 {
+            problems.push(Problem::new("params.batch_size", "must be at least 1"));
+        }
+        if p.task == Task::Retrieval && p.negatives == 0 {
+            problems.push(Problem::new(
+                "params.negatives",
+                "retrieval needs at least 1 negative per image",
+            ));
+        }
+        if !(p.gmcoord.alpha.is_finite() && p.gmcoord.alpha >= 0.0) {
+            problems.push(Problem::new(
+                "params.gmcoord.alpha",
+                "must be a non-negative number",
+            ));
+        }
+        if p.gmcoord.start_epoch > p.gmcoord.end_epoch {
+            problems.push(Problem::new(
+                "params.gmcoord.start_epoch",
+                "must not be after end_epoch",
+            ));
+        }
+        if let Err((field, message)) = p.optim.validate() {
+            problems.push(Problem::new(format!("params.optim.{field}"), message));
+        }
+        if problems.is_empty() {
+            Ok(without_inert_gmcoord(resolved, &p.gmcoord))
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> std::result::Result<(), StageError> {
+        let p: CoordinateTuneParams = typed(ctx.params)?;
+        let ingest = ctx.require_input("ingest")?;
+        let (source, joint_mr) = match ctx.input_of_kind("calibrate") {
+            Some(calib) => (calib, read_joint(&calib.dir)?),
+            None => (ctx.require_input("pretrain")?, None),
+        };
+        let device = select_device(&p.device).map_err(failed)?;
+        let view = SplitView::<Train>::load(&ingest.dir).map_err(failed)?;
+        let (mut store, model, info) = load_checkpoint(&source.dir, &device).map_err(failed)?;
+        check_fits(&model, &view, &ingest.dir).map_err(failed)?;
+        let settings = FinetuneSettings {
+            task: p.task,
+            epochs: p.epochs,
+            batch_size: p.batch_size,
+            seed: p.seed,
+            negatives: p.negatives,
+            optim: p.optim.clone(),
+            gmcoord: p.gmcoord.clone(),
+            joint_mr,
+        };
+        let steps = with_threads(ctx.threads, || {
+            finetune(
+                &mut store,
+                &model,
+                &view,
+                &settings,
+                &device,
+                &TuneProgress(ctx),
+            )
+            .map(|(_, log)| log)
+            .map_err(|e| stage_error(ctx.id, e))
+        })?;
+        save_checkpoint(ctx.out_dir, &store, &info).map_err(failed)?;
+        let task = crate::finetune::task_info(view.data(), p.task).map_err(failed)?;
+        let tuned = TunedInfo {
+            aux: p
+                .gmcoord
+                .scores
+                .aux_widths(&model.config)
+                .map(|(text, image)| AuxShape {
+                    text_inputs: text,
+                    image_inputs: image,
+                    outputs: task.outputs,
+                }),
+            task,
+        };
+        write(&ctx.out_dir.join(TASK_FILE), &json(&tuned)?)?;
+        write(&ctx.out_dir.join("gmcoord.csv"), &steps_csv(&steps))?;
+        let x: Vec<f64> = steps.iter().map(|s| s.step as f64).collect();
+        let col = |f: fn(&CoordStep) -> f64| steps.iter().map(f).collect::<Vec<f64>>();
+        let (rho, ct, ci, loss) = (
+            col(|s| s.rho),
+            col(|s| s.coeff_text),
+            col(|s| s.coeff_image),
+            col(|s| s.task_loss),
+        );
+        curves_png(
+            &ctx.out_dir.join("gmcoord.png"),
+            &x,
+            &[
+                Panel {
+                    title: "rho = s_text / s_image",
+                    series: vec![("rho", &rho)],
+                },
+                Panel {
+                    title: "gradient coefficients",
+                    series: vec![("text", &ct), ("image", &ci)],
+                },
+                Panel {
+                    title: "task loss",
+                    series: vec![("task loss", &loss)],
+                },
+            ],
+        )
+        .map_err(failed)?;
+        let finite_rho: Vec<f64> = rho.iter().copied().filter(|r| r.is_finite()).collect();
+        let metrics = serde_json::json!({
+            "task": p.task,
+            "steps": steps.len(),
+            "final_task_loss": loss.last(),
+            "mean_rho": (!finite_rho.is_empty()).then(|| finite_rho.iter().sum::<f64>() / finite_rho.len() as f64),
+            "mean_coeff_text": (!ct.is_empty()).then(|| ct.iter().sum::<f64>() / ct.len() as f64),
+            "mean_coeff_image": (!ci.is_empty()).then(|| ci.iter().sum::<f64>() / ci.len() as f64),
+            "gmcoord_enabled": p.gmcoord.enabled,
+            "device": device_name(&device),
+        });
+        write(&ctx.out_dir.join("metrics.json"), &json(&metrics)?)
+    }
+}
+
+/// With GM-Coord disabled, `alpha`, `noise` and the epoch window change nothing, so they leave the
+/// resolved params (and the key): sweeping `alpha` then reruns only the arms that modulate.
+/// `scores` stays, because auxiliary heads are trained (and saved) even when nothing is modulated.
+fn without_inert_gmcoord(mut resolved: Params, gmcoord: &GmCoordConfig) -> Params {
+    if !gmcoord.enabled {
+        resolved.insert(
+            "gmcoord".into(),
+            serde_json::json!({"enabled": false, "scores": gmcoord.scores}),
+        );
+    }
+    resolved
+}
+
+/// The joint-mode MR settings from a `calibrate` output (None for the continued mode).
+fn read_joint(dir: &Path) -> std::result::Result<Option<JointMr>, StageError> {
+    let path = dir.join(CALIBRATION_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(StageError::io(format!("reading {}", path.display())))?;
+    let record: CalibrationRecord = serde_json::from_str(&text)
+        .map_err(|e| StageError::failed(format!("{}: {e}", path.display())))?;
+    Ok((record.mode == CalibMode::Joint).then_some(JointMr {
+        weight: record.mr_weight,
+        objective: record.objective,
+        image_ratio: record.image_ratio,
+        text_ratio: record.text_ratio,
+    }))
+}
+
+/// Rebuilds a tuned model (backbone + task head [+ auxiliary heads]) from a `coordinate-tune`
+/// output folder.
+pub fn load_tuned(
+    dir: &Path,
+    device: &Device,
+) -> Result<(ParamStore, UmdModel, TaskHead, TunedInfo)> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|e| TuneError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    let info: CheckpointInfo =
+        serde_json::from_str(&read(MODEL_CONFIG_FILE)?).map_err(|e| TuneError::File {
+            path: dir.join(MODEL_CONFIG_FILE).display().to_string(),
+            message: e.to_string(),
+        })?;
+    let tuned: TunedInfo =
+        serde_json::from_str(&read(TASK_FILE)?).map_err(|e| TuneError::File {
+            path: dir.join(TASK_FILE).display().to_string(),
+            message: e.to_string(),
+        })?;
+    let mut store = ParamStore::new(device, 0);
+    let model = UmdModel::new(&mut store, &info.model, info.feature_dims)?;
+    let head = TaskHead::new(&mut store, &model, &tuned.task)?;
+    if let Some(aux) = tuned.aux {
+        Linear::new(
+            &mut store,
+            "gmcoord_aux.text",
+            aux.text_inputs,
+            aux.outputs,
+            true,
+        )?;
+        Linear::new(
+            &mut store,
+            "gmcoord_aux.image",
+            aux.image_inputs,
+            aux.outputs,
+            true,
+        )?;
+    }
+    store.load_into(&dir.join(TUNED_FILE))?;
+    Ok((store, model, head, tuned))
+}

@@ -1,0 +1,133 @@
+//! The `evaluate` kind: parameters, inputs, output files. The work is in [`crate::evaluate`].
+
+use serde::{Deserialize, Serialize};
+use umdflow_model::device::select_device;
+use umdflow_stages::params::{resolve_typed, typed};
+use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
+
+use super::coordinate_tune::load_tuned;
+use super::{
+    check_fits, device_problem, failed, json, needs_inputs, stage_error, with_threads, write,
+};
+use crate::evaluate::{EvalSettings, evaluate};
+use crate::plots::confusion_png;
+use crate::probe::ProbeSettings;
+use crate::views::{ProbeTrainImages, SplitView, Test, Train};
+
+/// Parameters of `evaluate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluateParams {
+    pub device: String,
+    pub batch_size: usize,
+    pub retrieval_cap: usize,
+    pub ece_bins: usize,
+    pub linear_probe: bool,
+    pub probe: ProbeSettings,
+}
+
+impl Default for EvaluateParams {
+    fn default() -> Self {
+        let e = EvalSettings::default();
+        EvaluateParams {
+            device: "auto".into(),
+            batch_size: e.batch_size,
+            retrieval_cap: e.retrieval_cap,
+            ece_bins: e.ece_bins,
+            linear_probe: e.linear_probe,
+            probe: e.probe,
+        }
+    }
+}
+
+/// `kind: evaluate`.
+pub struct EvaluateKind;
+
+impl StageKind for EvaluateKind {
+    fn name(&self) -> &'static str {
+        "evaluate"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "Test-split metrics (VQA, classification, retrieval), ECE and an image-only linear probe"
+    }
+    fn resolve_params(
+        &self,
+        decl: &StageDecl<'_>,
+        params: Params,
+    ) -> std::result::Result<Params, Vec<Problem>> {
+        let resolved = resolve_typed::<EvaluateParams>(params)?;
+        let p: EvaluateParams =
+            typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
+        let mut problems = needs_inputs(decl, "evaluate", &[&["ingest"], &["coordinate-tune"]]);
+        problems.extend(device_problem(&p.device));
+        for (field, value) in [
+            ("batch_size", p.batch_size),
+            ("retrieval_cap", p.retrieval_cap),
+            ("ece_bins", p.ece_bins),
+        ] {
+            if value == 0 {
+                problems.push(Problem::new(
+                    format!("params.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(resolved)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> std::result::Result<(), StageError> {
+        let p: EvaluateParams = typed(ctx.params)?;
+        let ingest = ctx.require_input("ingest")?;
+        let tuned_dir = &ctx.require_input("coordinate-tune")?.dir;
+        let device = select_device(&p.device).map_err(failed)?;
+        let test = SplitView::<Test>::load(&ingest.dir).map_err(failed)?;
+        // The probe's training images (no texts): fitting the probe on them is its purpose.
+        let probe_train = if p.linear_probe {
+            Some(ProbeTrainImages::from_train(
+                SplitView::<Train>::load(&ingest.dir).map_err(failed)?,
+            ))
+        } else {
+            None
+        };
+        let (_store, model, head, tuned) = load_tuned(tuned_dir, &device).map_err(failed)?;
+        check_fits(&model, &test, &ingest.dir).map_err(failed)?;
+        let settings = EvalSettings {
+            batch_size: p.batch_size,
+            retrieval_cap: p.retrieval_cap,
+            ece_bins: p.ece_bins,
+            linear_probe: p.linear_probe,
+            probe: p.probe,
+        };
+        ctx.progress.set_total(1);
+        let report = with_threads(ctx.threads, || {
+            evaluate(
+                &model,
+                &head,
+                &tuned.task,
+                &test,
+                probe_train.as_ref(),
+                &settings,
+                &device,
+            )
+            .map_err(|e| stage_error(ctx.id, e))
+        })?;
+        ctx.progress.set_position(1);
+        if let Some(matrix) = &report.confusion {
+            confusion_png(
+                &ctx.out_dir.join("confusion.png"),
+                matrix,
+                &test.data().meta.classes,
+            )
+            .map_err(failed)?;
+            write(&ctx.out_dir.join("confusion.json"), &json(matrix)?)?;
+        }
+        write(&ctx.out_dir.join("metrics.json"), &json(&report)?)
+    }
+}
