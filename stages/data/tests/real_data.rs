@@ -1,6 +1,7 @@
 //! Tests on real data from pinned registry packages (`scripts/fetch-real-data.sh`). They run
 //! when `UMDFLOW_REAL_DATA` (or the repository's `data/real/`) holds the fetched data and print
-//! a skip line otherwise.
+//! a skip line otherwise. With `UMDFLOW_REQUIRE_REAL_DATA=1` (CI sets it) missing data fails the
+//! test instead, so CI never passes by skipping.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,13 +10,19 @@ use umdflow_data::imaging::read_dicom;
 use umdflow_data::readers::iu_xray::{parse_report, report_files};
 use umdflow_data::readers::mimic::report_sections;
 
-/// The fetched data folder, or `None` after printing why the test is skipped.
+/// The fetched data folder, or `None` after printing why the test is skipped (a panic where
+/// `UMDFLOW_REQUIRE_REAL_DATA=1` asks for the data).
 fn real_data(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("UMDFLOW_REAL_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/real"));
     if dir.join("pydicom/.complete").exists() {
         Some(dir)
+    } else if std::env::var("UMDFLOW_REQUIRE_REAL_DATA").is_ok_and(|v| v == "1") {
+        panic!(
+            "{test}: UMDFLOW_REQUIRE_REAL_DATA=1 but there is no real data in {} (run scripts/fetch-real-data.sh)",
+            dir.display()
+        );
     } else {
         println!(
             "skip {test}: no real data in {} (run scripts/fetch-real-data.sh)",
