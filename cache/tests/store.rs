@@ -11,6 +11,9 @@ fn record(key: &str) -> Record {
         stage: "s".into(),
         instance: format!("s[{key}]"),
         components: serde_json::json!({"params": {"n": 1}}),
+        input_digests: vec![],
+        threads: Some(1),
+        device: None,
         files: vec![],
         output_digest: String::new(),
         log: None,
@@ -114,7 +117,7 @@ fn gc_keeps_what_is_reached_and_frees_the_rest() {
     commit(&cache, "keep", &[("a", "kept content")]);
     commit(&cache, "drop", &[("b", "dropped content")]);
     let keep: BTreeSet<String> = ["keep".to_string()].into();
-    let report = cache.gc(Some(&keep)).unwrap();
+    let report = cache.exclusive(|| {}).unwrap().gc(Some(&keep)).unwrap();
     assert_eq!(report.records_removed, 1);
     // Both records wrote the same log, so only the dropped output blob goes.
     assert_eq!(report.blobs_removed, 1);
@@ -122,7 +125,15 @@ fn gc_keeps_what_is_reached_and_frees_the_rest() {
     let found = cache.lookup(&["keep"]).unwrap();
     assert!(cache.check(&found["keep"]).is_empty());
     // A second gc frees nothing.
-    assert_eq!(cache.gc(Some(&keep)).unwrap().bytes_freed, 0);
+    assert_eq!(
+        cache
+            .exclusive(|| {})
+            .unwrap()
+            .gc(Some(&keep))
+            .unwrap()
+            .bytes_freed,
+        0
+    );
 }
 
 #[test]
