@@ -10,7 +10,7 @@ use crate::support::*;
 fn slow_pipeline() -> String {
     format!(
         r#"name: shared
-seeds: 3
+seeds: 6
 stages:
   prep:
     kind: cmd
@@ -19,7 +19,7 @@ stages:
     kind: cmd
     inputs: [prep]
     params: {{seed: "${{seed}}"}}
-    run: 'sleep 0.4; cp "$UMDFLOW_INPUT_PREP/big" "$UMDFLOW_OUT/copy"; {RECORD}'
+    run: 'sleep 0.$(( (UMDFLOW_PARAM_SEED * 7) % 5 + 1 )); cp "$UMDFLOW_INPUT_PREP/big" "$UMDFLOW_OUT/copy"; {RECORD}'
   sum:
     kind: cmd
     inputs: [work]
@@ -28,19 +28,25 @@ stages:
     )
 }
 
-const INSTANCES: [&str; 7] = [
+const INSTANCES: [&str; 13] = [
     "prep",
     "sum[seed=0]",
     "sum[seed=1]",
     "sum[seed=2]",
+    "sum[seed=3]",
+    "sum[seed=4]",
+    "sum[seed=5]",
     "work[seed=0]",
     "work[seed=1]",
     "work[seed=2]",
+    "work[seed=3]",
+    "work[seed=4]",
+    "work[seed=5]",
 ];
 
-fn spawn_run(project: &Project) -> Child {
+fn spawn_run(project: &Project, jobs: &str) -> Child {
     project
-        .command(&["run", "p.yaml", "--json", "--jobs", "1"])
+        .command(&["run", "p.yaml", "--json", "--jobs", jobs])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -69,8 +75,9 @@ fn staggered_runs_compute_every_stage_once() {
     let project = Project::new();
     project.write("p.yaml", &slow_pipeline());
     let mut children = Vec::new();
-    for _ in 0..4 {
-        children.push(spawn_run(&project));
+    // Different --jobs give each process a different order of lease attempts.
+    for jobs in ["1", "3", "2", "4"] {
+        children.push(spawn_run(&project, jobs));
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_all_succeeded(children);
@@ -79,12 +86,66 @@ fn staggered_runs_compute_every_stage_once() {
     assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
 }
 
+/// The exact window of issue 11 item 3: B plans while A has not finished `work[k=2]`, is busy
+/// with `work[k=1]` while A finishes it, then finds its lease free.
+#[test]
+fn a_key_finished_elsewhere_after_planning_is_not_recomputed() {
+    let project = Project::new();
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: window
+sweep:
+  k: [2]
+stages:
+  prep:
+    kind: cmd
+    run: '{RECORD}'
+  work:
+    kind: cmd
+    inputs: [prep]
+    params: {{k: "${{k}}"}}
+    run: 'if [ "$UMDFLOW_PARAM_K" = 1 ]; then sleep 1.2; else sleep 0.3; fi; {RECORD}'
+"#
+        ),
+    );
+    let first = project
+        .command(&["run", "p.yaml", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !project.journal().contains(&"prep".to_string()) {
+        assert!(start.elapsed() < Duration::from_secs(20), "prep never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = project
+        .command(&[
+            "run",
+            "p.yaml",
+            "--json",
+            "--jobs",
+            "1",
+            "--set",
+            "sweep.k=[1,2]",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_all_succeeded(vec![first, second]);
+    let mut journal = project.journal();
+    journal.sort();
+    assert_eq!(journal, ["prep", "work[k=1]", "work[k=2]"]);
+}
+
 /// Issue 11 item 4: `gc` while runs are going (which used to delete their just-stored blobs).
 #[test]
 fn gc_during_runs_breaks_nothing_and_recomputes_nothing() {
     let project = Project::new();
     project.write("p.yaml", &slow_pipeline());
-    let first = spawn_run(&project);
+    let first = spawn_run(&project, "1");
     std::thread::sleep(Duration::from_millis(300));
     let gc_all = project
         .command(&["gc"])
@@ -93,7 +154,7 @@ fn gc_during_runs_breaks_nothing_and_recomputes_nothing() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(400));
-    let second = spawn_run(&project);
+    let second = spawn_run(&project, "2");
     let gc_pipeline = project
         .command(&["gc", "p.yaml"])
         .stdout(Stdio::piped())
@@ -110,4 +171,49 @@ fn gc_during_runs_breaks_nothing_and_recomputes_nothing() {
     assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
     let rerun = project.json(&["run", "p.yaml"], 0);
     assert_eq!(rerun["executed"], 0, "{rerun}");
+}
+
+/// `gc` with settings that no longer reach a running pipeline's results would delete the blobs
+/// that run still has to read (issue 11 item 4: "…/inputs/gen1/big: No such file or directory").
+/// It waits for the run instead, then removes them.
+#[test]
+fn gc_waits_for_the_runs_whose_results_it_would_delete() {
+    let project = Project::new();
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: gcwait
+seeds: 3
+stages:
+  gen:
+    kind: cmd
+    params: {{n: 1}}
+    run: 'seq 1 50000 > "$UMDFLOW_OUT/big"; {RECORD}'
+  mix:
+    kind: cmd
+    inputs: [gen]
+    params: {{seed: "${{seed}}"}}
+    run: 'sleep 0.5; cp "$UMDFLOW_INPUT_GEN/big" "$UMDFLOW_OUT/big"; {RECORD}'
+"#
+        ),
+    );
+    let run = spawn_run(&project, "1");
+    let start = std::time::Instant::now();
+    while !project.journal().contains(&"gen".to_string()) {
+        assert!(start.elapsed() < Duration::from_secs(20), "gen never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let gc = project.umdflow(&["gc", "p.yaml", "--set", "gen.params.n=2"]);
+    assert_all_succeeded(vec![run]);
+    assert_eq!(gc.status.code(), Some(0), "{}", stderr(&gc));
+    assert!(
+        stderr(&gc).contains("waiting for the other umdflow processes"),
+        "{}",
+        stderr(&gc)
+    );
+    assert!(
+        String::from_utf8_lossy(&gc.stdout).contains("removed 4 records"),
+        "{}",
+        String::from_utf8_lossy(&gc.stdout)
+    );
 }
