@@ -48,7 +48,8 @@ pub fn load_pipeline(args: &PipelineArgs, registry: &Registry) -> Result<Loaded,
     })
 }
 
-fn open_cache(dir: &Path) -> Result<Cache> {
+/// Opens the cache; a damaged index is an error that says how to repair it.
+pub fn open_cache(dir: &Path) -> Result<Cache> {
     match Cache::open(dir) {
         Err(err @ CacheError::DamagedIndex { .. }) => anyhow::bail!(
             "{err}\n`umdflow verify --repair --cache {}` moves it aside and starts a fresh index \

@@ -381,8 +381,7 @@ pub fn default_report_dir(pipeline: &Path) -> PathBuf {
 
 /// `umdflow report`: writes the tables, plots and HTML page; returns the files written.
 pub fn report(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
-    let cache = Cache::open(&loaded.cache_dir)
-        .with_context(|| format!("opening the cache at {}", loaded.cache_dir.display()))?;
+    let cache = crate::commands::open_cache(&loaded.cache_dir)?;
     let input = gather(loaded, &cache)?;
     let written = umdflow_report::render(&input, out)
         .with_context(|| format!("writing the report to {}", out.display()))?;
@@ -391,8 +390,7 @@ pub fn report(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
 
 /// `umdflow export`: a folder with the pipeline, its lock file, every metric and the report.
 pub fn export(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
-    let cache = Cache::open(&loaded.cache_dir)
-        .with_context(|| format!("opening the cache at {}", loaded.cache_dir.display()))?;
+    let cache = crate::commands::open_cache(&loaded.cache_dir)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let expanded = &loaded.expanded;
     let mut written = Vec::new();

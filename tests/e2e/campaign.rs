@@ -81,11 +81,16 @@ fn kill_9_at_random_instants_never_loses_or_breaks_the_cache() {
     project.write("p.yaml", &kill_pipeline());
     let mut rng = Rng::new(0x5EED_0001);
     let mut committed: Vec<String> = Vec::new();
-    for trial in 0..trials(24, 240) {
-        // Every third trial starts from no cache and dies within its first milliseconds: the
-        // repro of issue 11 item 1 (`rm -rf c; umdflow run … & sleep 0.0X; kill -9`).
-        let fresh = trial % 3 == 0;
-        let delay_ms = if fresh { rng.below(15) } else { rng.below(400) };
+    for trial in 0..trials(30, 300) {
+        // Every other trial starts from no cache and dies within its first 120 ms, while the
+        // index is being created: the repro of issue 11 item 1 (`rm -rf c; umdflow run … &
+        // sleep 0.0X; kill -9`). The others die anywhere in a run on a growing cache.
+        let fresh = trial % 2 == 0;
+        let delay_ms = if fresh {
+            rng.below(120)
+        } else {
+            rng.below(400)
+        };
         if fresh {
             let _ = std::fs::remove_dir_all(project.path("c"));
             committed.clear();
