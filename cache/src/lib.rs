@@ -262,7 +262,7 @@ impl Cache {
         self.blobs.sync_dirs(&changed_dirs)?;
         failpoint::hit("commit:dirs-synced");
         self.index.insert(&record, &stats)?;
-        staging.remove();
+        drop(staging); // removes the folder
         failpoint::hit("commit:staging-removed");
         Ok(record)
     }

@@ -116,11 +116,19 @@ struct Executor<'a> {
 }
 
 impl Executor<'_> {
+    /// Never panics: a panic outside the stage kind (say, while building input views) would
+    /// otherwise leave the main loop waiting for this job forever.
     fn execute(&self, job: &Job) -> JobResult {
-        match self.execute_inner(job) {
-            Ok(result) => result,
-            Err(err) => JobResult::Failed {
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute_inner(job)));
+        match result {
+            Ok(Ok(result)) => result,
+            Ok(Err(err)) => JobResult::Failed {
                 message: err.to_string(),
+                log_tail: None,
+            },
+            Err(panic) => JobResult::Failed {
+                message: format!("internal error: {}", panic_message(&*panic)),
                 log_tail: None,
             },
         }
@@ -183,14 +191,10 @@ impl Executor<'_> {
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx)))
                 .unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
                     Err(StageError::failed(format!(
-                        "internal error in stage kind `{}`: {message}",
-                        stage.kind.name()
+                        "internal error in stage kind `{}`: {}",
+                        stage.kind.name(),
+                        panic_message(&*panic)
                     )))
                 });
         bar.done();
@@ -278,6 +282,14 @@ impl Executor<'_> {
             )
         })
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// A `metrics.json` at the top of the output becomes the record's metrics.

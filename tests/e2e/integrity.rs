@@ -161,3 +161,37 @@ stages:
     assert_eq!(instances[1]["threads"], 3, "{lock}");
     assert!(instances[1]["device"].is_null(), "{lock}");
 }
+
+/// A panic in the engine's own part of a job (here: a failpoint in the commit) fails that stage;
+/// it used to leave the main loop waiting forever for the job (review C10).
+#[test]
+fn a_panic_while_committing_fails_the_stage_instead_of_hanging() {
+    let project = Project::new();
+    project.write("p.yaml", &two_stages());
+    let mut child = project
+        .command(&["run", "p.yaml", "--json", "--jobs", "2"])
+        .env("UMDFLOW_FAILPOINT", "blob:renamed:panic")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("umdflow hung after a panic in a job");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(with_status(&run, "failed"), ["a"], "{run}");
+    assert!(
+        stderr(&output).contains("internal error: failpoint blob:renamed hit"),
+        "{}",
+        stderr(&output)
+    );
+    let rerun = project.json(&["run", "p.yaml"], 0);
+    assert_eq!(with_status(&rerun, "executed"), ["a", "b"], "{rerun}");
+}
