@@ -160,24 +160,25 @@ impl Cache {
     /// deleted, and every record that uses it or was computed from it is forgotten, so those
     /// stages recompute.
     pub fn check(&self, found: &Found) -> Vec<Damage> {
-        self.check_blobs(&found.record, |hash| Some(found.stats.get(hash)))
+        self.check_blobs(&found.record, Some(&found.stats))
     }
 
     /// Like [`Cache::check`], but re-hashes every blob whatever its stat says: for the inputs of
     /// a stage after it ran, which must not have changed them (a stage running as root can
     /// write into its read-only input views, which share the blobs' files).
     pub fn rehash(&self, record: &Record) -> Vec<Damage> {
-        self.check_blobs(record, |_| None)
+        self.check_blobs(record, None)
     }
 
-    fn check_blobs<'a>(
+    /// With `known` stats, a blob whose stat matches is trusted; without, every blob is hashed.
+    fn check_blobs(
         &self,
         record: &Record,
-        known: impl Fn(&str) -> Option<Option<&'a BlobStat>>,
+        known: Option<&HashMap<String, BlobStat>>,
     ) -> Vec<Damage> {
         let mut damage = Vec::new();
         for entry in record.files_with_log() {
-            let expected = known(&entry.hash).flatten();
+            let expected = known.and_then(|stats| stats.get(&entry.hash));
             if let Err(problem) = self.blobs.check(&entry.hash, entry.size, expected) {
                 tracing::warn!(
                     "cached blob {} ({}) of {} is damaged: {problem}",
