@@ -268,7 +268,7 @@ fn topological(inputs: &[Vec<usize>]) -> Vec<usize> {
     order
 }
 
-fn build_axes(source: &Source, reporter: &mut Reporter<'_>) -> Vec<Axis> {
+fn build_axes(source: &Source, reporter: &mut Reporter<'_>, max_points: usize) -> Vec<Axis> {
     let raw = &source.raw;
     let mut axes = Vec::new();
     for (name, values) in &raw.sweep.0 {
@@ -321,14 +321,30 @@ fn build_axes(source: &Source, reporter: &mut Reporter<'_>) -> Vec<Axis> {
         Some(Seeds::List(list)) if list.is_empty() => {
             reporter.at_value("seeds", "`seeds:` is an empty list")
         }
+        // Checked before the values are made: `seeds: 1000000000` must not allocate them.
+        Some(Seeds::Count(n)) if *n > max_points as u64 => reporter.at_value(
+            "seeds",
+            format!("`seeds: {n}` alone gives more than --max-points {max_points} points; raise --max-points or use fewer seeds"),
+        ),
         Some(Seeds::Count(n)) => axes.push(Axis {
             name: SEED_AXIS.into(),
             values: (0..*n).map(Value::from).collect(),
         }),
-        Some(Seeds::List(list)) => axes.push(Axis {
-            name: SEED_AXIS.into(),
-            values: list.clone(),
-        }),
+        Some(Seeds::List(list)) => {
+            let mut seen = BTreeSet::new();
+            for (i, seed) in list.iter().enumerate() {
+                if !seen.insert(crate::keys::canonical_json(seed)) {
+                    reporter.at_value(
+                        &format!("seeds[{i}]"),
+                        format!("seed {seed} is listed twice; replicates need distinct seeds"),
+                    );
+                }
+            }
+            axes.push(Axis {
+                name: SEED_AXIS.into(),
+                values: list.clone(),
+            })
+        }
     }
     axes
 }
@@ -611,7 +627,7 @@ pub fn expand(
     }
 
     // Axes, and the axes each stage names directly.
-    let axes = build_axes(source, &mut reporter);
+    let axes = build_axes(source, &mut reporter, max_points);
     let axis_names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
     let mut direct: Vec<BTreeSet<AxisRef>> = vec![BTreeSet::new(); names.len()];
     for (s, (name, stage)) in raw.stages.0.iter().enumerate() {

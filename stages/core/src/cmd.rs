@@ -219,7 +219,9 @@ impl StageLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Copies a pipe into the log on a thread of its own until the pipe closes.
