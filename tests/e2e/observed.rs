@@ -242,3 +242,54 @@ fn the_readme_plan_command_works() {
     let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(plan["run"].as_u64().unwrap() > 0, "{plan}");
 }
+
+/// Ctrl-C during a `cmd` stage ends the command's children too, not only its shell.
+#[test]
+fn ctrl_c_kills_a_shells_sleeping_child() {
+    let project = Project::new();
+    project.write(
+        "p.yaml",
+        "name: p\nstages:\n  wait:\n    kind: cmd\n    run: 'sleep 60 & echo $! > child.pid; wait'\n",
+    );
+    let mut child = project
+        .command(&["run", "p.yaml", "--no-lock-file", "-q"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid_file = project.path("child.pid");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&pid_file).is_ok_and(|pid| pid.ends_with('\n')) {
+        assert!(started.elapsed().as_secs() < 30, "the stage never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    let sleeper = std::fs::read_to_string(&pid_file).unwrap();
+    let stat = format!("/proc/{}/stat", sleeper.trim());
+    for _ in 0..100 {
+        // Gone, or a zombie waiting for a reaper: either way it no longer runs.
+        match std::fs::read_to_string(&stat) {
+            Err(_) => return,
+            Ok(text)
+                if text
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                return;
+            }
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    panic!(
+        "the shell's child {} still runs after Ctrl-C",
+        sleeper.trim()
+    );
+}
