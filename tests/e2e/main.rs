@@ -3,14 +3,17 @@
 mod support;
 
 mod caching;
+mod campaign;
 mod commands;
 mod concurrency;
 mod crash;
 mod disk_full;
 mod example;
 mod hostile;
+mod integrity;
 mod ml_pipeline;
 mod observed;
 mod report;
+mod sharing;
 mod shipped_pipelines;
 mod validation;

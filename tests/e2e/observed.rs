@@ -251,7 +251,7 @@ fn ctrl_c_kills_a_shells_sleeping_child() {
         "p.yaml",
         "name: p\nstages:\n  wait:\n    kind: cmd\n    run: 'sleep 60 & echo $! > child.pid; wait'\n",
     );
-    let mut child = project
+    let child = project
         .command(&["run", "p.yaml", "--no-lock-file", "-q"])
         .stderr(std::process::Stdio::piped())
         .spawn()
