@@ -20,7 +20,7 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled `stats`.
     let stats = unsafe { stats.assume_init() };
-    Some(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// A sentence for a failed stage's message if the disk holding `path` is (nearly) full.

@@ -5,6 +5,7 @@ pub mod commands;
 pub mod content;
 pub mod diagnostics;
 pub mod disk;
+pub mod exit;
 pub mod expand;
 pub mod keys;
 pub mod locate;
