@@ -146,6 +146,18 @@ fn the_label_set_keeps_the_findings_visible_at_the_image_size() {
 }
 
 #[test]
+fn when_no_finding_is_visible_every_study_is_normal_and_there_are_no_finding_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let params = json!({"count": 50, "seed": 2, "min_visible_pixels": 100000});
+    run_ingest(params, &[], dir.path(), &out, 1).unwrap();
+    let data = Dataset::load(&out).unwrap();
+    assert_eq!(data.meta.classes, ["normal"]);
+    assert!(data.labels.iter().all(|&l| l == 0));
+    assert!(data.findings.is_none() && data.signatures.is_none());
+}
+
+#[test]
 fn appearance_shift_changes_pixels_and_keeps_labels_and_texts() {
     let dir = tempfile::tempdir().unwrap();
     let ingest = |name: &str, appearance: f64| {

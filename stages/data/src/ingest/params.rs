@@ -286,6 +286,11 @@ mod tests {
         assert_eq!(problems[0].field, "params.path");
         let problems = resolve(params(serde_json::json!({"shift_strength": 2.0}))).unwrap_err();
         assert_eq!(problems[0].field, "params.shift_strength");
+        let problems = resolve(params(serde_json::json!({"appearance_shift": 1.5}))).unwrap_err();
+        assert_eq!(problems[0].field, "params.appearance_shift");
+        let problems =
+            resolve(params(serde_json::json!({"min_visible_pixels": -1.0}))).unwrap_err();
+        assert_eq!(problems[0].field, "params.min_visible_pixels");
         let problems = resolve(params(serde_json::json!({"image_snr": "high"}))).unwrap_err();
         assert_eq!(problems[0].field, "params.image_snr");
         let problems = resolve(params(serde_json::json!({"shift": 0.5}))).unwrap_err();

@@ -107,8 +107,11 @@ pub fn collect(
         start += batch;
         progress.set_position(start as u64);
     }
-    out.findings = Some(findings);
-    out.signatures = Some(hashes);
+    // With no visible kind there are no finding columns (and every study is `normal`).
+    if !visible.kinds().is_empty() {
+        out.findings = Some(findings);
+        out.signatures = Some(hashes);
+    }
     if config.text == TextKind::Report {
         let entries = hard_negatives(&signatures, MAX_HARD_NEGATIVES)
             .into_iter()
