@@ -429,3 +429,45 @@ pub fn mr_losses(
 
 /// The order of the loss terms in curves and metrics.
 pub const TERM_ORDER: [&str; 5] = ["mim", "mlm", "itm", "feamim", "feamlm"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ema_schedule_yields_the_stated_momenta() {
+        let constant = ObjectiveConfig::default();
+        assert_eq!(constant.ema_momentum_at(0, 100), 0.999);
+        assert_eq!(constant.ema_momentum_at(99, 100), 0.999);
+        let cosine = ObjectiveConfig {
+            ema_momentum: 0.99,
+            ema_momentum_end: Some(0.999),
+            ..ObjectiveConfig::default()
+        };
+        assert!((cosine.ema_momentum_at(0, 100) - 0.99).abs() < 1e-15);
+        assert!((cosine.ema_momentum_at(50, 100) - 0.9945).abs() < 1e-12);
+        assert!((cosine.ema_momentum_at(100, 100) - 0.999).abs() < 1e-15);
+        // A quarter of the way: end − (end − start)(cos(π/4) + 1)/2.
+        let k = cosine.ema_momentum_at(25, 100);
+        let expect = 0.999 - 0.009 * ((std::f64::consts::PI / 4.0).cos() + 1.0) / 2.0;
+        assert!((k - expect).abs() < 1e-15, "{k}");
+        // Monotone rise.
+        let series: Vec<f64> = (0..=100).map(|s| cosine.ema_momentum_at(s, 100)).collect();
+        assert!(series.windows(2).all(|w| w[1] >= w[0]));
+    }
+
+    #[test]
+    fn choices_are_checked_without_a_model() {
+        let bad = ObjectiveConfig {
+            ema_momentum_end: Some(1.0),
+            ..ObjectiveConfig::default()
+        };
+        assert_eq!(bad.validate_choices().unwrap_err().0, "ema_momentum_end");
+        let bad = ObjectiveConfig {
+            target_layer: Some(0),
+            ..ObjectiveConfig::default()
+        };
+        assert_eq!(bad.validate_choices().unwrap_err().0, "target_layer");
+        assert!(ObjectiveConfig::default().validate_choices().is_ok());
+    }
+}

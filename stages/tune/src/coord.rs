@@ -337,6 +337,127 @@ mod tests {
         assert!((si - (sigma(4.0) + sigma(-1.0))).abs() < 1e-12, "{si}");
     }
 
+    #[test]
+    fn linear_split_halves_the_weight_and_the_bias() {
+        // W = [[1, 2, 3, 4]], b = [0.5]; t = [1, -1], v = [2, 1]:
+        // out_t = 1·1 + 2·(−1) + 0.25 = −0.75; out_v = 3·2 + 4·1 + 0.25 = 10.25.
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new(&dev, 0);
+        let head = Linear::new(&mut store, "cls_head.fc", 4, 1, true).unwrap();
+        store
+            .param("cls_head.fc.weight")
+            .unwrap()
+            .var
+            .set(&Tensor::new(&[[1f32, 2.0, 3.0, 4.0]], &dev).unwrap())
+            .unwrap();
+        store
+            .param("cls_head.fc.bias")
+            .unwrap()
+            .var
+            .set(&Tensor::new(&[0.5f32], &dev).unwrap())
+            .unwrap();
+        let pooled = Tensor::new(&[[1f32, -1.0, 2.0, 1.0]], &dev).unwrap();
+        let (t, v) = linear_split_logits(&pooled, &head).unwrap();
+        assert_eq!(t.to_vec2::<f32>().unwrap(), [[-0.75]]);
+        assert_eq!(v.to_vec2::<f32>().unwrap(), [[10.25]]);
+        // Together they are the fused logit.
+        let fused = head.forward(&pooled).unwrap().to_vec2::<f32>().unwrap()[0][0];
+        assert_eq!(fused, -0.75 + 10.25);
+    }
+
+    /// How far the text branch's parameter moves in 100 steps of a loss with a fixed gradient,
+    /// with the coefficient `c` held on the text branch; `gradient_only` applies it the old way
+    /// (scaling the gradient, then a plain optimiser step).
+    fn text_change(algorithm: Algorithm, c: f64, gradient_only: bool) -> f64 {
+        use umdflow_model::optim::{OptimConfig, Optimiser};
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new(&dev, 3);
+        let text = store
+            .get("language_encoder.w", &[3], ParamRole::Weight, Init::Zeros)
+            .unwrap();
+        let image = store
+            .get("vision_encoder.w", &[3], ParamRole::Weight, Init::Zeros)
+            .unwrap();
+        let config = OptimConfig {
+            algorithm,
+            lr: 0.01,
+            weight_decay: 0.0,
+            max_grad_norm: 0.0,
+            ..OptimConfig::default()
+        };
+        let mut optimiser = Optimiser::new(&store, &config).unwrap();
+        let branches = BranchParams::from_store(&store);
+        let held = Coefficients {
+            rho: 2.0,
+            text: c,
+            image: 1.0,
+        };
+        let g = Tensor::new(&[0.5f32, -0.1, 0.2], &dev).unwrap();
+        for _ in 0..100 {
+            let loss = ((&text * &g).unwrap() + (&image * &g).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let mut grads = loss.backward().unwrap();
+            let scale = if gradient_only {
+                rewrite_gradients(&mut grads, &branches, &held, None).unwrap();
+                StepScale::NONE
+            } else {
+                modulate(&mut grads, &branches, &held, None, algorithm).unwrap()
+            };
+            optimiser
+                .step_scaled(&grads, 0.01, &|name| scale.of(name))
+                .unwrap();
+        }
+        text.to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| (*v as f64).abs())
+            .sum()
+    }
+
+    #[test]
+    fn a_held_coefficient_shrinks_the_branch_change_by_about_c_under_both_optimisers() {
+        let c = 0.25;
+        for algorithm in [Algorithm::Adamw, Algorithm::Sgd] {
+            let ratio = text_change(algorithm, c, false) / text_change(algorithm, 1.0, false);
+            assert!((ratio - c).abs() < 0.01 * c, "{algorithm:?}: {ratio}");
+        }
+        // The old rewrite (gradient scaling) under AdamW: the coefficient cancels in m̂/√v̂.
+        let ratio =
+            text_change(Algorithm::Adamw, c, true) / text_change(Algorithm::Adamw, 1.0, true);
+        assert!((ratio - 1.0).abs() < 0.01, "old AdamW rewrite: {ratio}");
+    }
+
+    #[test]
+    fn ge_noise_reaches_the_gradient_under_adamw_too() {
+        let (store, loss) = tiny_store();
+        let branches = BranchParams::from_store(&store);
+        let c = coefficients(5.0, 1.0, 0.1);
+        let var = &store.param("language_encoder.w").unwrap().var;
+        let read = |grads: &GradStore| {
+            grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let clean = read(&loss.backward().unwrap());
+        let mut grads = loss.backward().unwrap();
+        let mut rng = SplitMix64::new(4);
+        let scale = modulate(&mut grads, &branches, &c, Some(&mut rng), Algorithm::Adamw).unwrap();
+        // The coefficient moved to the step; the gradient carries only the noise.
+        assert_eq!(scale.of("language_encoder.w"), c.text);
+        assert_eq!(scale.of("vision_encoder.w"), 1.0);
+        assert_eq!(scale.of("itm_head.fc.weight"), 1.0);
+        let noisy = read(&grads);
+        assert!(noisy.iter().zip(&clean).any(|(a, b)| a != b));
+        let scaled_by_c = clean.iter().map(|v| v * c.text as f32).collect::<Vec<_>>();
+        assert_ne!(noisy, scaled_by_c);
+    }
+
     fn tiny_store() -> (ParamStore, Tensor) {
         let dev = Device::Cpu;
         let mut store = ParamStore::new(&dev, 3);
