@@ -89,7 +89,8 @@ fn spread(features: &[Vec<f64>]) -> f64 {
         / d as f64
 }
 
-/// Nearest-class-mean accuracy on standardised features: fit on the first half, score the rest.
+/// Balanced accuracy (mean recall over classes) of the nearest class mean on standardised
+/// features: fitted on the first half, scored on the rest. Chance is 1 / classes.
 fn nearest_mean_accuracy(features: &[Vec<f64>], labels: &[u32]) -> f64 {
     let n = features.len();
     let d = features[0].len();
@@ -119,12 +120,13 @@ fn nearest_mean_accuracy(features: &[Vec<f64>], labels: &[u32]) -> f64 {
     for (c, &k) in centroid.iter_mut().zip(&count) {
         c.iter_mut().for_each(|v| *v /= k.max(1) as f64);
     }
-    let correct = features[half..]
-        .iter()
-        .zip(&labels[half..])
-        .filter(|(f, y)| {
+    let mut hits = vec![0usize; classes];
+    let mut seen = vec![0usize; classes];
+    for (f, y) in features[half..].iter().zip(&labels[half..]) {
+        seen[*y as usize] += 1;
+        let predicted = {
             let zf = z(f);
-            let best = (0..classes)
+            (0..classes)
                 .filter(|&c| count[c] > 0)
                 .min_by(|&a, &b| {
                     let dist = |c: usize| {
@@ -136,11 +138,38 @@ fn nearest_mean_accuracy(features: &[Vec<f64>], labels: &[u32]) -> f64 {
                     };
                     dist(a).total_cmp(&dist(b))
                 })
-                .unwrap();
-            best == **y as usize
+                .unwrap_or(0)
+        };
+        if predicted == *y as usize {
+            hits[predicted] += 1;
+        }
+    }
+    let present: Vec<usize> = (0..classes)
+        .filter(|&c| seen[c] > 0 && count[c] > 0)
+        .collect();
+    present
+        .iter()
+        .map(|&c| hits[c] as f64 / seen[c] as f64)
+        .sum::<f64>()
+        / present.len() as f64
+}
+
+/// Raw pixels, 4×4 average-pooled: the baseline any image encoder should reach.
+fn pooled_pixels(data: &Dataset, rows: &[usize]) -> Vec<Vec<f64>> {
+    let s = data.size;
+    let cells = s / 4;
+    rows.iter()
+        .map(|&i| {
+            let image = data.image(i);
+            let mut out = vec![0.0; cells * cells];
+            for y in 0..s {
+                for x in 0..s {
+                    out[(y / 4) * cells + x / 4] += image[y * s + x] as f64 / 16.0;
+                }
+            }
+            out
         })
-        .count();
-    correct as f64 / (n - half) as f64
+        .collect()
 }
 
 fn main() {
@@ -179,7 +208,13 @@ fn main() {
         data.size,
         majority
     );
-    println!("variant\tsteps\titm\tfeamim\tmim\tspread\tnearest_mean_acc");
+    println!("variant\tsteps\titm\tfeamim\tmim\tspread\tnearest_mean_balanced_acc");
+    let pixels = pooled_pixels(&data, &rows);
+    println!(
+        "raw-pixels\t-\t-\t-\t-\t{:.4}\t{:.3}",
+        spread(&pixels),
+        nearest_mean_accuracy(&pixels, &labels)
+    );
     for variant in std::iter::once("random-init".to_string()).chain(variants) {
         let mut objective = ObjectiveConfig {
             target_network: TargetNetwork::Stopgrad,
