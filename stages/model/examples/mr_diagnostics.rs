@@ -8,8 +8,9 @@
 //!   cargo run -p umdflow-model --example mr_diagnostics -- INGEST_DIR [STEPS] [LR] [VARIANT...]
 //!
 //! Variants: `stopgrad` (feature targets from the online encoders), `ema` (momentum 0.999),
-//! `ema-cosine` (0.99 → 0.9999), `data-only` (no feature terms), `no-itm`, `pix` (norm_pix off),
-//! `sincos` (fixed ViT positions).
+//! `ema-cosine` (0.99 → 0.9999), `data-only` (no feature terms), `no-itm`, `itm-only`, `pix`
+//! (norm_pix off, no feature terms),
+//! `sincos` (fixed ViT positions, no feature terms).
 
 use std::path::PathBuf;
 
@@ -234,8 +235,22 @@ fn main() {
                 objective.feamlm = false;
             }
             "no-itm" => objective.itm = false,
-            "pix" => objective.norm_pix = false,
-            "sincos" => positions = VisionPositions::Sincos,
+            "itm-only" => {
+                objective.mim = false;
+                objective.mlm = false;
+                objective.feamim = false;
+                objective.feamlm = false;
+            }
+            "pix" => {
+                objective.norm_pix = false;
+                objective.feamim = false;
+                objective.feamlm = false;
+            }
+            "sincos" => {
+                positions = VisionPositions::Sincos;
+                objective.feamim = false;
+                objective.feamlm = false;
+            }
             other => panic!("unknown variant {other}"),
         }
         let settings = TrainSettings {

@@ -105,7 +105,8 @@ impl StageKind for PretrainKind {
     fn version(&self) -> u32 {
         // 2: wall-clock times moved from metrics.json to the stage log, so identical runs give
         // identical outputs.
-        2
+        // 3: model_config.json records `vision_positions`.
+        3
     }
 
     fn summary(&self) -> &'static str {

@@ -361,3 +361,23 @@ fn sincos_vision_positions_are_fixed_and_not_trained() {
         .unwrap();
     assert_eq!(reloaded, table);
 }
+
+/// The EMA momentum schedule reaches the training loop: from the same start momentum, a rising
+/// schedule gives other feature targets from the second step on, so other weights.
+#[test]
+fn the_ema_schedule_changes_training() {
+    let dataset = common::ci_dataset();
+    let plan = common::plan_for(&dataset, 1, 0);
+    let train = |end: Option<f64>| {
+        let mut s = settings(0, 3);
+        s.objective.ema_momentum = 0.5;
+        s.objective.ema_momentum_end = end;
+        let outcome = pretrain(&dataset, &plan, &s, &Device::Cpu, 1, &Silent).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_checkpoint(dir.path(), &outcome.store, &outcome.info).unwrap();
+        std::fs::read(dir.path().join(CHECKPOINT_FILE)).unwrap()
+    };
+    let constant = train(None);
+    assert_eq!(constant, train(None));
+    assert_ne!(constant, train(Some(0.999)));
+}
