@@ -190,7 +190,12 @@ fn main() {
     if std::env::var_os("EASY_IMAGES").is_some() {
         // A sanity setting for ITM: every image becomes a flat grey whose level says normal (0.2)
         // or abnormal (0.8), so a matching report is trivial to verify.
-        let normal = data.meta.classes.iter().position(|c| c == "normal").unwrap_or(0) as u32;
+        let normal = data
+            .meta
+            .classes
+            .iter()
+            .position(|c| c == "normal")
+            .unwrap_or(0) as u32;
         let pixels = data.channels * data.size * data.size;
         for i in 0..data.n {
             let level = if data.labels[i] == normal { 0.2 } else { 0.8 };
