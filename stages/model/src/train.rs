@@ -162,7 +162,15 @@ fn pretrain_here(
             if observer.cancelled() {
                 return Err(ModelError::Cancelled);
             }
-            let batch = build_batch(dataset, plan, epoch, positions, &mut itm_rng, device)?;
+            let batch = build_batch(
+                dataset,
+                plan,
+                epoch,
+                positions,
+                obj.itm_negatives,
+                &mut itm_rng,
+                device,
+            )?;
             let terms = mr_losses(&model, ema.as_ref(), &batch, obj)?;
             let total_value = terms
                 .total

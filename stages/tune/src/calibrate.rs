@@ -207,7 +207,15 @@ pub fn calibrate(
             if observer.cancelled() {
                 return Err(TuneError::Cancelled);
             }
-            let batch = build_batch(data, &plan, epoch, positions, &mut itm_rng, device)?;
+            let batch = build_batch(
+                data,
+                &plan,
+                epoch,
+                positions,
+                obj.itm_negatives,
+                &mut itm_rng,
+                device,
+            )?;
             let terms = mr_losses(model, ema.as_ref(), &batch, obj)?;
             let value = terms.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
