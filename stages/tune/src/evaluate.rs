@@ -194,6 +194,15 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// The model's own confidence in its answer `k` from one row of head logits: σ(logit) for VQA
+/// (one binary cross-entropy per answer), the softmax probability for classification.
+pub fn answer_confidence(task: Task, logits: &[f64], k: usize) -> f64 {
+    match task {
+        Task::Vqa => sigmoid(logits[k]),
+        _ => softmax(logits)[k].clamp(0.0, 1.0),
+    }
+}
+
 fn as_outcomes(hits: &[bool]) -> Vec<f64> {
     hits.iter().map(|&h| f64::from(h)).collect()
 }
@@ -235,13 +244,13 @@ fn answer_pass(
         items: BTreeMap::new(),
         confusion: None,
     };
+    let confidence: Vec<f64> = logits
+        .iter()
+        .zip(&predicted)
+        .map(|(l, &k)| answer_confidence(info.task, l, k))
+        .collect();
+    pass.ece = expected_calibration_error(&confidence, &correct, settings.ece_bins)?;
     if info.task == Task::Vqa {
-        let confidence: Vec<f64> = logits
-            .iter()
-            .zip(&predicted)
-            .map(|(l, &k)| sigmoid(l[k]))
-            .collect();
-        pass.ece = expected_calibration_error(&confidence, &correct, settings.ece_bins)?;
         let vqa = data
             .vqa
             .as_ref()
@@ -259,12 +268,6 @@ fn answer_pass(
         pass.vqa = Some(vqa_accuracy(&predicted, &truth, &closed)?);
     } else {
         let probs: Vec<Vec<f64>> = logits.iter().map(|l| softmax(l)).collect();
-        let confidence: Vec<f64> = probs
-            .iter()
-            .zip(&predicted)
-            .map(|(p, &k)| p[k].clamp(0.0, 1.0))
-            .collect();
-        pass.ece = expected_calibration_error(&confidence, &correct, settings.ece_bins)?;
         let matrix = confusion_matrix(&predicted, &truth, info.outputs)?;
         pass.classification = Some(ClassificationMetrics {
             accuracy: accuracy(&predicted, &truth)?,
@@ -434,6 +437,18 @@ fn tuned_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vqa_confidence_is_the_answer_sigmoid_not_a_softmax() {
+        // Three answers with equal logits 2: each answer's own sigmoid is 0.88, while a softmax
+        // over answers would say 1/3 whatever the logits' level.
+        let logits = [2.0, 2.0, 2.0];
+        let s = 1.0 / (1.0 + (-2.0f64).exp());
+        assert_eq!(answer_confidence(Task::Vqa, &logits, 0), s);
+        assert!((answer_confidence(Task::Classification, &logits, 0) - 1.0 / 3.0).abs() < 1e-12);
+        // A VQA model sure of no answer (all logits very negative) has low confidence.
+        assert!(answer_confidence(Task::Vqa, &[-6.0, -5.0], 1) < 0.01);
+    }
 
     #[test]
     fn blanking_replaces_exactly_one_modality() {

@@ -292,3 +292,41 @@ fn the_blank_image_pass_equals_the_normal_pass_for_a_model_that_cannot_see() {
     let mean = items.iter().map(|v| v.as_f64().unwrap()).sum::<f64>() / 20.0;
     assert_eq!(Some(mean), m["classification"]["accuracy"].as_f64());
 }
+
+#[test]
+fn retrieval_reports_semantic_recall_beside_instance_recall() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("data")).unwrap();
+    planted_dataset().save(&r.join("data")).unwrap();
+    let pre = checkpoint(&r.join("pre"), None);
+    run(
+        &CoordinateTuneKind,
+        &[("ingest", &r.join("data")), ("pretrain", &pre)],
+        json!({"task": "retrieval", "epochs": 1, "batch_size": 8, "negatives": 2, "device": "cpu",
+               "gmcoord": {"enabled": false}}),
+        &r.join("tuned"),
+    );
+    let m = run(
+        &EvaluateKind,
+        &[
+            ("ingest", &r.join("data")),
+            ("coordinate-tune", &r.join("tuned")),
+        ],
+        json!({"device": "cpu"}),
+        &r.join("eval"),
+    );
+    assert_eq!(m["test_items"], 20);
+    assert!(m["blind"].is_null(), "no blind passes for retrieval: {m}");
+    // Four signatures among 20 test items: semantic recall is never below instance recall, and
+    // every test item has its per-item hits for the report's bootstrap.
+    for key in ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"] {
+        let semantic = m["semantic_retrieval"][key].as_f64().unwrap();
+        let instance = m["retrieval"][key].as_f64().unwrap();
+        assert!(semantic >= instance, "{key}: {semantic} < {instance}");
+        let items = m["items"][format!("semantic_retrieval.{key}")]
+            .as_array()
+            .unwrap();
+        assert_eq!(items.len(), 20);
+    }
+}
