@@ -34,7 +34,7 @@ pub fn to_markdown(summary: &Summary) -> String {
         let _ = writeln!(
             out,
             "Paired by seed: mean ± half-width of the {}% confidence interval of (row − baseline). \
-             \\* marks an interval that excludes 0.\n",
+             \\* marks an interval that has width and excludes 0.\n",
             percent(summary.confidence)
         );
         header(&mut out, &summary.metrics, false);

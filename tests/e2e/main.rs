@@ -6,6 +6,7 @@ mod caching;
 mod commands;
 mod concurrency;
 mod crash;
+mod evaluation;
 mod example;
 mod ml_pipeline;
 mod report;
