@@ -194,7 +194,7 @@ mod tests {
     fn itm_negatives_never_share_the_positive_signature() {
         // 64 rows, half of them "normal" (signature 0), the rest in 4 finding groups.
         let sig = |row: usize| {
-            Some(if row % 2 == 0 {
+            Some(if row.is_multiple_of(2) {
                 0
             } else {
                 1 + (row % 8) as u64 / 2

@@ -87,7 +87,7 @@ pub fn pixel_features(data: &Dataset, pool: usize) -> Result<Features> {
 /// `size` that does so; 1 when the image is already small enough).
 pub fn pool_for(size: usize, max_side: usize) -> usize {
     (1..=size)
-        .find(|&p| size % p == 0 && size / p <= max_side.max(1))
+        .find(|&p| size.is_multiple_of(p) && size / p <= max_side.max(1))
         .unwrap_or(size)
 }
 

@@ -34,11 +34,13 @@ fn planted_dataset() -> Dataset {
         let class = (i / 3) % 2;
         let coin = rng.below(2);
         for k in 0..SIZE * SIZE {
-            images.push(if (k / SIZE) % 8 == 0 && (k % SIZE) % 8 == 0 {
-                [0.1, 0.9][class]
-            } else {
-                rng.next_f64() as f32
-            });
+            images.push(
+                if (k / SIZE).is_multiple_of(8) && (k % SIZE).is_multiple_of(8) {
+                    [0.1, 0.9][class]
+                } else {
+                    rng.next_f64() as f32
+                },
+            );
         }
         let text = [2, 5 + class as u32, 9 + (i % 4) as u32, 3];
         ids.extend(text);
