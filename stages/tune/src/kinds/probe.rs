@@ -136,20 +136,18 @@ impl StageKind for ProbeKind {
         check_fits(&model, &test, &ingest.dir).map_err(failed)?;
         ctx.progress.set_total(1);
         let report = with_threads(ctx.threads, || {
-            probe_report(&model, &train, &test, &p, &device)
+            probe_report(&checkpoint.kind, &model, &train, &test, &p, &device)
                 .map_err(|e| stage_error(ctx.id, e))
-                .map(|mut r| {
-                    r.checkpoint = checkpoint.kind.clone();
-                    r
-                })
         })?;
         ctx.progress.set_position(1);
         write(&ctx.out_dir.join("metrics.json"), &json(&report)?)
     }
 }
 
-/// Fits and scores the encoder probe (and the pixel probe) on one split.
+/// Fits and scores the encoder probe (and the pixel probe) on one split; `checkpoint` is the
+/// kind of the stage the model came from.
 fn probe_report(
+    checkpoint: &str,
     model: &umdflow_model::model::UmdModel,
     train: &ProbeTrainImages,
     test: &SplitView<Test>,
@@ -188,7 +186,7 @@ fn probe_report(
         (None, None)
     };
     Ok(ProbeReport {
-        checkpoint: String::new(),
+        checkpoint: checkpoint.to_string(),
         train_images: tr.n,
         test_images: te.n,
         majority_accuracy: majority_accuracy(&train_labels, &test_labels, classes),
