@@ -134,8 +134,9 @@ pub struct Dataset {
     /// [n, meta.findings.len()] row-major multi-hot, 1 = the study shows that finding; `None`
     /// for sources without per-study findings.
     pub findings: Option<Vec<u8>>,
-    /// One per image: a hash of the study's sorted (finding kind, side) list, equal for two
-    /// studies exactly when their findings cannot be told apart; `None` like `findings`.
+    /// One per image: a hash of the study's sorted (finding kind, side) list over the kinds in
+    /// `meta.findings`, equal for two studies exactly when their findings cannot be told apart
+    /// from the image; `None` like `findings`.
     pub signatures: Option<Vec<u64>>,
     pub meta: Meta,
 }

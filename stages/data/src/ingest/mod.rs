@@ -29,7 +29,8 @@ impl StageKind for IngestKind {
 
     fn version(&self) -> u32 {
         // 2: float knobs are keyed as the decimals written (0.9, not 0.8999999761581421).
-        // 3: SynthRad artifacts carry each study's findings and finding signature.
+        // 3: SynthRad artifacts carry each study's findings and finding signature; the classes
+        // keep only kinds visible at the image size; shifted appearance adds scanner texture.
         3
     }
 
