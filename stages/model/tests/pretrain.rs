@@ -25,6 +25,7 @@ fn settings(seed: u64, max_steps: u64) -> TrainSettings {
             ..OptimConfig::default()
         },
         max_steps: Some(max_steps),
+        vision_positions: Default::default(),
     }
 }
 

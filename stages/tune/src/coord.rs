@@ -5,6 +5,8 @@
 use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Tensor, Var};
 use serde::Serialize;
+use umdflow_model::model::layers::Linear;
+use umdflow_model::optim::Algorithm;
 use umdflow_model::rng::SplitMix64;
 use umdflow_model::store::ParamStore;
 
@@ -139,6 +141,82 @@ pub fn masked_concat_scores(
         true_label_confidence(&head(&text_only)?, labels)?,
         true_label_confidence(&head(&image_only)?, labels)?,
     ))
+}
+
+/// OGM's unimodal logits of a linear concat-fusion head `W [t; v] + b` (OGM-GE `main.py`):
+/// `out_text = t · W[:, :D]ᵀ + b/2` and `out_image = v · W[:, D:]ᵀ + b/2`, so that
+/// `out_text + out_image` is the fused logit. `pooled` = `concat(t, v)` [B, 2D] (detached here).
+pub fn linear_split_logits(pooled: &Tensor, head: &Linear) -> Result<(Tensor, Tensor)> {
+    let pooled = pooled.detach();
+    let w = pooled.dim(1)? / 2;
+    let weight = head.weight.detach();
+    let half_bias = match &head.bias {
+        Some(b) => Some((b.detach() * 0.5)?),
+        None => None,
+    };
+    let part = |offset: usize| -> Result<Tensor> {
+        let x = pooled.narrow(1, offset, w)?;
+        let out = x.matmul(&weight.narrow(1, offset, w)?.t()?)?;
+        Ok(match &half_bias {
+            Some(b) => out.broadcast_add(b)?,
+            None => out,
+        })
+    };
+    Ok((part(0)?, part(w)?))
+}
+
+/// The optimiser's per-branch step scale for one step (1 outside both branches).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepScale {
+    pub text: f64,
+    pub image: f64,
+}
+
+impl StepScale {
+    pub const NONE: StepScale = StepScale {
+        text: 1.0,
+        image: 1.0,
+    };
+
+    /// The scale of the parameter `name`.
+    pub fn of(&self, name: &str) -> f64 {
+        match modality_of(name) {
+            Some(Modality::Text) => self.text,
+            Some(Modality::Image) => self.image,
+            None => 1.0,
+        }
+    }
+}
+
+/// Applies one step of GM-Coord where it acts under `algorithm`, and returns the step scale to
+/// hand to the optimiser ([`umdflow_model::optim::Optimiser::step_scaled`]):
+/// - SGD: OGM-GE exactly: `g ← c·g (+ ε)` and no step scale (the momentum buffer carries the
+///   scaled gradient, so a held coefficient c shrinks the step by c);
+/// - AdamW: the GE noise (if on) is added to the gradient as OGM-GE does, and the coefficient
+///   scales the branch's step, since AdamW's `m̂/√v̂` would cancel a scaled gradient.
+pub fn modulate(
+    grads: &mut GradStore,
+    branches: &BranchParams,
+    coefficients: &Coefficients,
+    noise: Option<&mut SplitMix64>,
+    algorithm: Algorithm,
+) -> Result<StepScale> {
+    match algorithm {
+        Algorithm::Sgd => {
+            rewrite_gradients(grads, branches, coefficients, noise)?;
+            Ok(StepScale::NONE)
+        }
+        Algorithm::Adamw => {
+            if noise.is_some() {
+                let neutral = Coefficients::neutral(coefficients.rho);
+                rewrite_gradients(grads, branches, &neutral, noise)?;
+            }
+            Ok(StepScale {
+                text: coefficients.text,
+                image: coefficients.image,
+            })
+        }
+    }
 }
 
 /// What one rewrite did (for logs and tests).
