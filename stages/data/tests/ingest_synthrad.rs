@@ -56,6 +56,7 @@ fn a_ci_ingest_writes_a_complete_artifact() {
         )
     );
     assert!(out.join(PREVIEW_FILE).exists());
+    check_findings_agree_with_labels(&data);
     let tokenizer = TextTokenizer::load(&tokenizer_path(&out)).unwrap();
     assert_eq!(tokenizer.vocab_size(), data.meta.vocab_size);
     // Reports are tokenized mostly into known pieces.
@@ -68,6 +69,36 @@ fn a_ci_ingest_writes_a_complete_artifact() {
         unknown * 100 < data.input_ids.len(),
         "{unknown} unknown tokens"
     );
+}
+
+/// Every study's findings row and signature are stored, and agree with its class label: normal
+/// studies show nothing and share one signature, others' label is their first finding column.
+fn check_findings_agree_with_labels(data: &Dataset) {
+    assert_eq!(data.meta.findings.len(), 10);
+    assert_eq!(data.meta.findings[..], data.meta.classes[1..]);
+    let (mut normal_signatures, mut abnormal) = (std::collections::BTreeSet::new(), 0);
+    for i in 0..data.n {
+        let row = data.findings_of(i).unwrap();
+        let signature = data.signature(i).unwrap();
+        match row.iter().position(|&v| v == 1) {
+            None => {
+                assert_eq!(data.labels[i], 0, "image {i}");
+                normal_signatures.insert(signature);
+            }
+            Some(first) => {
+                assert_eq!(data.labels[i] as usize, first + 1, "image {i}");
+                abnormal += 1;
+            }
+        }
+        // Equal signatures mean equal findings.
+        for j in 0..i {
+            if data.signature(j) == Some(signature) {
+                assert_eq!(data.findings_of(j), Some(row), "images {j} and {i}");
+            }
+        }
+    }
+    assert_eq!(normal_signatures.len(), 1);
+    assert!(abnormal > 0);
 }
 
 #[test]

@@ -7,7 +7,10 @@ use umdflow_stages::ProgressSink;
 use super::collect::{Collected, CollectedQuestion};
 use crate::artifact::{RetrievalEntry, SPLIT_TEST};
 use crate::error::DataError;
-use crate::synthrad::tasks::{QuestionType, hard_negatives, signature};
+use crate::synthrad::study::FindingKind;
+use crate::synthrad::tasks::{
+    QuestionType, findings_row, hard_negatives, signature, signature_hash,
+};
 use crate::synthrad::{SynthConfig, TextKind, answer_vocabulary, class_names, generate_range};
 
 /// Studies generated per batch (between cancellation checks).
@@ -36,11 +39,18 @@ pub fn collect(
             .iter()
             .map(|q| q.name().to_string())
             .collect(),
+        finding_names: FindingKind::ALL
+            .iter()
+            .map(|k| k.name().to_string())
+            .collect(),
         ..Collected::default()
     };
     out.images
         .reserve(count * config.image_size * config.image_size);
+    // Test-split signatures for the hard negatives, and every study's findings and hash.
     let mut signatures = Vec::new();
+    let mut findings = Vec::with_capacity(count * FindingKind::ALL.len());
+    let mut hashes = Vec::with_capacity(count);
     progress.set_total(count as u64);
     let mut start = 0;
     while start < count {
@@ -72,8 +82,11 @@ pub fn collect(
                     qtype: qtype as u8,
                 });
             }
+            let study_signature = signature(&generated.study);
+            findings.extend_from_slice(&findings_row(&generated.study));
+            hashes.push(signature_hash(&study_signature));
             if generated.study.split == SPLIT_TEST {
-                signatures.push((image, signature(&generated.study)));
+                signatures.push((image, study_signature));
             }
             out.labels.push(generated.study.label());
             out.split.push(generated.study.split);
@@ -82,6 +95,8 @@ pub fn collect(
         start += batch;
         progress.set_position(start as u64);
     }
+    out.findings = Some(findings);
+    out.signatures = Some(hashes);
     if config.text == TextKind::Report {
         let entries = hard_negatives(&signatures, MAX_HARD_NEGATIVES)
             .into_iter()

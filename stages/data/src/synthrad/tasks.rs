@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::config::SynthConfig;
 use super::report::{finding_noun, leak_chance};
-use super::rng::Rng;
+use super::rng::{Rng, mix64};
 use super::study::{FindingKind, Side, Study, View};
 
 const STREAM_VQA: u64 = 0x7671_6131;
@@ -223,6 +223,26 @@ pub fn signature(study: &Study) -> Signature {
     study.findings.iter().map(|f| (f.kind, f.side)).collect()
 }
 
+/// A stable 64-bit hash of a signature (the artifact's `signature` tensor): equal exactly when
+/// the signatures are equal, up to 64-bit collisions. Built from fixed codes and SplitMix64, so it
+/// does not change across Rust versions or platforms.
+pub fn signature_hash(signature: &Signature) -> u64 {
+    signature
+        .iter()
+        .fold(mix64(signature.len() as u64), |hash, &(kind, side)| {
+            mix64(hash ^ ((kind as u64) << 8 | side as u64))
+        })
+}
+
+/// The study's findings as a multi-hot row over [`FindingKind::ALL`].
+pub fn findings_row(study: &Study) -> [u8; FindingKind::ALL.len()] {
+    let mut row = [0u8; FindingKind::ALL.len()];
+    for finding in &study.findings {
+        row[finding.kind as usize] = 1;
+    }
+    row
+}
+
 /// Whether two studies differ in exactly one finding (added or removed) or in the side of
 /// exactly one shared finding: their texts are then hard negatives for each other.
 pub fn is_hard_negative(a: &Signature, b: &Signature) -> bool {
@@ -316,6 +336,46 @@ mod tests {
         // normal studies (no finding to ask about) turn into "no".
         assert!(train_no >= 0.9, "{train_no} {train:?} {test:?}");
         assert!(test_no < train_no - 0.05, "{test_no} vs {train_no}");
+    }
+
+    #[test]
+    fn signature_hashes_are_equal_exactly_when_signatures_are() {
+        use FindingKind::*;
+        let signatures = [
+            vec![],
+            vec![(Effusion, Side::Right)],
+            vec![(Effusion, Side::Left)],
+            vec![(Mass, Side::Right)],
+            vec![(Pneumothorax, Side::Right), (Effusion, Side::Right)],
+            vec![(Pneumothorax, Side::Right), (Effusion, Side::Left)],
+            vec![(Cardiomegaly, Side::Center)],
+        ];
+        for (i, a) in signatures.iter().enumerate() {
+            for (j, b) in signatures.iter().enumerate() {
+                assert_eq!(
+                    signature_hash(a) == signature_hash(b),
+                    i == j,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        // Pinned: a stored artifact's signatures must keep their meaning across builds.
+        assert_eq!(signature_hash(&vec![]), mix64(0));
+        let config = SynthConfig::new(6, Domain::Source, 32);
+        for i in 0..200 {
+            let study = sample_study(&config, i);
+            let row = findings_row(&study);
+            assert_eq!(
+                row.iter().map(|&v| v as usize).sum::<usize>(),
+                study.findings.len()
+            );
+            for f in &study.findings {
+                assert_eq!(
+                    row[FindingKind::ALL.iter().position(|&k| k == f.kind).unwrap()],
+                    1
+                );
+            }
+        }
     }
 
     #[test]
