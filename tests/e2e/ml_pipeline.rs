@@ -111,12 +111,13 @@ fn the_ablation_pipeline_runs_at_its_ci_preset_and_reruns_only_what_changed() {
     let run = ablation(&project, "run", &cache, &["--no-lock-file"]);
     assert_eq!(run["failed"], 0, "{run}");
     // Per seed: 1 mask, 3 pre-trainings (none, data-level, full), 4 calibrations (3 pass-throughs
-    // and one TD-Calib), 6 arms x 3 tunings and evaluations; plus the 2 ingests: 2 + 2 x 44.
-    assert_eq!(run["executed"], 90, "6 arms x 2 seeds, shared work once");
+    // and one TD-Calib) and a probe of each, 6 arms x 3 tunings and evaluations; plus the 2
+    // ingests: 2 + 2 x 48.
+    assert_eq!(run["executed"], 98, "6 arms x 2 seeds, shared work once");
 
     let plan = ablation(&project, "plan", &cache, &["--set", "seeds=[0, 1, 2]"]);
-    assert_eq!(plan["cached"], 90, "{plan}");
-    assert_eq!(plan["run"], 44, "only seed 2's instances would run: {plan}");
+    assert_eq!(plan["cached"], 98, "{plan}");
+    assert_eq!(plan["run"], 48, "only seed 2's instances would run: {plan}");
     assert!(would_run(&plan).iter().all(|(_, id)| id.contains("seed=2")));
 
     let alpha = [
