@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use crate::error::CacheError;
+use crate::failpoint;
 
 /// Size and modification time of a blob when it was written or last verified. A blob whose stat
 /// still matches is trusted without re-hashing; any write to it changes the time.
@@ -71,38 +72,53 @@ impl BlobStore {
         self.dir.join(&hash[..split]).join(&hash[split..])
     }
 
-    /// Moves a finished file into the store: hash, fsync, make read-only, rename. If the blob
-    /// already exists the file is dropped (same content, same name). Returns hash, size, stat and
-    /// the folders whose entries changed (to fsync before the index names the blob).
+    /// Moves a finished file into the store: hash, fsync, make read-only, rename. If a blob of the
+    /// same name exists and its content still hashes to its name, the file is dropped; a blob
+    /// that no longer matches (damaged in place, perhaps with its time restored) is replaced. A
+    /// blob is never trusted by its name or size alone. Returns hash, size, stat and the folders
+    /// to fsync before the index names the blob.
     pub fn store(&self, file: &Path) -> Result<Stored, CacheError> {
         let (hash, size) = hash_file(file)?;
+        failpoint::hit("blob:hashed");
         let target = self.path(&hash);
-        if let Ok(existing) = BlobStat::of(&target)
-            && existing.size == size
-        {
-            let _ = fs::remove_file(file);
-            return Ok(Stored {
-                hash,
-                size,
-                stat: existing,
-                changed_dirs: Vec::new(),
-            });
+        let parent = target.parent().unwrap_or(&self.dir).to_path_buf();
+        // The stat is taken before hashing: a write during the hash changes it, so the next
+        // lookup re-hashes.
+        if let Ok(existing) = BlobStat::of(&target) {
+            match hash_file(&target) {
+                Ok((actual, _)) if actual == hash => {
+                    let _ = fs::remove_file(file);
+                    // Another process may have renamed it in without having synced the folder yet.
+                    return Ok(Stored {
+                        hash,
+                        size,
+                        stat: existing,
+                        changed_dirs: vec![parent],
+                    });
+                }
+                _ => tracing::warn!(
+                    "blob {hash} in the cache no longer matches its hash; replacing it with the \
+                     fresh copy"
+                ),
+            }
         }
         File::open(file)
             .and_then(|f| f.sync_data())
             .map_err(CacheError::io(file))?;
+        failpoint::hit("blob:synced");
         let mut permissions = fs::metadata(file)
             .map_err(CacheError::io(file))?
             .permissions();
         permissions.set_readonly(true);
         fs::set_permissions(file, permissions).map_err(CacheError::io(file))?;
-        let parent = target.parent().unwrap_or(&self.dir).to_path_buf();
+        failpoint::hit("blob:read-only");
         let mut changed_dirs = vec![parent.clone()];
         if !parent.exists() {
             fs::create_dir_all(&parent).map_err(CacheError::io(&parent))?;
             changed_dirs.push(self.dir.clone());
         }
         fs::rename(file, &target).map_err(CacheError::io(&target))?;
+        failpoint::hit("blob:renamed");
         let stat = BlobStat::of(&target).map_err(CacheError::io(&target))?;
         Ok(Stored {
             hash,
@@ -123,7 +139,8 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Ok when the blob is present and its content matches its name. A damaged blob is deleted.
+    /// Ok when the blob is present and its content matches its name; with `known`, a blob whose
+    /// stat still matches is trusted without re-hashing. A damaged blob is deleted.
     pub fn check(&self, hash: &str, size: u64, known: Option<&BlobStat>) -> Result<(), String> {
         let path = self.path(hash);
         let stat = BlobStat::of(&path).map_err(|_| "missing from the blob store".to_string())?;
@@ -181,8 +198,9 @@ impl BlobStore {
         Ok(blobs)
     }
 
-    pub fn count(&self) -> Result<usize, CacheError> {
-        Ok(self.all()?.len())
+    /// The hash of every blob present.
+    pub fn hashes(&self) -> Result<BTreeSet<String>, CacheError> {
+        Ok(self.all()?.into_iter().map(|(hash, _)| hash).collect())
     }
 
     /// Deletes blobs that no record references; returns how many and their bytes.

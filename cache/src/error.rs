@@ -11,6 +11,10 @@ pub enum CacheError {
     },
     #[error("cache index {path}: {message}")]
     Index { path: PathBuf, message: String },
+    /// The index file is not a readable redb database (e.g. written by a crash before index
+    /// creation was atomic, or damaged on disk). The blobs are unaffected.
+    #[error("cache index {path} is damaged: {message}")]
+    DamagedIndex { path: PathBuf, message: String },
     #[error("stage output {path}: {message}")]
     Output { path: PathBuf, message: String },
 }

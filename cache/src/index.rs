@@ -3,20 +3,25 @@
 //! Each process keeps one handle open in redb's multi-writer mode: any number of `umdflow`
 //! processes share the file, reads never block, and redb serialises write transactions across
 //! processes (each commit is one short transaction).
+//!
+//! The file is created atomically (built under a temporary name, fsynced, then linked into place),
+//! because redb writes a new file's header in several steps and a crash between them leaves a file
+//! that no later open accepts.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{
     Builder, ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable,
-    TableDefinition,
+    StorageError, TableDefinition,
 };
 
 use crate::Found;
 use crate::blobs::BlobStat;
 use crate::error::CacheError;
+use crate::failpoint;
 use crate::record::Record;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -40,7 +45,8 @@ pub struct VerifyReport {
     pub blobs_checked: usize,
     /// (hash, what was wrong)
     pub damaged: Vec<(String, String)>,
-    /// Instances whose records used a damaged blob.
+    /// Instances whose records used a damaged or missing blob, or were computed from such a
+    /// record's output.
     pub records_forgotten: Vec<String>,
 }
 
@@ -65,6 +71,37 @@ fn history_key(pipeline: &str, stage: &str) -> String {
     format!("{pipeline}\u{1f}{stage}")
 }
 
+/// Temporary index files being created are named `index.redb.new-<pid>-<nanos>`.
+pub(crate) const TMP_PREFIX: &str = "index.redb.new-";
+
+fn open_file(path: &Path) -> Result<Database, DatabaseError> {
+    // redb checks some invariants with debug assertions; a damaged file must be an error here, not
+    // a panic, in debug builds too.
+    std::panic::catch_unwind(|| {
+        Builder::new()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)
+    })
+    .unwrap_or_else(|_| {
+        Err(DatabaseError::Storage(StorageError::Corrupted(
+            "the database failed an internal consistency check".into(),
+        )))
+    })
+}
+
+/// Errors that mean the file is not a usable redb database (as opposed to, say, no permission).
+fn is_damage(err: &DatabaseError) -> bool {
+    match err {
+        DatabaseError::Storage(StorageError::Corrupted(_)) => true,
+        DatabaseError::Storage(StorageError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        DatabaseError::RepairAborted | DatabaseError::UpgradeRequired(_) => true,
+        _ => false,
+    }
+}
+
 impl Index {
     pub fn new(path: PathBuf) -> Self {
         Index {
@@ -85,21 +122,89 @@ impl Index {
         f(self.db.get_or_init(|| db))
     }
 
+    /// Opens the handle now, so that a damaged file is reported when the cache is opened.
+    pub fn open_now(&self) -> Result<(), CacheError> {
+        self.with_db(|_| Ok(()))
+    }
+
     fn open(&self) -> Result<Database, CacheError> {
+        if !self.path.exists() {
+            self.create_atomically()?;
+        }
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
-            let opened = Builder::new()
-                .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-                .create(&self.path);
-            match opened {
+            match open_file(&self.path) {
                 Ok(db) => return Ok(db),
                 Err(DatabaseError::DatabaseAlreadyOpen) if start.elapsed() < OPEN_TIMEOUT => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(25));
                 }
+                Err(err) if is_damage(&err) => {
+                    return Err(CacheError::DamagedIndex {
+                        path: self.path.clone(),
+                        message: err.to_string(),
+                    });
+                }
                 Err(err) => return Err(CacheError::index(&self.path, err)),
             }
+        }
+    }
+
+    /// Builds an empty index under a temporary name, fsyncs it and links it into place (a link
+    /// never replaces a file another process created meanwhile), then fsyncs the folder.
+    fn create_atomically(&self) -> Result<(), CacheError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let built = open_file(&tmp).map_err(|err| CacheError::index(&tmp, err));
+        drop(built?);
+        failpoint::hit("index-create:built");
+        std::fs::File::open(&tmp)
+            .and_then(|file| file.sync_all())
+            .map_err(CacheError::io(&tmp))?;
+        failpoint::hit("index-create:synced");
+        let linked = std::fs::hard_link(&tmp, &self.path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(CacheError::io(&self.path)(err)),
+        }
+        failpoint::hit("index-create:linked");
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(CacheError::io(dir))
+    }
+
+    /// Moves a damaged index aside (`index.redb.damaged-<unix seconds>`) and creates a fresh one.
+    /// Returns where the damaged file went, or None when the index opens fine. The caller holds
+    /// the cache exclusively.
+    pub fn repair(&self) -> Result<Option<PathBuf>, CacheError> {
+        match self.open() {
+            Ok(db) => {
+                drop(db);
+                Ok(None)
+            }
+            Err(CacheError::DamagedIndex { .. }) => {
+                let seconds = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = self
+                    .path
+                    .with_file_name(format!("index.redb.damaged-{seconds}"));
+                std::fs::rename(&self.path, &aside).map_err(CacheError::io(&aside))?;
+                self.create_atomically()?;
+                Ok(Some(aside))
+            }
+            Err(err) => Err(err),
         }
     }
 
@@ -173,6 +278,7 @@ impl Index {
                 records
                     .insert(record.key.as_str(), bytes.as_slice())
                     .map_err(|e| self.err()(e.into()))?;
+                failpoint::hit("index:record-written");
                 let mut blob_stats = txn
                     .open_table(BLOB_STATS)
                     .map_err(|e| self.err()(e.into()))?;
@@ -181,6 +287,7 @@ impl Index {
                         .insert(hash.as_str(), (stat.size, stat.mtime_ns))
                         .map_err(|e| self.err()(e.into()))?;
                 }
+                failpoint::hit("index:stats-written");
                 let mut history = txn.open_table(HISTORY).map_err(|e| self.err()(e.into()))?;
                 let name = history_key(&record.pipeline, &record.stage);
                 let mut keys: Vec<String> = match history
@@ -200,20 +307,76 @@ impl Index {
                 history
                     .insert(name.as_str(), encoded.as_slice())
                     .map_err(|e| self.err()(e.into()))?;
+                failpoint::hit("index:history-written");
             }
-            txn.commit().map_err(|e| self.err()(e.into()))
+            txn.commit().map_err(|e| self.err()(e.into()))?;
+            failpoint::hit("index:committed");
+            Ok(())
         })
     }
 
-    pub fn remove(&self, key: &str) -> Result<(), CacheError> {
+    /// Forgets, in one transaction, every record that uses a blob in `damaged` (or is named in
+    /// `keys`), and every record computed from one of those records' outputs, transitively
+    /// through [`Record::input_digests`]. A record whose only damaged blob is its log taints
+    /// nothing downstream. Returns the forgotten records.
+    pub fn forget_damaged(
+        &self,
+        damaged: &BTreeSet<String>,
+        keys: &BTreeSet<String>,
+    ) -> Result<Vec<Record>, CacheError> {
+        let all = self.all_records()?;
+        let mut doomed: BTreeSet<usize> = BTreeSet::new();
+        let mut tainted: BTreeSet<String> = BTreeSet::new();
+        for (i, record) in all.iter().enumerate() {
+            let bad_output = record.files.iter().any(|f| damaged.contains(&f.hash));
+            let bad_log = record.log.iter().any(|f| damaged.contains(&f.hash));
+            if bad_output || keys.contains(&record.key) {
+                tainted.insert(record.output_digest.clone());
+            }
+            if bad_output || bad_log || keys.contains(&record.key) {
+                doomed.insert(i);
+            }
+        }
+        // Follow outputs downstream until nothing new is tainted.
+        loop {
+            let mut grew = false;
+            for (i, record) in all.iter().enumerate() {
+                if !doomed.contains(&i) && record.input_digests.iter().any(|d| tainted.contains(d))
+                {
+                    doomed.insert(i);
+                    tainted.insert(record.output_digest.clone());
+                    grew = true;
+                }
+            }
+            if !grew {
+                break;
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(Vec::new());
+        }
         self.with_db(|db| {
             let txn = db.begin_write().map_err(|e| self.err()(e.into()))?;
             {
                 let mut records = txn.open_table(RECORDS).map_err(|e| self.err()(e.into()))?;
-                records.remove(key).map_err(|e| self.err()(e.into()))?;
+                for &i in &doomed {
+                    records
+                        .remove(all[i].key.as_str())
+                        .map_err(|e| self.err()(e.into()))?;
+                }
+                let mut stats = txn
+                    .open_table(BLOB_STATS)
+                    .map_err(|e| self.err()(e.into()))?;
+                for hash in damaged {
+                    stats
+                        .remove(hash.as_str())
+                        .map_err(|e| self.err()(e.into()))?;
+                }
+                failpoint::hit("index:forget-written");
             }
             txn.commit().map_err(|e| self.err()(e.into()))
-        })
+        })?;
+        Ok(doomed.into_iter().map(|i| all[i].clone()).collect())
     }
 
     pub fn history(&self, pipeline: &str, stage: &str) -> Result<Vec<Record>, CacheError> {

@@ -25,8 +25,20 @@ pub struct Record {
     /// Readable instance id, e.g. `train[ratio=0.5,seed=1]`.
     pub instance: String,
     /// The key components (kind, version, params, input digests, deps), kept so that `plan` can
-    /// say which field changed.
+    /// say which field changed. Opaque to the cache.
     pub components: Value,
+    /// The output digests of the inputs this record was computed from. When an output turns out
+    /// damaged, the cache follows these to forget everything computed from it. (Records written
+    /// before this field existed have none.)
+    #[serde(default)]
+    pub input_digests: Vec<String>,
+    /// How many threads the stage was given when it produced this record.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// The device the stage computed on, as the stage reported it (`device` in its
+    /// `metrics.json`); None for stages that report none.
+    #[serde(default)]
+    pub device: Option<String>,
     /// The output manifest, sorted by path.
     pub files: Vec<FileEntry>,
     /// blake3 of the canonical manifest: what downstream keys depend on.

@@ -62,10 +62,6 @@ impl Staging {
         let has_log = fs::metadata(&log).is_ok_and(|m| m.len() > 0);
         Ok((files, has_log.then_some(log)))
     }
-
-    pub(crate) fn remove(self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Drop for Staging {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
-use umdflow_cache::Cache;
+use umdflow_cache::{Cache, CacheError};
 
 use crate::diagnostics::Invalid;
 use crate::expand::{Expanded, expand};
@@ -48,8 +48,16 @@ pub fn load_pipeline(args: &PipelineArgs, registry: &Registry) -> Result<Loaded,
     })
 }
 
-fn open_cache(dir: &Path) -> Result<Cache> {
-    Cache::open(dir).with_context(|| format!("opening the cache at {}", dir.display()))
+/// Opens the cache; a damaged index is an error that says how to repair it.
+pub fn open_cache(dir: &Path) -> Result<Cache> {
+    match Cache::open(dir) {
+        Err(err @ CacheError::DamagedIndex { .. }) => anyhow::bail!(
+            "{err}\n`umdflow verify --repair --cache {}` moves it aside and starts a fresh index \
+             (the cached files are kept; the stages it recorded recompute on the next run)",
+            dir.display()
+        ),
+        opened => opened.with_context(|| format!("opening the cache at {}", dir.display())),
+    }
 }
 
 /// `--force` names a stage (every instance) or one instance id.
@@ -109,8 +117,7 @@ pub fn run(
         LockFile::Off => None,
     };
     if let Some(path) = lock_path {
-        let text =
-            crate::lockfile::render(expanded, &outcomes, &loaded.sets, options.threads_per_stage);
+        let text = crate::lockfile::render(expanded, &outcomes, &loaded.sets);
         crate::lockfile::write(&path, &text)
             .with_context(|| format!("writing the lock file {}", path.display()))?;
     }
@@ -346,8 +353,15 @@ pub fn dag(expanded: &Expanded, format: DagFormat) -> String {
 }
 
 /// `gc`: with pipeline files, keep only what they reach; without, drop only unreferenced files.
+/// It waits until no other process uses the cache, so it never deletes what a live run holds.
 pub fn gc(cache_dir: &Path, pipelines: &[Loaded]) -> Result<umdflow_cache::GcReport> {
     let cache = open_cache(cache_dir)?;
+    let cache = cache.exclusive(|| {
+        eprintln!(
+            "umdflow gc: waiting for the other umdflow processes using {} to finish",
+            cache_dir.display()
+        )
+    })?;
     let keep = if pipelines.is_empty() {
         None
     } else {
@@ -364,8 +378,31 @@ pub fn gc(cache_dir: &Path, pipelines: &[Loaded]) -> Result<umdflow_cache::GcRep
     Ok(cache.gc(keep.as_ref())?)
 }
 
-pub fn verify(cache_dir: &Path) -> Result<umdflow_cache::VerifyReport> {
-    Ok(open_cache(cache_dir)?.verify()?)
+/// What `verify` found.
+pub struct Verified {
+    /// With `--repair`, where a damaged index was moved.
+    pub index_moved_to: Option<PathBuf>,
+    pub report: umdflow_cache::VerifyReport,
+}
+
+/// `verify`: re-hash every blob; with `repair`, first move a damaged index aside.
+pub fn verify(cache_dir: &Path, repair: bool) -> Result<Verified> {
+    let index_moved_to = if repair {
+        Cache::repair_index(cache_dir, || {
+            eprintln!(
+                "umdflow verify: waiting for the other umdflow processes using {} to finish",
+                cache_dir.display()
+            )
+        })
+        .with_context(|| format!("repairing the cache index in {}", cache_dir.display()))?
+    } else {
+        None
+    };
+    let report = open_cache(cache_dir)?.verify()?;
+    Ok(Verified {
+        index_moved_to,
+        report,
+    })
 }
 
 /// `log`: the kept log of a cached instance.

@@ -1,7 +1,8 @@
 //! The lock file `umdflow run` writes beside the pipeline (`<name>.lock.json`): for every instance
-//! its resolved params, key, output and metric digests, plus the umdflow, compiler and dependency
-//! versions and the thread count. It holds no times or paths, so two runs that computed the same
-//! results write identical files and a reviewer can diff them.
+//! its resolved params, key, output and metric digests, and the thread count and device that
+//! produced its cached result, plus the umdflow, compiler and dependency versions. It holds no
+//! times or paths, so two runs that computed the same results write identical files and a
+//! reviewer can diff them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,10 @@ struct LockInstance<'a> {
     output_digest: Option<&'a str>,
     metrics_digest: Option<String>,
     metrics: Option<&'a Value>,
+    /// Threads the stage was given when it computed the cached result (not this invocation's).
+    threads: Option<usize>,
+    /// The device it computed on, when the stage reports one.
+    device: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -34,7 +39,6 @@ struct Lock<'a> {
     umdflow_version: &'static str,
     rustc: &'static str,
     dependencies: BTreeMap<&'static str, &'static str>,
-    threads_per_stage: usize,
     instances: Vec<LockInstance<'a>>,
 }
 
@@ -62,12 +66,7 @@ pub fn metrics_digest(metrics: &Value) -> String {
         .to_string()
 }
 
-pub fn render(
-    expanded: &Expanded,
-    outcomes: &[Outcome],
-    overrides: &[String],
-    threads_per_stage: usize,
-) -> String {
+pub fn render(expanded: &Expanded, outcomes: &[Outcome], overrides: &[String]) -> String {
     let instances = expanded
         .instances
         .iter()
@@ -92,6 +91,8 @@ pub fn render(
                 output_digest: record.map(|r| r.output_digest.as_str()),
                 metrics_digest: metrics.map(metrics_digest),
                 metrics,
+                threads: record.and_then(|r| r.threads),
+                device: record.and_then(|r| r.device.as_deref()),
             }
         })
         .collect();
@@ -106,7 +107,6 @@ pub fn render(
         umdflow_version: env!("CARGO_PKG_VERSION"),
         rustc: env!("UMDFLOW_RUSTC_VERSION"),
         dependencies: dependency_versions(),
-        threads_per_stage,
         instances,
     };
     let mut text = serde_json::to_string_pretty(&lock).unwrap_or_default();
@@ -114,10 +114,20 @@ pub fn render(
     text
 }
 
-/// Writes the lock file atomically (temporary file, then rename). The temporary name is per
-/// process, so concurrent runs of one pipeline never trip over each other (the last one wins).
+/// Writes the lock file atomically and durably (temporary file, fsync, rename, fsync of the
+/// folder). The temporary name is per process, so concurrent runs of one pipeline never trip over
+/// each other (the last one wins).
 pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -122,11 +122,15 @@ enum Command {
         sets: Vec<String>,
     },
     /// Re-hash every blob in the cache; damaged ones are removed and their stages recompute.
+    /// Exits 1 when it found damage (a damaged index included).
     Verify {
         /// A pipeline file whose cache to verify (default: --cache, $UMDFLOW_CACHE or ./.umdflow).
         file: Option<PathBuf>,
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// If the index is damaged, move it aside and start a fresh one (the blobs are kept).
+        #[arg(long)]
+        repair: bool,
     },
     /// Tables (Markdown, CSV, JSON, LaTeX), plots and an HTML page from cached results; runs nothing.
     Report {
@@ -339,7 +343,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { file, cache } => {
+        Command::Verify {
+            file,
+            cache,
+            repair,
+        } => {
             let dir = match (&cache, &file) {
                 (None, Some(file)) => {
                     let parent = file
@@ -350,7 +358,15 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 _ => cache_dir(cache.as_deref(), std::path::Path::new(".")),
             };
-            let report = commands::verify(&dir)?;
+            let verified = commands::verify(&dir, repair)?;
+            if let Some(moved) = &verified.index_moved_to {
+                eprintln!(
+                    "the cache index was damaged: moved it to {} and started a fresh one; the \
+                     cached files are kept, and the stages it recorded recompute on the next run",
+                    moved.display()
+                );
+            }
+            let report = verified.report;
             for (hash, problem) in &report.damaged {
                 eprintln!("damaged blob {hash}: {problem}");
             }
@@ -363,11 +379,13 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.damaged.len(),
                 dir.display()
             );
-            Ok(if report.damaged.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(
+                if report.damaged.is_empty() && verified.index_moved_to.is_none() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                },
+            )
         }
         Command::Report { pipeline, out } => {
             let loaded = load(&pipeline, &registry)?;
@@ -379,7 +397,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Export { pipeline, out } => {
             let loaded = load(&pipeline, &registry)?;
-            let files = umdflow::report::export(&loaded, &out, 1)?;
+            let files = umdflow::report::export(&loaded, &out)?;
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }

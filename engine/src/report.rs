@@ -381,8 +381,7 @@ pub fn default_report_dir(pipeline: &Path) -> PathBuf {
 
 /// `umdflow report`: writes the tables, plots and HTML page; returns the files written.
 pub fn report(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
-    let cache = Cache::open(&loaded.cache_dir)
-        .with_context(|| format!("opening the cache at {}", loaded.cache_dir.display()))?;
+    let cache = crate::commands::open_cache(&loaded.cache_dir)?;
     let input = gather(loaded, &cache)?;
     let written = umdflow_report::render(&input, out)
         .with_context(|| format!("writing the report to {}", out.display()))?;
@@ -390,9 +389,8 @@ pub fn report(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// `umdflow export`: a folder with the pipeline, its lock file, every metric and the report.
-pub fn export(loaded: &Loaded, out: &Path, threads_per_stage: usize) -> Result<Vec<PathBuf>> {
-    let cache = Cache::open(&loaded.cache_dir)
-        .with_context(|| format!("opening the cache at {}", loaded.cache_dir.display()))?;
+pub fn export(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
+    let cache = crate::commands::open_cache(&loaded.cache_dir)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let expanded = &loaded.expanded;
     let mut written = Vec::new();
@@ -424,15 +422,15 @@ pub fn export(loaded: &Loaded, out: &Path, threads_per_stage: usize) -> Result<V
             },
         })
         .collect();
-    // The lock file of the last run if there is one (it records the thread count that run used);
-    // otherwise one rendered from the cache with the default thread count.
+    // The lock file of the last run if there is one; otherwise one rendered from the cache (each
+    // record carries the thread count and device that produced it).
     let beside = crate::lockfile::lock_path(&loaded.source.file);
     let lock_path = out.join(beside.file_name().unwrap_or_default());
     if beside.exists() {
         std::fs::copy(&beside, &lock_path)
             .with_context(|| format!("copying {}", beside.display()))?;
     } else {
-        let lock = crate::lockfile::render(expanded, &outcomes, &loaded.sets, threads_per_stage);
+        let lock = crate::lockfile::render(expanded, &outcomes, &loaded.sets);
         std::fs::write(&lock_path, lock)?;
     }
     written.push(lock_path);

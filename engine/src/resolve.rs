@@ -90,13 +90,13 @@ pub enum Resolution {
     Run { key: Option<String>, reason: String },
 }
 
-/// Checks a looked-up record's blobs; a damaged record is forgotten so the stage recomputes.
+/// Checks a looked-up record's blobs; a damaged record (and everything computed from it) is
+/// forgotten by the check, so the stage recomputes.
 pub fn usable(cache: &Cache, found: Found) -> Result<Record, String> {
     let damage = cache.check(&found);
     if damage.is_empty() {
         return Ok(found.record);
     }
-    let _ = cache.forget(&found.record.key);
     let described: Vec<String> = damage.iter().map(|d| d.to_string()).collect();
     Err(format!(
         "cached output damaged, recomputing: {}",

@@ -64,11 +64,13 @@ struct Job {
     key: String,
     components: KeyComponents,
     inputs: Vec<Record>,
+    /// `--force`: compute even if the key is cached.
+    forced: bool,
 }
 
 enum JobResult {
     Executed(Record),
-    /// Another process computed it while we waited for its lease.
+    /// Another process computed it after this one planned (found once the lease was ours).
     CachedElsewhere(Record),
     Failed {
         message: String,
@@ -114,11 +116,19 @@ struct Executor<'a> {
 }
 
 impl Executor<'_> {
+    /// Never panics: a panic outside the stage kind (say, while building input views) would
+    /// otherwise leave the main loop waiting for this job forever.
     fn execute(&self, job: &Job) -> JobResult {
-        match self.execute_inner(job) {
-            Ok(result) => result,
-            Err(err) => JobResult::Failed {
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute_inner(job)));
+        match result {
+            Ok(Ok(result)) => result,
+            Ok(Err(err)) => JobResult::Failed {
                 message: err.to_string(),
+                log_tail: None,
+            },
+            Err(panic) => JobResult::Failed {
+                message: format!("internal error: {}", panic_message(&*panic)),
                 log_tail: None,
             },
         }
@@ -127,22 +137,24 @@ impl Executor<'_> {
     fn execute_inner(&self, job: &Job) -> Result<JobResult, CacheError> {
         let instance = &self.expanded.instances[job.index];
         let stage = &self.expanded.stages[instance.stage];
-        let _lease = match self.cache.try_lease(&job.key)? {
-            LeaseAttempt::Taken(lease) => lease,
+        let (_lease, waited) = match self.cache.try_lease(&job.key)? {
+            LeaseAttempt::Taken(lease) => (lease, false),
             LeaseAttempt::Busy { holder, waiter } => {
                 self.progress.note(&format!(
                     "{}: waiting for {holder}, which is computing the same stage in this cache",
                     instance.id
                 ));
-                let lease = waiter.wait()?;
-                if let Some(found) = self.cache.lookup(&[&job.key])?.remove(&job.key)
-                    && let Ok(record) = usable(self.cache, found)
-                {
-                    return Ok(JobResult::CachedElsewhere(record));
-                }
-                lease
+                (waiter.wait()?, true)
             }
         };
+        // Another process may have finished this key since this one planned, whether or not we
+        // had to wait for it: look again now that no one else can be computing it.
+        if (waited || !job.forced)
+            && let Some(found) = self.cache.lookup(&[&job.key])?.remove(&job.key)
+            && let Ok(record) = usable(self.cache, found)
+        {
+            return Ok(JobResult::CachedElsewhere(record));
+        }
 
         let staging = self.cache.staging()?;
         let mut artifacts = Vec::with_capacity(job.inputs.len());
@@ -179,27 +191,36 @@ impl Executor<'_> {
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx)))
                 .unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
                     Err(StageError::failed(format!(
-                        "internal error in stage kind `{}`: {message}",
-                        stage.kind.name()
+                        "internal error in stage kind `{}`: {}",
+                        stage.kind.name(),
+                        panic_message(&*panic)
                     )))
                 });
         bar.done();
         let duration_s = clock.elapsed().as_secs_f64();
+        let outcome = match (outcome, self.inputs_changed(job)) {
+            (outcome, None) => outcome,
+            (Ok(()), Some(changed)) => Err(StageError::failed(changed)),
+            (Err(err), Some(changed)) => Err(StageError::failed(format!("{err}; also, {changed}"))),
+        };
         let failure = match outcome {
             Ok(()) => match read_metrics(&out_dir) {
                 Ok(metrics) => {
+                    let device = metrics
+                        .as_ref()
+                        .and_then(|m| m.get("device"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
                     let record = Record {
                         key: job.key.clone(),
                         pipeline: self.expanded.name.clone(),
                         stage: stage.name.clone(),
                         instance: instance.id.clone(),
                         components: job.components.to_value(),
+                        input_digests: job.inputs.iter().map(|r| r.output_digest.clone()).collect(),
+                        threads: Some(self.options.threads_per_stage),
+                        device,
                         files: Vec::new(),
                         output_digest: String::new(),
                         log: None,
@@ -230,6 +251,45 @@ impl Executor<'_> {
             log_tail: tail(&log_path, 15),
         })
     }
+}
+
+impl Executor<'_> {
+    /// Re-hashes the inputs' blobs after a stage ran. Input views share the blobs' files, and a
+    /// stage running as root can write into them despite their read-only mode; such a write
+    /// fails the stage (its result may rest on the changed bytes), and the cache forgets the
+    /// damaged input and everything computed from it. A full re-hash rather than a stat check,
+    /// because a file's times are coarse and a stage may restore them.
+    fn inputs_changed(&self, job: &Job) -> Option<String> {
+        let mut changed = Vec::new();
+        for (record, &input) in job
+            .inputs
+            .iter()
+            .zip(&self.expanded.instances[job.index].inputs)
+        {
+            for damage in self.cache.rehash(record) {
+                changed.push(format!(
+                    "{}/{damage}",
+                    self.expanded.stages[self.expanded.instances[input].stage].name
+                ));
+            }
+        }
+        (!changed.is_empty()).then(|| {
+            format!(
+                "an input changed while the stage ran ({}): inputs are read-only, write only to \
+                 $UMDFLOW_OUT. The result is discarded, and the changed input is forgotten with \
+                 everything computed from it, so the next run recomputes them",
+                changed.join("; ")
+            )
+        })
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// A `metrics.json` at the top of the output becomes the record's metrics.
@@ -399,6 +459,7 @@ pub fn run(
                         key,
                         components,
                         inputs,
+                        forced: forced(index),
                     })
                     .is_err()
                 {

@@ -3,11 +3,14 @@
 mod support;
 
 mod caching;
+mod campaign;
 mod commands;
 mod concurrency;
 mod crash;
 mod example;
+mod integrity;
 mod ml_pipeline;
 mod report;
+mod sharing;
 mod shipped_pipelines;
 mod validation;
