@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-const TRACKED: [&str; 9] = [
+const TRACKED: [&str; 8] = [
     "blake3",
     "candle-core",
     "candle-nn",
@@ -11,7 +11,6 @@ const TRACKED: [&str; 9] = [
     "safetensors",
     "tokenizers",
     "yaml_serde",
-    "petgraph",
     "image",
 ];
 

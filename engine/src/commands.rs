@@ -7,7 +7,8 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use umdflow_cache::{Cache, CacheError};
 
-use crate::diagnostics::Invalid;
+use crate::content::StatCache;
+use crate::diagnostics::{Diagnostic, Invalid};
 use crate::expand::{Expanded, expand};
 use crate::progress::Progress;
 use crate::registry::Registry;
@@ -37,8 +38,8 @@ pub struct Loaded {
 pub fn load_pipeline(args: &PipelineArgs, registry: &Registry) -> Result<Loaded, Invalid> {
     let source = load(&args.file, &args.sets)?;
     let expanded = expand(&source, registry, args.max_points)?;
-    let deps = DepDigests::compute(&source, &expanded)?;
     let cache_dir = cache_dir(args.cache.as_deref(), &source.dir);
+    let deps = DepDigests::compute(&source, &expanded, &mut StatCache::open(&cache_dir))?;
     Ok(Loaded {
         source,
         sets: args.sets.clone(),
@@ -60,18 +61,43 @@ pub fn open_cache(dir: &Path) -> Result<Cache> {
     }
 }
 
-/// `--force` names a stage (every instance) or one instance id.
+/// `--force` names a stage (every instance) or one instance id; a name that matches nothing is
+/// an error (exit 2), so a typo cannot silently force nothing.
 pub fn forced_matcher<'a>(
     expanded: &'a Expanded,
     force: &'a [String],
-) -> impl Fn(usize) -> bool + 'a {
-    move |index| {
+) -> Result<impl Fn(usize) -> bool + 'a, Invalid> {
+    let unknown: Vec<Diagnostic> = force
+        .iter()
+        .filter(|f| {
+            f.as_str() != "all"
+                && !expanded.stages.iter().any(|stage| &stage.name == *f)
+                && !expanded.instances.iter().any(|instance| &instance.id == *f)
+        })
+        .map(|f| {
+            let stages: Vec<&str> = expanded.stages.iter().map(|s| s.name.as_str()).collect();
+            Diagnostic {
+                file: expanded.file.clone(),
+                position: None,
+                origin: Some(format!("--force {f}")),
+                message: format!(
+                    "no stage or instance is named `{f}`; stages: {} (or an instance id such as `{}`, or `all`)",
+                    stages.join(", "),
+                    expanded.instances.last().map(|i| i.id.as_str()).unwrap_or("all")
+                ),
+            }
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Invalid(unknown));
+    }
+    Ok(move |index: usize| {
         let instance = &expanded.instances[index];
         let stage = &expanded.stages[instance.stage].name;
         force
             .iter()
             .any(|f| f == stage || f == &instance.id || f == "all")
-    }
+    })
 }
 
 pub struct RunResult {
@@ -99,7 +125,7 @@ pub fn run(
     let cache = open_cache(&loaded.cache_dir)?;
     let expanded = &loaded.expanded;
     let progress = Progress::new(expanded.instances.len() as u64, !json && !quiet);
-    let forced = forced_matcher(expanded, force);
+    let forced = forced_matcher(expanded, force)?;
     let outcomes = scheduler::run(
         expanded,
         &cache,
@@ -145,7 +171,7 @@ pub fn run(
 pub fn plan(loaded: &Loaded, force: &[String], json: bool) -> Result<usize> {
     let cache = open_cache(&loaded.cache_dir)?;
     let expanded = &loaded.expanded;
-    let forced = forced_matcher(expanded, force);
+    let forced = forced_matcher(expanded, force)?;
     let resolutions = resolve_all(expanded, &cache, &loaded.deps, &forced)?;
     let to_run = resolutions
         .iter()

@@ -2,7 +2,6 @@
 //! output, and nothing else (no absolute paths, times or host names).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -21,10 +20,20 @@ pub struct KeyComponents {
     pub params: Map<String, Value>,
     /// The command of a `cmd` stage, axes substituted.
     pub run: Option<RunSpec>,
-    /// Input stage name -> that input's output digest.
+    /// The stage name and instance id, for kinds that see them (`StageKind::sees_names`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Input -> that input's output digest. Inputs are named by stage name for kinds that see
+    /// names, else by `kind:<kind>` (`kind:<kind>#2` for a second input of the same kind).
     pub inputs: BTreeMap<String, String>,
     /// Dependency path (relative, as written) -> content digest.
     pub deps: BTreeMap<String, String>,
+    /// Param naming a path the kind reads (`StageKind::reads`) -> that path's content digest
+    /// (`absent` when it does not exist); the param itself is left out of `params`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reads: BTreeMap<String, String>,
 }
 
 /// JSON with object keys sorted at every level, so the encoding never depends on insertion order
@@ -77,49 +86,6 @@ impl KeyComponents {
     }
 }
 
-/// Content digest of a dependency: a file's blake3, or for a folder the blake3 of its sorted
-/// `(relative path, file digest)` list.
-pub fn dep_digest(path: &Path) -> std::io::Result<String> {
-    let meta = std::fs::metadata(path)?;
-    if meta.is_file() {
-        return umdflow_cache::hash_file(path)
-            .map(|(hash, _)| hash)
-            .map_err(std::io::Error::other);
-    }
-    let mut files = Vec::new();
-    collect_files(path, "", &mut files)?;
-    files.sort();
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"umdflow-dir-v1\n");
-    for relative in files {
-        let (hash, _) =
-            umdflow_cache::hash_file(&path.join(&relative)).map_err(std::io::Error::other)?;
-        hasher.update(relative.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(hash.as_bytes());
-        hasher.update(b"\n");
-    }
-    Ok(hasher.finalize().to_hex().to_string())
-}
-
-fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        let relative = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        if entry.file_type()?.is_dir() {
-            collect_files(&entry.path(), &relative, out)?;
-        } else {
-            out.push(relative);
-        }
-    }
-    Ok(())
-}
-
 /// Human-readable differences between the components of an earlier run and now, e.g.
 /// `params.ratio: 0.5 -> 0.75` or `deps prep.py changed`.
 pub fn describe_changes(old: &KeyComponents, new: &KeyComponents) -> Vec<String> {
@@ -146,6 +112,24 @@ pub fn describe_changes(old: &KeyComponents, new: &KeyComponents) -> Vec<String>
     );
     if old.run != new.run {
         changes.push("run changed".into());
+    }
+    if old.stage != new.stage || old.instance != new.instance {
+        changes.push(format!(
+            "renamed from {}",
+            old.instance
+                .as_deref()
+                .or(old.stage.as_deref())
+                .unwrap_or("?")
+        ));
+    }
+    for (param, digest) in &new.reads {
+        match old.reads.get(param) {
+            None => changes.push(format!("params.{param} now read by content")),
+            Some(previous) if previous != digest => {
+                changes.push(format!("content of params.{param} changed"))
+            }
+            _ => {}
+        }
     }
     for (name, digest) in &new.inputs {
         match old.inputs.get(name) {
@@ -205,8 +189,11 @@ mod tests {
             kind_version: 1,
             params,
             run: Some(RunSpec::Argv(vec!["python3".into(), "train.py".into()])),
+            stage: None,
+            instance: None,
             inputs: [("prep".to_string(), "ab".repeat(32))].into(),
             deps: [("train.py".to_string(), "cd".repeat(32))].into(),
+            reads: BTreeMap::new(),
         }
     }
 
@@ -247,6 +234,15 @@ mod tests {
         assert_ne!(c.key(), base);
         let mut c = components();
         c.run = Some(RunSpec::Shell("python3 train.py".into()));
+        assert_ne!(c.key(), base);
+        let mut c = components();
+        c.stage = Some("train".into());
+        assert_ne!(c.key(), base);
+        let mut c = components();
+        c.instance = Some("train[seed=1]".into());
+        assert_ne!(c.key(), base);
+        let mut c = components();
+        c.reads.insert("path".into(), "ef".repeat(32));
         assert_ne!(c.key(), base);
     }
 

@@ -2,7 +2,10 @@
 //! instances, which the scheduler runs against the cache.
 
 pub mod commands;
+pub mod content;
 pub mod diagnostics;
+pub mod disk;
+pub mod exit;
 pub mod expand;
 pub mod keys;
 pub mod locate;

@@ -42,11 +42,7 @@ fn join(parent: &str, key: &str) -> String {
 impl Builder {
     /// The path of the node starting now, or None if the node is a mapping key.
     fn place(&mut self, scalar: Option<&str>, mark: Marker) -> Option<String> {
-        let position = Position {
-            line: mark.line(),
-            // yaml-rust2 counts columns from 0 despite its doc comment.
-            column: mark.col() + 1,
-        };
+        let position = position_of(mark);
         match self.stack.last_mut() {
             None => Some(String::new()),
             Some(Frame::Mapping { path, key }) => match key.take() {
@@ -103,21 +99,125 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
+/// Bounds on what a pipeline file may make the parsers do, so that a hostile or broken file
+/// fails in milliseconds instead of taking seconds and gigabytes.
+pub const MAX_DEPTH: usize = 64;
+/// Nodes after every alias is expanded (real pipelines have a few hundred).
+pub const MAX_NODES: u64 = 200_000;
+
+/// Why a file was refused before it was deserialized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub position: Position,
+    pub message: String,
+}
+
+fn position_of(mark: Marker) -> Position {
+    Position {
+        line: mark.line(),
+        // yaml-rust2 counts columns from 0 despite its doc comment.
+        column: mark.col() + 1,
+    }
+}
+
+/// Counts nodes as aliases would expand them, remembering the expanded size of each anchor.
+#[derive(Default)]
+struct Expansion {
+    /// `(anchor id, nodes so far)` of each open collection.
+    open: Vec<(usize, u64)>,
+    anchor_sizes: HashMap<usize, u64>,
+    total: u64,
+}
+
+impl Expansion {
+    fn add(&mut self, nodes: u64) {
+        self.total = self.total.saturating_add(nodes);
+        if let Some((_, count)) = self.open.last_mut() {
+            *count = count.saturating_add(nodes);
+        }
+    }
+
+    fn node(&mut self, event: &Event) {
+        match event {
+            Event::Scalar(_, _, anchor, _) => {
+                if *anchor > 0 {
+                    self.anchor_sizes.insert(*anchor, 1);
+                }
+                self.add(1);
+            }
+            Event::Alias(anchor) => {
+                let size = self.anchor_sizes.get(anchor).copied().unwrap_or(1);
+                self.add(size);
+            }
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                self.add(1);
+                self.open.push((*anchor, 1));
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                if let Some((anchor, count)) = self.open.pop() {
+                    if anchor > 0 {
+                        self.anchor_sizes.insert(anchor, count);
+                    }
+                    if let Some((_, parent)) = self.open.last_mut() {
+                        *parent = parent.saturating_add(count - 1);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Locator {
-    /// Builds the locator; a file the YAML parser rejects gives an empty one (the deserializer
-    /// reports the syntax error with its own position).
-    pub fn new(text: &str) -> Locator {
+    /// Reads the file's structure with its positions, refusing (with the position) a syntax
+    /// error, a second document, nesting deeper than [`MAX_DEPTH`] and more than [`MAX_NODES`]
+    /// nodes once aliases are expanded. Runs before the deserializer, which has no such bounds.
+    pub fn parse(text: &str) -> Result<Locator, Refused> {
         let mut builder = Builder {
             stack: Vec::new(),
             positions: HashMap::new(),
         };
+        let mut expansion = Expansion::default();
+        let mut documents = 0;
         let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut builder, false).is_err() {
-            return Locator::default();
+        loop {
+            let (event, mark) = parser.next_token().map_err(|err| Refused {
+                position: position_of(*err.marker()),
+                message: format!("not valid YAML: {}", err.info()),
+            })?;
+            match &event {
+                Event::StreamEnd => break,
+                Event::DocumentStart => {
+                    documents += 1;
+                    if documents > 1 {
+                        return Err(Refused {
+                            position: position_of(mark),
+                            message: "a second YAML document starts here; a pipeline file is one document (is a `---` line or a line indented less than its mapping left over?)".into(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+            expansion.node(&event);
+            if expansion.open.len() > MAX_DEPTH {
+                return Err(Refused {
+                    position: position_of(mark),
+                    message: format!("nesting deeper than {MAX_DEPTH} levels"),
+                });
+            }
+            if expansion.total > MAX_NODES {
+                return Err(Refused {
+                    position: position_of(mark),
+                    message: format!(
+                        "more than {MAX_NODES} values once aliases (`*name`) are expanded"
+                    ),
+                });
+            }
+            builder.on_event(event, mark);
         }
-        Locator {
+        Ok(Locator {
             positions: builder.positions,
-        }
+        })
     }
 
     /// Where the value at `path` starts. For a path the file does not have (a missing field), the
@@ -128,7 +228,10 @@ impl Locator {
         }
         let mut path = path;
         loop {
-            let cut = path.rfind(['.', '['])?;
+            // A top-level entry the file does not have: the start of the document.
+            let Some(cut) = path.rfind(['.', '[']) else {
+                return self.positions.get("").copied();
+            };
             path = &path[..cut];
             if let Some(position) = self
                 .positions
@@ -157,7 +260,7 @@ mod tests {
 
     #[test]
     fn values_and_keys_have_positions() {
-        let locator = Locator::new(TEXT);
+        let locator = Locator::parse(TEXT).unwrap();
         assert_eq!(locator.value("name"), Some(Position { line: 1, column: 7 }));
         assert_eq!(
             locator.value("sweep.ratio[1]"),
@@ -191,8 +294,51 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_refused_quickly_with_a_position() {
+        let text = format!("name: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let started = std::time::Instant::now();
+        let refused = Locator::parse(&text).unwrap_err();
+        assert!(
+            started.elapsed().as_millis() < 500,
+            "{:?}",
+            started.elapsed()
+        );
+        // The scanner's own recursion limit or ours, whichever comes first.
+        assert!(
+            refused.message.contains("nesting") || refused.message.contains("recursion limit"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(refused.position.line, 1);
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_before_it_expands() {
+        let mut text = String::from("a: &a [");
+        text.push_str(&vec!["x"; 20_000].join(", "));
+        text.push_str("]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n");
+        let started = std::time::Instant::now();
+        let refused = Locator::parse(&text).unwrap_err();
+        assert!(
+            started.elapsed().as_millis() < 500,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(refused.message.contains("aliases"), "{}", refused.message);
+        assert_eq!(refused.position.line, 2);
+        // A few aliases of a small anchor are fine.
+        assert!(Locator::parse("a: &a [1, 2]\nb: [*a, *a]\n").is_ok());
+    }
+
+    #[test]
+    fn a_second_document_is_refused_at_its_start() {
+        let refused = Locator::parse("name: x\n---\nname: y\n").unwrap_err();
+        assert_eq!(refused.position.line, 2, "{refused:?}");
+    }
+
+    #[test]
     fn unknown_paths_fall_back_to_the_parent() {
-        let locator = Locator::new(TEXT);
+        let locator = Locator::parse(TEXT).unwrap();
         assert_eq!(
             locator.value("stages.train.params.missing"),
             locator.key("stages.train.params")

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Args, Parser, Subcommand};
 use umdflow::commands::{self, DagFormat, Loaded, LockFile, PipelineArgs};
 use umdflow::diagnostics::Invalid;
+use umdflow::exit::Exit;
 use umdflow::registry::Registry;
 use umdflow::scheduler::{RunOptions, Status, cache_dir};
 
@@ -188,7 +189,7 @@ fn install_ctrl_c() {
     let _ = ctrlc::set_handler(|| {
         if CANCEL.swap(true, Ordering::SeqCst) {
             eprintln!("\numdflow: second interrupt, exiting now (completed stages are cached)");
-            std::process::exit(130);
+            std::process::exit(Exit::Interrupted.code());
         }
         eprintln!(
             "\numdflow: interrupted; stopping running stages (completed stages stay cached; press Ctrl-C again to exit now)"
@@ -235,11 +236,11 @@ fn main() -> ExitCode {
         Err(err) => match err.downcast_ref::<Invalid>() {
             Some(invalid) => {
                 eprintln!("{invalid}");
-                ExitCode::from(2)
+                Exit::Invalid.into()
             }
             None => {
                 eprintln!("error: {err:#}");
-                ExitCode::from(1)
+                Exit::Failed.into()
             }
         },
     }
@@ -278,11 +279,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let result = commands::run(&loaded, &options, &force, json, cli.quiet, &lock, &CANCEL)?;
             Ok(if result.interrupted {
-                ExitCode::from(130)
+                Exit::Interrupted.into()
             } else if result.outcomes.iter().any(|o| o.status == Status::Failed) {
-                ExitCode::from(1)
+                Exit::Failed.into()
             } else {
-                ExitCode::SUCCESS
+                Exit::Ok.into()
             })
         }
         Command::Plan {
@@ -292,22 +293,22 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let loaded = load(&pipeline, &registry)?;
             commands::plan(&loaded, &force, json)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok.into())
         }
         Command::Dag { pipeline, format } => {
             let loaded = load(&pipeline, &registry)?;
             print!("{}", commands::dag(&loaded.expanded, format));
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok.into())
         }
         Command::Show { pipeline, json } => {
             let loaded = load(&pipeline, &registry)?;
             commands::show(&loaded, json)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok.into())
         }
         Command::Log { pipeline, id } => {
             let loaded = load(&pipeline, &registry)?;
             print!("{}", commands::log(&loaded, &id)?);
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok.into())
         }
         Command::Gc { files, cache, sets } => {
             let mut loaded = Vec::new();
@@ -341,7 +342,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 human_bytes(report.bytes_freed),
                 dir.display()
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok.into())
         }
         Command::Verify {
             file,
@@ -381,9 +382,9 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(
                 if report.damaged.is_empty() && verified.index_moved_to.is_none() {
-                    ExitCode::SUCCESS
+                    Exit::Ok.into()
                 } else {
-                    ExitCode::from(1)
+                    Exit::Failed.into()
                 },
             )
         }
@@ -393,13 +394,13 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 out.unwrap_or_else(|| umdflow::report::default_report_dir(&loaded.source.file));
             let files = umdflow::report::report(&loaded, &out)?;
             println!("wrote {} files to {}", files.len(), out.display());
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok.into())
         }
         Command::Export { pipeline, out } => {
             let loaded = load(&pipeline, &registry)?;
             let files = umdflow::report::export(&loaded, &out)?;
             println!("wrote {} files to {}", files.len(), out.display());
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok.into())
         }
         Command::Kinds { defaults } => {
             for kind in registry.all() {
@@ -413,7 +414,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", commands::kind_defaults(kind.as_ref()));
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok.into())
         }
     }
 }

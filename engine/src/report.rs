@@ -422,16 +422,26 @@ pub fn export(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
             },
         })
         .collect();
-    // The lock file of the last run if there is one; otherwise one rendered from the cache (each
-    // record carries the thread count and device that produced it).
+    // The lock file of the last run if it describes exactly these instances and keys; otherwise,
+    // e.g. after a run with other `--set`s, one rendered from the cache (each record carries the
+    // thread count and device that produced it).
     let beside = crate::lockfile::lock_path(&loaded.source.file);
     let lock_path = out.join(beside.file_name().unwrap_or_default());
-    if beside.exists() {
-        std::fs::copy(&beside, &lock_path)
-            .with_context(|| format!("copying {}", beside.display()))?;
-    } else {
-        let lock = crate::lockfile::render(expanded, &outcomes, &loaded.sets);
-        std::fs::write(&lock_path, lock)?;
+    let last_run = std::fs::read_to_string(&beside).ok();
+    match last_run {
+        Some(text) if lock_matches(&text, expanded, &outcomes, &loaded.sets) => {
+            std::fs::write(&lock_path, text)?;
+        }
+        other => {
+            if other.is_some() {
+                eprintln!(
+                    "{} belongs to another run (other --set values or results); writing a lock file from the cache",
+                    beside.display()
+                );
+            }
+            let lock = crate::lockfile::render(expanded, &outcomes, &loaded.sets);
+            std::fs::write(&lock_path, lock)?;
+        }
     }
     written.push(lock_path);
 
@@ -460,6 +470,37 @@ pub fn export(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
         written.extend(report.files().into_iter().map(Path::to_path_buf));
     }
     Ok(written)
+}
+
+/// Whether a lock file was written for these overrides and exactly these instances and keys.
+fn lock_matches(
+    text: &str,
+    expanded: &crate::expand::Expanded,
+    outcomes: &[crate::scheduler::Outcome],
+    sets: &[String],
+) -> bool {
+    let Ok(lock) = serde_json::from_str::<Value>(text) else {
+        return false;
+    };
+    let overrides: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let locked_overrides: Option<Vec<&str>> = lock["overrides"]
+        .as_array()
+        .map(|items| items.iter().filter_map(Value::as_str).collect());
+    if locked_overrides.as_deref() != Some(overrides.as_slice()) {
+        return false;
+    }
+    let Some(locked) = lock["instances"].as_array() else {
+        return false;
+    };
+    locked.len() == expanded.instances.len()
+        && locked
+            .iter()
+            .zip(expanded.instances.iter().zip(outcomes))
+            .all(|(entry, (instance, outcome))| {
+                entry["id"].as_str() == Some(instance.id.as_str())
+                    && outcome.key.is_some()
+                    && entry["key"].as_str() == outcome.key.as_deref()
+            })
 }
 
 #[cfg(test)]

@@ -6,17 +6,27 @@ use std::collections::{BTreeMap, HashMap};
 
 use umdflow_cache::{Cache, CacheError, Found, Record};
 
+use crate::content::{self, StatCache};
 use crate::diagnostics::Invalid;
 use crate::expand::Expanded;
-use crate::keys::{KEY_FORMAT, KeyComponents, dep_digest, describe_changes};
+use crate::keys::{KEY_FORMAT, KeyComponents, describe_changes};
 use crate::spec::Source;
 
-/// Content digests of every `deps` path of the pipeline, computed once per run.
+/// Content digests of every `deps` path and every path a kind reads, computed once per run.
 pub struct DepDigests(HashMap<String, String>);
 
+/// The digest keyed for a path a kind reads that does not exist (the stage then fails and says
+/// so, or, if the kind allows it, the result is keyed as made without it).
+const ABSENT: &str = "absent";
+
 impl DepDigests {
-    /// Hashes every dependency; a missing one is a pipeline error pointing at its line.
-    pub fn compute(source: &Source, expanded: &Expanded) -> Result<DepDigests, Invalid> {
+    /// Hashes every dependency and read path; a missing dependency is a pipeline error pointing
+    /// at its line. `stats` spares hashing files that did not change since the last run.
+    pub fn compute(
+        source: &Source,
+        expanded: &Expanded,
+        stats: &mut StatCache,
+    ) -> Result<DepDigests, Invalid> {
         let mut reporter = source.reporter();
         let mut digests = HashMap::new();
         for instance in &expanded.instances {
@@ -25,7 +35,7 @@ impl DepDigests {
                 if digests.contains_key(dep) {
                     continue;
                 }
-                match dep_digest(&expanded.dir.join(dep)) {
+                match content::digest(&expanded.dir.join(dep), stats) {
                     Ok(digest) => {
                         digests.insert(dep.clone(), digest);
                     }
@@ -38,9 +48,34 @@ impl DepDigests {
                     ),
                 }
             }
+            for read in stage.kind.reads(&instance.params) {
+                if digests.contains_key(&read.path) {
+                    continue;
+                }
+                let digest = match content::digest(&expanded.dir.join(&read.path), stats) {
+                    Ok(digest) => digest,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => ABSENT.to_string(),
+                    Err(err) => {
+                        reporter.at_value(
+                            &format!("stages.{}.params.{}", stage.name, read.param),
+                            format!(
+                                "stage `{}` reads `{}`, which cannot be read: {err}",
+                                stage.name, read.path
+                            ),
+                        );
+                        continue;
+                    }
+                };
+                digests.insert(read.path, digest);
+            }
         }
         reporter.finish()?;
+        stats.save();
         Ok(DepDigests(digests))
+    }
+
+    fn get(&self, path: &str) -> String {
+        self.0.get(path).cloned().unwrap_or_default()
     }
 }
 
@@ -53,30 +88,47 @@ pub fn components(
 ) -> KeyComponents {
     let instance = &expanded.instances[index];
     let stage = &expanded.stages[instance.stage];
-    let inputs: BTreeMap<String, String> = instance
-        .inputs
-        .iter()
-        .zip(input_digests)
-        .map(|(&input, digest)| {
-            (
-                expanded.stages[expanded.instances[input].stage]
-                    .name
-                    .clone(),
-                digest.to_string(),
-            )
-        })
-        .collect();
+    let sees_names = stage.kind.sees_names();
+    let mut inputs: BTreeMap<String, String> = BTreeMap::new();
+    for (&input, digest) in instance.inputs.iter().zip(input_digests) {
+        let input_stage = &expanded.stages[expanded.instances[input].stage];
+        let name = if sees_names {
+            input_stage.name.clone()
+        } else {
+            // The kind finds its inputs by kind (the first of each kind), so that is their name.
+            let base = format!("kind:{}", input_stage.kind.name());
+            let mut name = base.clone();
+            let mut count = 1;
+            while inputs.contains_key(&name) {
+                count += 1;
+                name = format!("{base}#{count}");
+            }
+            name
+        };
+        inputs.insert(name, digest.to_string());
+    }
+    let reads = stage.kind.reads(&instance.params);
+    let mut params = instance.params.clone();
+    for read in &reads {
+        params.remove(&read.param);
+    }
     KeyComponents {
         key_format: KEY_FORMAT,
         kind: stage.kind.name().to_string(),
         kind_version: stage.kind.version(),
-        params: instance.params.clone(),
+        params,
         run: instance.run.clone(),
+        stage: sees_names.then(|| stage.name.clone()),
+        instance: sees_names.then(|| instance.id.clone()),
         inputs,
         deps: instance
             .deps
             .iter()
-            .map(|dep| (dep.clone(), deps.0.get(dep).cloned().unwrap_or_default()))
+            .map(|dep| (dep.clone(), deps.get(dep)))
+            .collect(),
+        reads: reads
+            .into_iter()
+            .map(|read| (read.param, deps.get(&read.path)))
             .collect(),
     }
 }

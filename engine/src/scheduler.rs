@@ -236,6 +236,11 @@ impl Executor<'_> {
             },
             Err(err) => err.to_string(),
         };
+        // Checked while the failed output still takes its space.
+        let failure = match crate::disk::full_note(self.cache.root()) {
+            Some(note) => format!("{failure}; {note}"),
+            None => failure,
+        };
         // Keep the failed stage's log where the user can read it; the output is discarded.
         let kept = self
             .cache

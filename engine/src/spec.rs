@@ -183,7 +183,10 @@ type Preset = Vec<(String, serde_yaml::Value)>;
 
 /// Removes `presets:` from the document (it is not part of the pipeline once applied) and
 /// checks its shape: preset names mapping to `PATH: VALUE` overrides, as `--set` takes them.
-fn take_presets(document: &mut serde_yaml::Value) -> Result<Vec<(String, Preset)>, String> {
+/// An error is `(yaml path of the offending value, message)`.
+fn take_presets(
+    document: &mut serde_yaml::Value,
+) -> Result<Vec<(String, Preset)>, (String, String)> {
     let serde_yaml::Value::Mapping(top) = document else {
         return Ok(Vec::new());
     };
@@ -191,22 +194,31 @@ fn take_presets(document: &mut serde_yaml::Value) -> Result<Vec<(String, Preset)
         return Ok(Vec::new());
     };
     let serde_yaml::Value::Mapping(presets) = presets else {
-        return Err("`presets:` must map preset names to `PATH: VALUE` overrides".into());
+        return Err((
+            "presets".into(),
+            "`presets:` must map preset names to `PATH: VALUE` overrides".into(),
+        ));
     };
     let mut found = Vec::new();
     for (name, entries) in presets {
         let Some(name) = name.as_str().map(str::to_string) else {
-            return Err("`presets:` names must be strings".into());
+            return Err(("presets".into(), "`presets:` names must be strings".into()));
         };
         let serde_yaml::Value::Mapping(entries) = entries else {
-            return Err(format!(
-                "`presets.{name}` must map override paths (`corpus.params.count`) to values"
+            return Err((
+                format!("presets.{name}"),
+                format!(
+                    "`presets.{name}` must map override paths (`corpus.params.count`) to values"
+                ),
             ));
         };
         let mut preset = Vec::new();
         for (path, value) in entries {
             let Some(path) = path.as_str().map(str::to_string) else {
-                return Err(format!("`presets.{name}`: override paths must be strings"));
+                return Err((
+                    format!("presets.{name}"),
+                    format!("`presets.{name}`: override paths must be strings"),
+                ));
             };
             preset.push((path, value));
         }
@@ -260,48 +272,109 @@ fn file_error(file: &Path, message: String) -> Invalid {
     }])
 }
 
+fn error_at(file: &Path, position: Position, message: String) -> Invalid {
+    Invalid(vec![Diagnostic {
+        file: file.to_path_buf(),
+        position: Some(position),
+        origin: None,
+        message,
+    }])
+}
+
+/// An error in a `--set` (or the preset it names): located by the command-line argument.
+fn set_error(file: &Path, set: &str, message: String) -> Invalid {
+    Invalid(vec![Diagnostic {
+        file: file.to_path_buf(),
+        position: None,
+        origin: Some(format!("--set {set}")),
+        message,
+    }])
+}
+
+/// A pipeline file larger than this is refused before it is parsed (real ones are a few KiB).
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// Line and column (1-based, columns in bytes) of a byte offset.
+fn position_at(bytes: &[u8], offset: usize) -> Position {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    Position {
+        line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+        column: offset - line_start + 1,
+    }
+}
+
+/// The file as text, refusing (with a position) one that is too large or not UTF-8.
+fn read_text(file: &Path) -> Result<String, Invalid> {
+    let bytes = std::fs::read(file)
+        .map_err(|err| file_error(file, format!("cannot read the pipeline file: {err}")))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(error_at(
+            file,
+            position_at(&bytes, MAX_FILE_BYTES),
+            format!(
+                "the file is {} bytes; a pipeline file may have at most {MAX_FILE_BYTES} (this is where it crosses the limit)",
+                bytes.len()
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|err| {
+        let offset = err.utf8_error().valid_up_to();
+        error_at(
+            file,
+            position_at(err.as_bytes(), offset),
+            format!("not UTF-8 text: invalid byte at byte offset {offset}"),
+        )
+    })
+}
+
 /// Reads a pipeline file and applies `--set PATH=VALUE` overrides (VALUE is YAML: `0.5`,
 /// `[1, 2]`, `text`).
 pub fn load(file: &Path, sets: &[String]) -> Result<Source, Invalid> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|err| file_error(file, format!("cannot read the pipeline file: {err}")))?;
-    let locator = Locator::new(&text);
+    let text = read_text(file)?;
+    let locator = Locator::parse(&text)
+        .map_err(|refused| error_at(file, refused.position, refused.message))?;
+    let start = locator.value("").unwrap_or(Position { line: 1, column: 1 });
     let mut document: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|err| {
-        let position = err.location().map(|l| Position {
+        let position = err.location().map_or(start, |l| Position {
             line: l.line(),
             column: l.column(),
         });
-        Invalid(vec![Diagnostic {
-            file: file.to_path_buf(),
-            position,
-            origin: None,
-            message: format!("not valid YAML: {err}"),
-        }])
+        error_at(file, position, format!("not valid YAML: {err}"))
     })?;
     if !matches!(document, serde_yaml::Value::Mapping(_)) {
-        return Err(file_error(
+        return Err(error_at(
             file,
+            start,
             "expected a mapping with `name:` and `stages:` at the top".into(),
         ));
     }
 
-    let presets = take_presets(&mut document).map_err(|message| file_error(file, message))?;
+    let presets = take_presets(&mut document).map_err(|(path, message)| {
+        let position = locator.value(&path).unwrap_or(start);
+        error_at(file, position, message)
+    })?;
     let mut overrides = Vec::new();
     for set in sets {
         let Some((path, value_text)) = set.split_once('=') else {
-            return Err(file_error(
+            return Err(set_error(
                 file,
-                format!("--set {set}: expected PATH=VALUE, e.g. sweep.ratio=[0.5,0.75]"),
+                set,
+                "expected PATH=VALUE, e.g. sweep.ratio=[0.5,0.75]".into(),
             ));
         };
         if path.trim() == PRESET {
             let name = value_text.trim();
             let Some((_, entries)) = presets.iter().find(|(n, _)| n == name) else {
                 let known: Vec<&str> = presets.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(file_error(
+                return Err(set_error(
                     file,
+                    set,
                     format!(
-                        "--set {set}: the file has no preset `{name}` under `presets:`; expected one of: {}",
+                        "the file has no preset `{name}` under `presets:`; expected one of: {}",
                         if known.is_empty() {
                             "(none)".to_string()
                         } else {
@@ -313,10 +386,7 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Source, Invalid> {
             for (entry, value) in entries {
                 let path = override_path(entry);
                 apply_override(&mut document, &path, value.clone()).map_err(|message| {
-                    file_error(
-                        file,
-                        format!("--set {set}: presets.{name}.{entry}: {message}"),
-                    )
+                    set_error(file, set, format!("presets.{name}.{entry}: {message}"))
                 })?;
                 overrides.push((path, format!("{set} (presets.{name}: {entry})")));
             }
@@ -326,7 +396,7 @@ pub fn load(file: &Path, sets: &[String]) -> Result<Source, Invalid> {
         let value = serde_yaml::from_str::<serde_yaml::Value>(value_text)
             .unwrap_or_else(|_| serde_yaml::Value::String(value_text.to_string()));
         apply_override(&mut document, &path, value)
-            .map_err(|message| file_error(file, format!("--set {set}: {message}")))?;
+            .map_err(|message| set_error(file, set, message))?;
         overrides.push((path, set.clone()));
     }
 

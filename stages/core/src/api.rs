@@ -186,4 +186,31 @@ pub trait StageKind: Send + Sync {
 
     /// Produces the output. Must be deterministic given params, inputs and thread count.
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError>;
+
+    /// Whether the running stage can see names: its stage name, its instance id and its inputs'
+    /// stage names (`cmd` does, through `UMDFLOW_STAGE`, `UMDFLOW_INSTANCE` and
+    /// `UMDFLOW_INPUT_<NAME>`). Then they are in the key and renaming the stage reruns it. A kind
+    /// that finds its inputs by kind ([`StageContext::require_input`]) returns false: its inputs
+    /// are keyed by kind, and renaming any stage reruns none of its instances.
+    fn sees_names(&self) -> bool {
+        true
+    }
+
+    /// The files and folders an instance reads besides its inputs, each named by the param that
+    /// holds its path (relative to the pipeline folder or absolute). The engine hashes their
+    /// content like `deps:` and keys that digest in place of the param's path, so edited data
+    /// reruns the stage and the same data at another path does not.
+    fn reads(&self, params: &Params) -> Vec<ReadPath> {
+        let _ = params;
+        Vec::new()
+    }
+}
+
+/// A path a stage reads (see [`StageKind::reads`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadPath {
+    /// The param that names the path, e.g. `path`; it leaves the keyed params.
+    pub param: String,
+    /// The path as given in the param.
+    pub path: String,
 }

@@ -1,6 +1,6 @@
 //! umdflow's stage interface and the generic `cmd` stage kind.
 //!
-//! ML stage kinds live in sibling crates (`umdflow-data`, `umdflow-model`) and implement
+//! ML stage kinds live in sibling crates (`umdflow-data`, `umdflow-model`, `umdflow-tune`) and implement
 //! [`StageKind`]; the engine lists every kind in its registry.
 
 pub mod api;
@@ -8,7 +8,7 @@ pub mod cmd;
 pub mod params;
 
 pub use api::{
-    InputArtifact, NoProgress, Params, Problem, ProgressSink, RunSpec, StageContext, StageDecl,
-    StageError, StageKind,
+    InputArtifact, NoProgress, Params, Problem, ProgressSink, ReadPath, RunSpec, StageContext,
+    StageDecl, StageError, StageKind,
 };
 pub use cmd::CmdKind;

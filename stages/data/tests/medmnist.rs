@@ -144,3 +144,36 @@ fn malformed_npz_contents_are_named() {
         "{message}"
     );
 }
+
+/// Headers a hostile or broken file may carry: an empty dtype and a shape whose element count
+/// overflows are errors naming the file, never panics.
+#[test]
+fn malformed_npy_headers_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pathmnist.npz");
+    let huge = usize::MAX / 2;
+    for (descr, shape, expected) in [
+        ("", vec![2, 4, 4], "bad dtype"),
+        ("é", vec![2, 4, 4], "bad dtype"),
+        ("|u1", vec![huge, 4, 4], "more elements than fit"),
+        ("<u8", vec![huge / 2], "more bytes than fit"),
+    ] {
+        write_npz(
+            &path,
+            &[
+                ("train_images", npy(descr, &shape, &images(2, 4, 1))),
+                ("train_labels", npy("|u1", &[2, 1], &[0, 1])),
+            ],
+        );
+        let result =
+            std::panic::catch_unwind(|| readers::read("medmnist", &path, &ReadOptions::default()));
+        let message = result
+            .unwrap_or_else(|_| panic!("`{descr}` {shape:?} panicked"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("pathmnist.npz") && message.contains(expected),
+            "`{descr}` {shape:?}: {message}"
+        );
+    }
+}

@@ -96,6 +96,11 @@ impl StageKind for MaskKind {
         "mask"
     }
 
+    /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
+    fn sees_names(&self) -> bool {
+        false
+    }
+
     fn version(&self) -> u32 {
         1
     }

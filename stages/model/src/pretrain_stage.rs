@@ -101,6 +101,11 @@ impl StageKind for PretrainKind {
         "pretrain"
     }
 
+    /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
+    fn sees_names(&self) -> bool {
+        false
+    }
+
     fn version(&self) -> u32 {
         // 2: wall-clock times moved from metrics.json to the stage log, so identical runs give
         // identical outputs.

@@ -9,7 +9,7 @@ pub mod synth_source;
 use std::path::{Path, PathBuf};
 
 use umdflow_stages::{
-    Params, Problem, StageContext, StageDecl, StageError, StageKind, params::typed,
+    Params, Problem, ReadPath, StageContext, StageDecl, StageError, StageKind, params::typed,
 };
 
 use crate::artifact::{Counts, Dataset, Meta, PREVIEW_FILE, VqaSet, tokenizer_path};
@@ -25,6 +25,24 @@ pub struct IngestKind;
 impl StageKind for IngestKind {
     fn name(&self) -> &'static str {
         "ingest"
+    }
+
+    /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
+    fn sees_names(&self) -> bool {
+        false
+    }
+
+    /// A real dataset's folder is keyed by content, not by the path string.
+    fn reads(&self, params: &Params) -> Vec<ReadPath> {
+        params
+            .get("path")
+            .and_then(|path| path.as_str())
+            .map(|path| ReadPath {
+                param: "path".into(),
+                path: path.into(),
+            })
+            .into_iter()
+            .collect()
     }
 
     fn version(&self) -> u32 {

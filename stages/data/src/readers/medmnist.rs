@@ -94,9 +94,22 @@ pub fn parse_npy(bytes: &[u8], name: &str, path: &Path) -> Result<NpyArray, Data
                 .map_err(|_| bad(format!("bad shape `{shape_text}`")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let count: usize = shape.iter().product();
+    // An empty or non-ASCII `descr` and a shape whose product overflows are malformed files,
+    // not panics.
+    let dtype = descr
+        .get(1..)
+        .filter(|dtype| !dtype.is_empty())
+        .ok_or_else(|| bad(format!("bad dtype `{descr}` in the header")))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |total, &dim| total.checked_mul(dim))
+        .ok_or_else(|| {
+            bad(format!(
+                "shape {shape:?} has more elements than fit in memory"
+            ))
+        })?;
     let data = &bytes[start + header_len..];
-    let width = match &descr[1..] {
+    let width = match dtype {
         "u1" | "i1" | "b1" => 1,
         "u2" | "i2" => 2,
         "u4" | "i4" | "f4" => 4,
@@ -106,16 +119,18 @@ pub fn parse_npy(bytes: &[u8], name: &str, path: &Path) -> Result<NpyArray, Data
     if descr.starts_with('>') && width > 1 {
         return Err(bad(format!("big-endian dtype `{descr}` is not supported")));
     }
-    if data.len() < count * width {
+    let byte_count = count
+        .checked_mul(width)
+        .ok_or_else(|| bad(format!("shape {shape:?} has more bytes than fit in memory")))?;
+    if data.len() < byte_count {
         return Err(bad(format!(
-            "expected {} bytes of data for shape {shape:?}, found {}",
-            count * width,
+            "expected {byte_count} bytes of data for shape {shape:?}, found {}",
             data.len()
         )));
     }
-    let values = data[..count * width]
+    let values = data[..byte_count]
         .chunks_exact(width)
-        .map(|b| match &descr[1..] {
+        .map(|b| match dtype {
             "u1" | "b1" => b[0] as f64,
             "i1" => b[0] as i8 as f64,
             "u2" => u16::from_le_bytes([b[0], b[1]]) as f64,

@@ -78,6 +78,11 @@ impl StageKind for CalibrateKind {
     fn name(&self) -> &'static str {
         "calibrate"
     }
+
+    /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
+    fn sees_names(&self) -> bool {
+        false
+    }
     fn version(&self) -> u32 {
         1
     }

@@ -106,6 +106,11 @@ impl StageKind for CoordinateTuneKind {
     fn name(&self) -> &'static str {
         "coordinate-tune"
     }
+
+    /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
+    fn sees_names(&self) -> bool {
+        false
+    }
     fn version(&self) -> u32 {
         // 2: with GM-Coord disabled, its modulation settings leave the key; `scores:
         // encoder_heads` added.

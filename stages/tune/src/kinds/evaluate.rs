@@ -47,6 +47,11 @@ impl StageKind for EvaluateKind {
     fn name(&self) -> &'static str {
         "evaluate"
     }
+
+    /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
+    fn sees_names(&self) -> bool {
+        false
+    }
     fn version(&self) -> u32 {
         1
     }
