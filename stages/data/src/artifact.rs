@@ -3,7 +3,9 @@
 //! Files (all tensors little-endian safetensors):
 //! - `images.safetensors`: `images` F32 [N, C, H, W] in [0, 1];
 //! - `texts.safetensors`: `input_ids` U32 [N, L], `attention_mask` U8 [N, L];
-//! - `labels.safetensors`: `label` U32 [N], `split` U8 [N] (0 train, 1 val, 2 test);
+//! - `labels.safetensors`: `label` U32 [N], `split` U8 [N] (0 train, 1 val, 2 test), and for
+//!   sources with per-study findings `findings` U8 [N, F] (multi-hot over `meta.findings`) and
+//!   `signature` U64 [N] (see [`Dataset::signature`]);
 //! - `vqa.safetensors` (only with questions): `image_index` U32 [Q], `input_ids` U32 [Q, L],
 //!   `attention_mask` U8 [Q, L], `answer` U32 [Q], `closed` U8 [Q], `qtype` U8 [Q];
 //! - `retrieval.json` (optional): `[{"image": i, "hard_negative_texts": [j, ...]}]`;
@@ -67,6 +69,10 @@ pub struct Meta {
     pub classes: Vec<String>,
     pub answers: Vec<String>,
     pub question_types: Vec<String>,
+    /// The finding kinds of the `findings` tensor's columns, in order; empty for sources
+    /// without per-study findings (and in artifacts written before findings were stored).
+    #[serde(default)]
+    pub findings: Vec<String>,
     pub seed: u64,
     /// The ingest stage's resolved params.
     pub params: serde_json::Value,
@@ -125,6 +131,13 @@ pub struct Dataset {
     pub split: Vec<u8>,
     pub vqa: Option<VqaSet>,
     pub retrieval: Option<Vec<RetrievalEntry>>,
+    /// [n, meta.findings.len()] row-major multi-hot, 1 = the study shows that finding; `None`
+    /// for sources without per-study findings.
+    pub findings: Option<Vec<u8>>,
+    /// One per image: a hash of the study's sorted (finding kind, side) list over the kinds in
+    /// `meta.findings`, equal for two studies exactly when their findings cannot be told apart
+    /// from the image; `None` like `findings`.
+    pub signatures: Option<Vec<u64>>,
     pub meta: Meta,
 }
 
@@ -138,6 +151,35 @@ impl Dataset {
     /// The token ids of text `i`.
     pub fn text_ids(&self, i: usize) -> &[u32] {
         &self.input_ids[i * self.max_len..(i + 1) * self.max_len]
+    }
+
+    /// The multi-hot findings of image `i`, one value per `meta.findings` entry.
+    pub fn findings_of(&self, i: usize) -> Option<&[u8]> {
+        let width = self.meta.findings.len();
+        self.findings
+            .as_ref()
+            .map(|rows| &rows[i * width..(i + 1) * width])
+    }
+
+    /// The finding signature of image `i` (equal signatures = indistinguishable findings).
+    pub fn signature(&self, i: usize) -> Option<u64> {
+        self.signatures.as_ref().map(|s| s[i])
+    }
+
+    /// The findings rows of images `rows`, in that order (for views that subset a dataset).
+    pub fn findings_of_rows(&self, rows: &[usize]) -> Option<Vec<u8>> {
+        self.findings.as_ref()?;
+        Some(
+            rows.iter()
+                .flat_map(|&r| self.findings_of(r).unwrap_or_default().iter().copied())
+                .collect(),
+        )
+    }
+
+    /// The signatures of images `rows`, in that order.
+    pub fn signatures_of_rows(&self, rows: &[usize]) -> Option<Vec<u64>> {
+        let signatures = self.signatures.as_ref()?;
+        Some(rows.iter().map(|&r| signatures[r]).collect())
     }
 
     /// Indices of the images in one split (`SPLIT_TRAIN`, `SPLIT_VAL`, `SPLIT_TEST`).
@@ -167,13 +209,20 @@ impl Dataset {
                 ),
             ],
         )?;
-        write_tensors(
-            &dir.join(LABELS_FILE),
-            vec![
-                ("label", u32_tensor(&self.labels, vec![self.n])),
-                ("split", u8_tensor(&self.split, vec![self.n])),
-            ],
-        )?;
+        let mut label_tensors = vec![
+            ("label", u32_tensor(&self.labels, vec![self.n])),
+            ("split", u8_tensor(&self.split, vec![self.n])),
+        ];
+        if let Some(findings) = &self.findings {
+            label_tensors.push((
+                "findings",
+                u8_tensor(findings, vec![self.n, self.meta.findings.len()]),
+            ));
+        }
+        if let Some(signatures) = &self.signatures {
+            label_tensors.push(("signature", u64_tensor(signatures, vec![self.n])));
+        }
+        write_tensors(&dir.join(LABELS_FILE), label_tensors)?;
         if let Some(vqa) = &self.vqa {
             let q = vqa.len();
             write_tensors(
@@ -226,6 +275,21 @@ impl Dataset {
         let file = parse(&path, &bytes)?;
         let labels = read_u32(&path, &file, "label", &[n])?;
         let split = read_u8(&path, &file, "split", &[n])?;
+        let findings = if file.names().contains(&"findings") {
+            Some(read_u8(
+                &path,
+                &file,
+                "findings",
+                &[n, meta.findings.len()],
+            )?)
+        } else {
+            None
+        };
+        let signatures = if file.names().contains(&"signature") {
+            Some(read_u64(&path, &file, "signature", &[n])?)
+        } else {
+            None
+        };
 
         let path = dir.join(VQA_FILE);
         let vqa = if path.exists() {
@@ -263,6 +327,8 @@ impl Dataset {
             split,
             vqa,
             retrieval,
+            findings,
+            signatures,
             meta,
         };
         dataset.check(dir)?;
@@ -369,6 +435,7 @@ impl Dataset {
                 ),
             );
         }
+        check_findings(dir, self)?;
         let mut class_counts = vec![0usize; meta.classes.len()];
         for &label in &self.labels {
             class_counts[label as usize] += 1;
@@ -428,6 +495,64 @@ impl Dataset {
             }
         }
         Ok(())
+    }
+}
+
+/// Findings and signatures come together with `meta.findings` and have one row per image.
+fn check_findings(dir: &Path, data: &Dataset) -> Result<(), DataError> {
+    let bad = |file: &str, message: String| Err(DataError::format(dir.join(file), message));
+    let width = data.meta.findings.len();
+    match &data.findings {
+        None if width > 0 => {
+            return bad(
+                LABELS_FILE,
+                format!("meta names {width} findings but there is no `findings` tensor"),
+            );
+        }
+        Some(_) if width == 0 => {
+            return bad(
+                META_FILE,
+                "there is a `findings` tensor but meta names no findings".into(),
+            );
+        }
+        Some(rows) if rows.len() != data.n * width => {
+            return bad(
+                LABELS_FILE,
+                format!(
+                    "expected {}x{width} findings values, found {}",
+                    data.n,
+                    rows.len()
+                ),
+            );
+        }
+        Some(rows) => {
+            if let Some(k) = rows.iter().position(|&v| v > 1) {
+                return bad(
+                    LABELS_FILE,
+                    format!(
+                        "findings value {} of image {} is not 0 or 1",
+                        rows[k],
+                        k / width
+                    ),
+                );
+            }
+        }
+        None => {}
+    }
+    match &data.signatures {
+        Some(s) if s.len() != data.n => bad(
+            LABELS_FILE,
+            format!("expected {} signatures, found {}", data.n, s.len()),
+        ),
+        Some(_) if data.findings.is_none() => bad(
+            LABELS_FILE,
+            "there is a `signature` tensor but no `findings` tensor".into(),
+        ),
+        None if data.findings.is_some() => bad(
+            LABELS_FILE,
+            "there is a `findings` tensor but no `signature` tensor".into(),
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -613,6 +738,14 @@ fn u32_tensor(values: &[u32], shape: Vec<usize>) -> OwnedTensor {
     }
 }
 
+fn u64_tensor(values: &[u64], shape: Vec<usize>) -> OwnedTensor {
+    OwnedTensor {
+        dtype: Dtype::U64,
+        shape,
+        bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
 fn u8_tensor(values: &[u8], shape: Vec<usize>) -> OwnedTensor {
     OwnedTensor {
         dtype: Dtype::U8,
@@ -700,6 +833,20 @@ fn read_u32(
     read_words(path, file, name, Dtype::U32, shape, u32::from_le_bytes)
 }
 
+fn read_u64(
+    path: &Path,
+    file: &SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<u64>, DataError> {
+    let view = tensor(path, file, name, Dtype::U64, shape)?;
+    Ok(view
+        .data()
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .collect())
+}
+
 fn read_u8(
     path: &Path,
     file: &SafeTensors<'_>,
@@ -756,6 +903,7 @@ mod tests {
             classes: vec!["normal".into(), "effusion".into()],
             answers: vec!["yes".into(), "no".into(), "left".into()],
             question_types: vec!["presence".into(), "position".into()],
+            findings: vec!["effusion".into(), "mass".into(), "nodule".into()],
             seed: 7,
             params: serde_json::json!({"preset": "ci"}),
             vocab_size: 20,
@@ -787,8 +935,19 @@ mod tests {
                 image: 3,
                 hard_negative_texts: vec![1, 4],
             }]),
+            findings: Some(vec![0, 0, 0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 1]),
+            signatures: Some(vec![11, 22, 33, 11, u64::MAX]),
             meta,
         }
+    }
+
+    /// `sample()` as a real source writes it: no per-study findings.
+    fn sample_without_findings() -> Dataset {
+        let mut data = sample();
+        data.findings = None;
+        data.signatures = None;
+        data.meta.findings.clear();
+        data
     }
 
     #[test]
@@ -800,6 +959,78 @@ mod tests {
         assert_eq!(back, data);
         assert_eq!(back.image(1), data.image(1));
         assert_eq!(back.indices_of_split(SPLIT_TRAIN), vec![0, 1, 4]);
+    }
+
+    #[test]
+    fn findings_and_signatures_survive_the_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = sample();
+        data.save(dir.path()).unwrap();
+        let back = Dataset::load(dir.path()).unwrap();
+        assert_eq!(back.findings_of(2), Some(&[1u8, 1, 0][..]));
+        assert_eq!(back.signature(4), Some(u64::MAX));
+        assert_eq!(back.findings_of_rows(&[4, 0]), Some(vec![1, 0, 1, 0, 0, 0]));
+        assert_eq!(back.signatures_of_rows(&[3, 1]), Some(vec![11, 22]));
+        assert_eq!(back.meta.findings, data.meta.findings);
+    }
+
+    #[test]
+    fn a_source_without_findings_loads_them_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = sample_without_findings();
+        data.save(dir.path()).unwrap();
+        let back = Dataset::load(dir.path()).unwrap();
+        assert_eq!(back, data);
+        assert_eq!((back.findings_of(0), back.signature(0)), (None, None));
+        assert_eq!(back.findings_of_rows(&[0]), None);
+    }
+
+    #[test]
+    fn a_meta_written_before_findings_existed_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        sample_without_findings().save(dir.path()).unwrap();
+        let path = dir.path().join(META_FILE);
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        meta.as_object_mut().unwrap().remove("findings").unwrap();
+        std::fs::write(&path, meta.to_string()).unwrap();
+        let back = Dataset::load(dir.path()).unwrap();
+        assert!(back.meta.findings.is_empty() && back.findings.is_none());
+    }
+
+    #[test]
+    fn findings_that_disagree_with_meta_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = sample();
+        data.findings.as_mut().unwrap()[4] = 2;
+        let message = data.save(dir.path()).unwrap_err().to_string();
+        assert!(
+            message.contains("labels.safetensors") && message.contains("of image 1 is not 0 or 1"),
+            "{message}"
+        );
+
+        let mut data = sample();
+        data.signatures = None;
+        let message = data.save(dir.path()).unwrap_err().to_string();
+        assert!(message.contains("no `signature` tensor"), "{message}");
+
+        let mut data = sample();
+        data.meta.findings.pop();
+        let message = data.save(dir.path()).unwrap_err().to_string();
+        assert!(
+            message.contains("expected 5x2 findings values"),
+            "{message}"
+        );
+
+        // meta names findings, the tensor file lacks them.
+        sample_without_findings().save(dir.path()).unwrap();
+        let path = dir.path().join(META_FILE);
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"findings\": []", "\"findings\": [\"mass\"]");
+        std::fs::write(&path, text).unwrap();
+        let message = Dataset::load(dir.path()).unwrap_err().to_string();
+        assert!(message.contains("no `findings` tensor"), "{message}");
     }
 
     #[test]

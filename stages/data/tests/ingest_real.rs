@@ -32,6 +32,10 @@ fn every_fixture_source_ingests() {
         assert_eq!(data.vqa.is_some(), has_questions, "{source}");
         assert_eq!(data.meta.source, source);
         assert!(!data.meta.licence.is_empty());
+        assert!(
+            data.findings.is_none() && data.signatures.is_none() && data.meta.findings.is_empty(),
+            "{source} has no per-study findings"
+        );
         assert!(out.join("preview.png").exists() && out.join("tokenizer.json").exists());
     }
 }

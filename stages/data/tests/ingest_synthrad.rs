@@ -56,6 +56,7 @@ fn a_ci_ingest_writes_a_complete_artifact() {
         )
     );
     assert!(out.join(PREVIEW_FILE).exists());
+    check_findings_agree_with_labels(&data);
     let tokenizer = TextTokenizer::load(&tokenizer_path(&out)).unwrap();
     assert_eq!(tokenizer.vocab_size(), data.meta.vocab_size);
     // Reports are tokenized mostly into known pieces.
@@ -67,6 +68,121 @@ fn a_ci_ingest_writes_a_complete_artifact() {
     assert!(
         unknown * 100 < data.input_ids.len(),
         "{unknown} unknown tokens"
+    );
+}
+
+/// Every study's findings row and signature are stored, and agree with its class label: a study
+/// with no visible finding is `normal` and all such share one signature, others' label is their
+/// first finding column.
+fn check_findings_agree_with_labels(data: &Dataset) {
+    assert!(!data.meta.findings.is_empty());
+    assert_eq!(data.meta.findings[..], data.meta.classes[1..]);
+    let (mut normal_signatures, mut abnormal) = (std::collections::BTreeSet::new(), 0);
+    for i in 0..data.n {
+        let row = data.findings_of(i).unwrap();
+        let signature = data.signature(i).unwrap();
+        match row.iter().position(|&v| v == 1) {
+            None => {
+                assert_eq!(data.labels[i], 0, "image {i}");
+                normal_signatures.insert(signature);
+            }
+            Some(first) => {
+                assert_eq!(data.labels[i] as usize, first + 1, "image {i}");
+                abnormal += 1;
+            }
+        }
+        // Equal signatures mean equal findings.
+        for j in 0..i {
+            if data.signature(j) == Some(signature) {
+                assert_eq!(data.findings_of(j), Some(row), "images {j} and {i}");
+            }
+        }
+    }
+    assert_eq!(normal_signatures.len(), 1);
+    assert!(abnormal > 0);
+}
+
+#[test]
+fn the_label_set_keeps_the_findings_visible_at_the_image_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = |name: &str, params: serde_json::Value| {
+        let out = dir.path().join(name);
+        run_ingest(params, &[], dir.path(), &out, 2).unwrap();
+        Dataset::load(&out).unwrap()
+    };
+    // A rib-fracture callus changes about 13 pixels at 32 px and 23 at 64 px (docs/data.md 3.6).
+    let small = ingest("small", json!({"count": 400, "seed": 4, "image_size": 32}));
+    let large = ingest("large", json!({"count": 400, "seed": 4, "image_size": 64}));
+    let every = ingest(
+        "every",
+        json!({"count": 400, "seed": 4, "image_size": 32, "min_visible_pixels": 0}),
+    );
+    assert!(!small.meta.classes.contains(&"fracture".to_string()));
+    assert_eq!(small.meta.classes.len(), 10);
+    assert!(large.meta.classes.contains(&"fracture".to_string()));
+    assert_eq!(large.meta.classes.len(), 11);
+    assert_eq!(every.meta.classes, large.meta.classes);
+    // Folding moves studies whose first finding is a fracture to their next visible finding,
+    // and a fracture alone to normal; the studies themselves are the same.
+    let fracture = every
+        .meta
+        .classes
+        .iter()
+        .position(|c| c == "fracture")
+        .unwrap() as u32;
+    let folded: Vec<usize> = (0..every.n)
+        .filter(|&i| every.labels[i] == fracture)
+        .collect();
+    assert!(!folded.is_empty());
+    for i in 0..every.n {
+        if every.labels[i] != fracture {
+            assert_eq!(small.labels[i], every.labels[i], "image {i}");
+        }
+    }
+    check_findings_agree_with_labels(&small);
+    check_findings_agree_with_labels(&every);
+    assert_eq!(small.images, every.images);
+    assert_eq!(small.input_ids, every.input_ids);
+}
+
+#[test]
+fn when_no_finding_is_visible_every_study_is_normal_and_there_are_no_finding_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let params = json!({"count": 50, "seed": 2, "min_visible_pixels": 100000});
+    run_ingest(params, &[], dir.path(), &out, 1).unwrap();
+    let data = Dataset::load(&out).unwrap();
+    assert_eq!(data.meta.classes, ["normal"]);
+    assert!(data.labels.iter().all(|&l| l == 0));
+    assert!(data.findings.is_none() && data.signatures.is_none());
+}
+
+#[test]
+fn appearance_shift_changes_pixels_and_keeps_labels_and_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = |name: &str, appearance: f64| {
+        let out = dir.path().join(name);
+        let params = json!({"count": 300, "seed": 8, "domain": "target", "shift_strength": 0.25, "appearance_shift": appearance, "image_size": 32});
+        run_ingest(params, &[], dir.path(), &out, 2).unwrap();
+        Dataset::load(&out).unwrap()
+    };
+    let (plain, shifted) = (ingest("plain", 0.0), ingest("shifted", 1.0));
+    assert_eq!(shifted.labels, plain.labels);
+    assert_eq!(shifted.meta.class_counts, plain.meta.class_counts);
+    assert_eq!(shifted.findings, plain.findings);
+    assert_eq!(shifted.split, plain.split);
+    assert_eq!(shifted.input_ids, plain.input_ids);
+    assert_eq!(shifted.vqa, plain.vqa);
+    let mean = |d: &Dataset| d.images.iter().sum::<f32>() / d.images.len() as f32;
+    let changed = (0..plain.n)
+        .filter(|&i| plain.image(i) != shifted.image(i))
+        .count();
+    assert_eq!(changed, plain.n);
+    assert!(
+        (mean(&plain) - mean(&shifted)).abs() > 0.02,
+        "{} {}",
+        mean(&plain),
+        mean(&shifted)
     );
 }
 

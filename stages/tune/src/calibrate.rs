@@ -112,10 +112,10 @@ pub fn question_pairs(data: &Dataset) -> Result<Dataset> {
         )
     })?;
     let q = vqa.len();
-    let images: Vec<f32> = vqa
-        .image_index
+    let rows: Vec<usize> = vqa.image_index.iter().map(|&i| i as usize).collect();
+    let images: Vec<f32> = rows
         .iter()
-        .flat_map(|&i| data.image(i as usize).iter().copied())
+        .flat_map(|&i| data.image(i).iter().copied())
         .collect();
     let mut meta = data.meta.clone();
     meta.counts.train = q;
@@ -135,6 +135,8 @@ pub fn question_pairs(data: &Dataset) -> Result<Dataset> {
         split: vec![umdflow_data::artifact::SPLIT_TRAIN; q],
         vqa: None,
         retrieval: None,
+        findings: data.findings_of_rows(&rows),
+        signatures: data.signatures_of_rows(&rows),
         meta,
     })
 }

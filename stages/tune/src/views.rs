@@ -155,6 +155,8 @@ impl<S: SplitTag> SplitView<S> {
             split: vec![S::CODE; n],
             vqa,
             retrieval,
+            findings: full.findings_of_rows(&rows),
+            signatures: full.signatures_of_rows(&rows),
             meta,
         };
         SplitView {
@@ -257,6 +259,7 @@ pub(crate) mod tests {
             classes: vec!["a".into(), "b".into()],
             answers: vec!["yes".into(), "no".into()],
             question_types: vec!["pres".into()],
+            findings: vec!["spot".into()],
             seed: 0,
             params: serde_json::Value::Null,
             vocab_size: 20,
@@ -296,6 +299,8 @@ pub(crate) mod tests {
                     hard_negative_texts: vec![1],
                 },
             ]),
+            findings: Some((0..n).map(|r| (r % 2) as u8).collect()),
+            signatures: Some((0..n as u64).map(|r| 100 + r).collect()),
             meta,
         }
     }
@@ -334,6 +339,8 @@ pub(crate) mod tests {
         assert_eq!(view.original_rows, vec![1, 4]);
         let d = view.data();
         assert_eq!(d.input_ids, vec![11, 11, 11, 14, 14, 14]);
+        assert_eq!(d.findings, Some(vec![1, 0]));
+        assert_eq!(d.signatures, Some(vec![101, 104]));
         assert_eq!(d.vqa.as_ref().unwrap().image_index, vec![1, 0]);
         let r = d.retrieval.as_ref().unwrap();
         // Image 1 -> 0 with negatives [4 -> 1] (0 is a training row and is dropped).

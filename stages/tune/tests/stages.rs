@@ -81,6 +81,7 @@ fn toy_dataset() -> Dataset {
         classes: vec!["left".into(), "right".into(), "bottom".into()],
         answers: vec!["no".into(), "yes".into()],
         question_types: vec!["pres".into()],
+        findings: vec![],
         seed: 5,
         params: Value::Null,
         vocab_size: VOCAB,
@@ -102,6 +103,8 @@ fn toy_dataset() -> Dataset {
         split,
         vqa: Some(vqa),
         retrieval: None,
+        findings: None,
+        signatures: None,
         meta,
     }
 }

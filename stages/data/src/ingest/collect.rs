@@ -30,6 +30,12 @@ pub struct Collected {
     pub answers: Vec<String>,
     pub question_types: Vec<String>,
     pub retrieval: Option<Vec<RetrievalEntry>>,
+    /// The finding kinds of `findings`' columns; empty when the source has no per-study findings.
+    pub finding_names: Vec<String>,
+    /// [n, finding_names.len()] multi-hot, for sources that know each study's findings.
+    pub findings: Option<Vec<u8>>,
+    /// One finding-signature hash per image, alongside `findings`.
+    pub signatures: Option<Vec<u64>>,
 }
 
 impl Collected {

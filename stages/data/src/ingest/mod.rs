@@ -47,7 +47,9 @@ impl StageKind for IngestKind {
 
     fn version(&self) -> u32 {
         // 2: float knobs are keyed as the decimals written (0.9, not 0.8999999761581421).
-        2
+        // 3: SynthRad artifacts carry each study's findings and finding signature; the classes
+        // keep only kinds visible at the image size; shifted appearance adds scanner texture.
+        3
     }
 
     fn summary(&self) -> &'static str {
@@ -210,6 +212,7 @@ pub fn build_dataset(
         classes: collected.classes,
         answers: collected.answers,
         question_types: collected.question_types,
+        findings: collected.finding_names,
         seed: params.seed,
         params: serde_json::to_value(params)
             .map_err(|err| DataError::Invalid(format!("internal: params: {err}")))?,
@@ -232,6 +235,8 @@ pub fn build_dataset(
         split: collected.split,
         vqa,
         retrieval: collected.retrieval,
+        findings: collected.findings,
+        signatures: collected.signatures,
         meta,
     })
 }

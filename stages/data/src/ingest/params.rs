@@ -49,6 +49,9 @@ pub struct IngestParams {
     pub label: Option<String>,
     // SynthRad knobs (see docs/data.md).
     pub shift_strength: f64,
+    pub appearance_shift: f64,
+    pub label_free_text: bool,
+    pub min_visible_pixels: f64,
     pub text: Option<TextKind>,
     pub text_leak_train: f64,
     pub text_leak_test: f64,
@@ -85,6 +88,9 @@ impl Default for IngestParams {
             preview: 8,
             label: None,
             shift_strength: decimal(synth.shift_strength),
+            appearance_shift: decimal(synth.appearance_shift),
+            label_free_text: synth.label_free_text,
+            min_visible_pixels: decimal(synth.min_visible_pixels),
             text: None,
             text_leak_train: decimal(synth.text_leak_train),
             text_leak_test: decimal(synth.text_leak_test),
@@ -137,6 +143,9 @@ impl IngestParams {
     pub fn synth_config(&self) -> SynthConfig {
         let mut config = SynthConfig::new(self.seed, self.domain, self.image_size());
         config.shift_strength = self.shift_strength as f32;
+        config.appearance_shift = self.appearance_shift as f32;
+        config.label_free_text = self.label_free_text;
+        config.min_visible_pixels = self.min_visible_pixels as f32;
         config.text_leak_train = self.text_leak_train as f32;
         config.text_leak_test = self.text_leak_test as f32;
         config.image_snr = self.image_snr as f32;
@@ -277,6 +286,11 @@ mod tests {
         assert_eq!(problems[0].field, "params.path");
         let problems = resolve(params(serde_json::json!({"shift_strength": 2.0}))).unwrap_err();
         assert_eq!(problems[0].field, "params.shift_strength");
+        let problems = resolve(params(serde_json::json!({"appearance_shift": 1.5}))).unwrap_err();
+        assert_eq!(problems[0].field, "params.appearance_shift");
+        let problems =
+            resolve(params(serde_json::json!({"min_visible_pixels": -1.0}))).unwrap_err();
+        assert_eq!(problems[0].field, "params.min_visible_pixels");
         let problems = resolve(params(serde_json::json!({"image_snr": "high"}))).unwrap_err();
         assert_eq!(problems[0].field, "params.image_snr");
         let problems = resolve(params(serde_json::json!({"shift": 0.5}))).unwrap_err();

@@ -7,8 +7,9 @@ use umdflow_stages::ProgressSink;
 use super::collect::{Collected, CollectedQuestion};
 use crate::artifact::{RetrievalEntry, SPLIT_TEST};
 use crate::error::DataError;
-use crate::synthrad::tasks::{QuestionType, hard_negatives, signature};
-use crate::synthrad::{SynthConfig, TextKind, answer_vocabulary, class_names, generate_range};
+use crate::synthrad::tasks::{QuestionType, hard_negatives, signature, signature_hash};
+use crate::synthrad::visibility::VisibleKinds;
+use crate::synthrad::{SynthConfig, TextKind, answer_vocabulary, generate_range};
 
 /// Studies generated per batch (between cancellation checks).
 const BATCH: usize = 512;
@@ -23,6 +24,13 @@ pub fn collect(
     cancel: &AtomicBool,
 ) -> Result<Collected, DataError> {
     config.validate()?;
+    let visible = VisibleKinds::measured(config, config.min_visible_pixels);
+    tracing::info!(
+        kinds = ?visible.kinds(),
+        min_visible_pixels = config.min_visible_pixels,
+        "finding kinds visible at {} px",
+        config.image_size
+    );
     let answers = answer_vocabulary();
     let mut out = Collected {
         licence:
@@ -30,17 +38,26 @@ pub fn collect(
                 .into(),
         channels: 1,
         size: config.image_size,
-        classes: class_names(),
+        classes: visible.class_names(),
         answers: answers.clone(),
         question_types: QuestionType::ALL
             .iter()
             .map(|q| q.name().to_string())
             .collect(),
+        finding_names: visible
+            .kinds()
+            .iter()
+            .map(|k| k.name().to_string())
+            .collect(),
         ..Collected::default()
     };
     out.images
         .reserve(count * config.image_size * config.image_size);
+    // Test-split signatures for the hard negatives (what the texts tell apart), and every
+    // study's visible findings and their hash (what the image tells apart).
     let mut signatures = Vec::new();
+    let mut findings = Vec::with_capacity(count * visible.kinds().len());
+    let mut hashes = Vec::with_capacity(count);
     progress.set_total(count as u64);
     let mut start = 0;
     while start < count {
@@ -72,15 +89,28 @@ pub fn collect(
                     qtype: qtype as u8,
                 });
             }
+            let study_signature = signature(&generated.study);
+            findings.extend(visible.findings_row(&generated.study));
+            let seen: Vec<_> = study_signature
+                .iter()
+                .copied()
+                .filter(|&(kind, _)| visible.contains(kind))
+                .collect();
+            hashes.push(signature_hash(&seen));
             if generated.study.split == SPLIT_TEST {
-                signatures.push((image, signature(&generated.study)));
+                signatures.push((image, study_signature));
             }
-            out.labels.push(generated.study.label());
+            out.labels.push(visible.label(&generated.study));
             out.split.push(generated.study.split);
             out.texts.push(generated.text);
         }
         start += batch;
         progress.set_position(start as u64);
+    }
+    // With no visible kind there are no finding columns (and every study is `normal`).
+    if !visible.kinds().is_empty() {
+        out.findings = Some(findings);
+        out.signatures = Some(hashes);
     }
     if config.text == TextKind::Report {
         let entries = hard_negatives(&signatures, MAX_HARD_NEGATIVES)

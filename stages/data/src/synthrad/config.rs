@@ -80,6 +80,18 @@ pub struct SynthConfig {
     /// 0 = the target looks like the source; 1 = full shift in appearance, label priors
     /// (NIH-like to CheXpert-like), views, devices and report dialect. Ignored for `source`.
     pub shift_strength: f32,
+    /// Appearance only (gamma, contrast, offset, noise, blur, rotation, scanner texture): the
+    /// studies, their labels and texts stay those of `shift_strength`. The image's appearance
+    /// follows the larger of the two. Ignored for `source`.
+    pub appearance_shift: f32,
+    /// Texts are written without reading the findings: captions never name (or rule out) a
+    /// finding whatever `text_leak_*` say, reports stop before FINDINGS, and questions are drawn
+    /// from a fixed menu (answers still follow the study). For image-only experiments.
+    pub label_free_text: bool,
+    /// The label rule: a finding kind stays in the class list (and the findings columns) only if
+    /// one such finding changes at least this many pixels by more than the noise sigma, on
+    /// average, at this image size (see `visibility`). 0 keeps every kind.
+    pub min_visible_pixels: f32,
     /// Chance that a caption or question carries a label-revealing phrase, in train.
     pub text_leak_train: f32,
     /// The same in val and test.
@@ -110,6 +122,9 @@ impl SynthConfig {
             domain,
             image_size,
             shift_strength: 0.0,
+            appearance_shift: 0.0,
+            label_free_text: false,
+            min_visible_pixels: 16.0,
             text_leak_train: 0.9,
             text_leak_test: 0.2,
             image_snr: 8.0,
@@ -127,7 +142,8 @@ impl SynthConfig {
         }
     }
 
-    /// The shift actually applied: none for the source domain.
+    /// The population shift actually applied (priors, views, devices, dialect): none for the
+    /// source domain.
     pub fn effective_shift(&self) -> f32 {
         match self.domain {
             Domain::Source => 0.0,
@@ -135,10 +151,19 @@ impl SynthConfig {
         }
     }
 
+    /// The appearance shift actually applied: the larger of the two knobs, none for `source`.
+    pub fn effective_appearance(&self) -> f32 {
+        match self.domain {
+            Domain::Source => 0.0,
+            Domain::Target => self.shift_strength.max(self.appearance_shift),
+        }
+    }
+
     /// Rejects values the generator cannot honour, naming the knob.
     pub fn validate(&self) -> Result<(), DataError> {
         let unit = [
             ("shift_strength", self.shift_strength),
+            ("appearance_shift", self.appearance_shift),
             ("text_leak_train", self.text_leak_train),
             ("text_leak_test", self.text_leak_test),
             ("answer_prior", self.answer_prior),
@@ -162,6 +187,12 @@ impl SynthConfig {
             return Err(DataError::Invalid(format!(
                 "image_snr must be in [0, 30], got {}",
                 self.image_snr
+            )));
+        }
+        if !(self.min_visible_pixels >= 0.0 && self.min_visible_pixels.is_finite()) {
+            return Err(DataError::Invalid(format!(
+                "min_visible_pixels must be a number >= 0, got {}",
+                self.min_visible_pixels
             )));
         }
         let [lo, hi] = self.finding_patches;

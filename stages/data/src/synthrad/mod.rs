@@ -10,6 +10,7 @@ pub mod report;
 pub mod rng;
 pub mod study;
 pub mod tasks;
+pub mod visibility;
 
 pub use config::{Domain, Preset, PresetDefaults, SynthConfig, TextKind};
 pub use study::{Study, class_names, sample_study};
@@ -98,5 +99,67 @@ mod tests {
         let single = generate(&config, 12, &mut image);
         assert_eq!(single, a[7]);
         assert_eq!(&image[..], &one[7 * 1024..8 * 1024]);
+    }
+
+    /// The texts of one study (caption, report, question texts), written from `study`.
+    fn texts_of(study: &Study, config: &SynthConfig) -> Vec<String> {
+        let (mut caption, mut report) = (String::new(), String::new());
+        report::write_caption(&mut caption, study, config);
+        report::write_report(&mut report, study, config);
+        let mut questions = Vec::new();
+        tasks::write_questions(&mut questions, study, config);
+        let mut texts = vec![caption, report];
+        texts.extend(questions.into_iter().map(|q| q.text));
+        texts
+    }
+
+    #[test]
+    fn label_free_text_is_written_without_reading_the_findings() {
+        for (domain, shift) in [(Domain::Source, 0.0), (Domain::Target, 1.0)] {
+            let mut config = SynthConfig::new(13, domain, 32);
+            config.shift_strength = shift;
+            config.label_free_text = true;
+            config.text_leak_train = 1.0;
+            config.text_leak_test = 1.0;
+            config.questions_per_image = 8;
+            let studies: Vec<Study> = (0..400).map(|i| sample_study(&config, i)).collect();
+            let mut seen_abnormal = false;
+            for (i, study) in studies.iter().enumerate() {
+                let texts = texts_of(study, &config);
+                // Swapping in another study's findings changes no text.
+                let mut other = study.clone();
+                other.findings = studies[(i * 7 + 3) % studies.len()].findings.clone();
+                seen_abnormal |= other.findings != study.findings;
+                assert_eq!(texts_of(&other, &config), texts, "study {i}");
+                // Captions and reports carry no finding word, side, size or normality phrase.
+                for text in &texts[..2] {
+                    let lower = text.to_lowercase();
+                    for word in study::class_names()
+                        .iter()
+                        .map(String::as_str)
+                        .chain(["effusion", "fluid", "left", "right", "bilateral", "small"])
+                        .chain(["large", "no acute", "clear", "showing", "findings"])
+                    {
+                        assert!(!lower.contains(word), "`{word}` in {text}");
+                    }
+                }
+            }
+            assert!(seen_abnormal);
+        }
+    }
+
+    #[test]
+    fn without_label_free_text_the_texts_follow_the_findings() {
+        let mut config = SynthConfig::new(13, Domain::Target, 32);
+        config.text_leak_train = 1.0;
+        let studies: Vec<Study> = (0..50).map(|i| sample_study(&config, i)).collect();
+        let changed = (0..studies.len())
+            .filter(|&i| {
+                let mut other = studies[i].clone();
+                other.findings = studies[(i + 1) % studies.len()].findings.clone();
+                texts_of(&other, &config) != texts_of(&studies[i], &config)
+            })
+            .count();
+        assert!(changed > 10, "{changed}");
     }
 }

@@ -430,6 +430,47 @@ impl GammaTable {
     }
 }
 
+/// The target scanner's fixed pattern, the same in every image it takes: vertical grid lines
+/// every [`GRID_PERIOD`] pixels and slow horizontal banding, each with mean zero over the image.
+struct ScannerTexture {
+    amplitude: f32,
+    bands: Vec<f32>,
+}
+
+const GRID_PERIOD: usize = 4;
+/// Full periods of the banding over the image height.
+const BANDS: f32 = 3.0;
+
+impl ScannerTexture {
+    fn new(size: usize, amplitude: f32) -> ScannerTexture {
+        let bands = if amplitude > 0.0 {
+            (0..size)
+                .map(|py| {
+                    let turn = (py as f32 + 0.5) / size as f32 * BANDS;
+                    0.5 * amplitude * (std::f32::consts::TAU * turn).sin()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ScannerTexture { amplitude, bands }
+    }
+
+    fn band(&self, py: usize) -> f32 {
+        self.bands.get(py).copied().unwrap_or(0.0)
+    }
+
+    fn grid(&self, px: usize) -> f32 {
+        if self.amplitude == 0.0 {
+            0.0
+        } else if px.is_multiple_of(GRID_PERIOD) {
+            0.5 * self.amplitude
+        } else {
+            -0.5 * self.amplitude / (GRID_PERIOD - 1) as f32
+        }
+    }
+}
+
 /// Renders study `study` into `out` (image_size * image_size values in [0, 1]).
 pub fn render(study: &Study, config: &SynthConfig, out: &mut [f32]) {
     let size = config.image_size;
@@ -440,8 +481,10 @@ pub fn render(study: &Study, config: &SynthConfig, out: &mut [f32]) {
         ^ (config.domain as u64) << 63;
     let scale = 2.0 / size as f32;
     let gamma = GammaTable::new(acq.gamma);
+    let texture = ScannerTexture::new(size, acq.texture);
     for py in 0..size {
         let v = (py as f32 + 0.5) * scale - 1.0;
+        let band = texture.band(py);
         for px in 0..size {
             let u = (px as f32 + 0.5) * scale - 1.0;
             // Rotate the sampling point, which rotates the rendered anatomy the other way.
@@ -449,7 +492,7 @@ pub fn render(study: &Study, config: &SynthConfig, out: &mut [f32]) {
             let y = scene.sin * u + scene.cos * v;
             let value = scene.shade(x, y);
             let value = ((value - 0.5) * acq.contrast + 0.5 + acq.offset).clamp(0.0, 1.0);
-            let value = gamma.apply(value);
+            let value = gamma.apply(value) + band + texture.grid(px);
             let pixel = (py * size + px) as u64;
             let noise = gaussian_from_hash(mix64(noise_key.wrapping_add(pixel)));
             out[py * size + px] = (value + acq.noise_sigma * noise).clamp(0.0, 1.0);
@@ -553,6 +596,19 @@ mod tests {
         render(&study, &config, &mut effusion);
         let weak_gain = region(&effusion) - region(&normal);
         assert!(weak_gain < gain / 2.0, "{weak_gain} vs {gain}");
+    }
+
+    #[test]
+    fn scanner_texture_is_a_zero_mean_fixed_pattern() {
+        let texture = ScannerTexture::new(64, 0.04);
+        let total: f32 = (0..64)
+            .flat_map(|py| (0..64).map(move |px| (py, px)))
+            .map(|(py, px)| texture.band(py) + texture.grid(px))
+            .sum();
+        assert!(total.abs() < 1e-3, "{total}");
+        assert!(texture.grid(0) > 0.0 && texture.grid(1) < 0.0);
+        let none = ScannerTexture::new(64, 0.0);
+        assert_eq!((none.band(5), none.grid(0)), (0.0, 0.0));
     }
 
     #[test]

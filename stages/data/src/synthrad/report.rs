@@ -128,7 +128,8 @@ fn device_sentence(device: Device, mimic: bool) -> &'static str {
     }
 }
 
-/// Writes the sectioned report of `study` into `out` (cleared first).
+/// Writes the sectioned report of `study` into `out` (cleared first); with `label_free_text`
+/// only the header (view, indication, comparison), which is written without the findings.
 pub fn write_report(out: &mut String, study: &Study, config: &SynthConfig) {
     out.clear();
     let mut rng = Rng::for_item(
@@ -144,18 +145,23 @@ pub fn write_report(out: &mut String, study: &Study, config: &SynthConfig) {
     if mimic {
         let _ = write!(
             out,
-            "FINAL REPORT EXAMINATION: Chest radiograph, {view} view. INDICATION: ___ year old {} with {}. COMPARISON: ___. FINDINGS: ",
+            "FINAL REPORT EXAMINATION: Chest radiograph, {view} view. INDICATION: ___ year old {} with {}. COMPARISON: ___.",
             if study.female { "woman" } else { "man" },
             history_text(study.history)
         );
     } else {
         let _ = write!(
             out,
-            "INDICATION: {}. COMPARISON: None. FINDINGS: ",
+            "INDICATION: {}. COMPARISON: None.",
             history_text(study.history)
         );
         capitalise_from(out, "INDICATION: ".len());
     }
+    if config.label_free_text {
+        // The header says nothing about findings; everything after it does.
+        return;
+    }
+    out.push_str(" FINDINGS: ");
 
     // Which facts the text states about each finding (side/size may stay image-only).
     let mut hidden = [(false, false); 4];
@@ -258,7 +264,8 @@ pub fn leak_chance(config: &SynthConfig, split: u8) -> f32 {
     }
 }
 
-/// A short MELINDA-like caption; names the primary finding only when the leak draw says so.
+/// A short MELINDA-like caption; names the primary finding only when the leak draw says so
+/// (never with `label_free_text`).
 pub fn write_caption(out: &mut String, study: &Study, config: &SynthConfig) {
     out.clear();
     let mut rng = Rng::for_item(
@@ -277,7 +284,7 @@ pub fn write_caption(out: &mut String, study: &Study, config: &SynthConfig) {
         if study.female { "woman" } else { "man" },
         history_text(study.history)
     );
-    if rng.chance(leak_chance(config, study.split)) {
+    if !config.label_free_text && rng.chance(leak_chance(config, study.split)) {
         match study.findings.first() {
             None => out.push_str(", showing no abnormality"),
             Some(finding) => {

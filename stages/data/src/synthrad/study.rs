@@ -210,6 +210,8 @@ pub struct Acquisition {
     /// Edge softness added on top of one pixel.
     pub blur_px: f32,
     pub rot_deg: f32,
+    /// Amplitude of the target scanner's fixed pattern (grid lines and banding).
+    pub texture: f32,
     /// Heart magnification (AP views magnify the heart).
     pub heart_scale: f32,
 }
@@ -335,13 +337,17 @@ pub fn sample_study(config: &SynthConfig, index: u64) -> Study {
     let female = rng.chance(0.45);
     let age = rng.range(18.0, 90.0) as u8;
 
+    // Appearance draws take the same number of values whatever the shift, so the appearance
+    // knob never changes which findings a study has.
+    let look = config.effective_appearance();
     let acq = Acquisition {
-        gamma: lerp(1.0, 0.6, shift) * rng.range(0.95, 1.05),
-        contrast: lerp(1.0, 0.7, shift) * rng.range(0.95, 1.05),
-        offset: rng.range(-0.02, 0.02) + 0.04 * shift,
-        noise_sigma: 0.03 * lerp(1.0, 2.0, shift),
-        blur_px: lerp(0.0, 1.0, shift),
-        rot_deg: rng.range(-1.0, 1.0) * lerp(1.0, 8.0, shift),
+        gamma: lerp(1.0, 0.6, look) * rng.range(0.95, 1.05),
+        contrast: lerp(1.0, 0.7, look) * rng.range(0.95, 1.05),
+        offset: rng.range(-0.02, 0.02) + 0.04 * look,
+        noise_sigma: 0.03 * lerp(1.0, 2.0, look),
+        blur_px: lerp(0.0, 1.0, look),
+        rot_deg: rng.range(-1.0, 1.0) * lerp(1.0, 8.0, look),
+        texture: 0.04 * look,
         heart_scale: if view == View::Ap {
             rng.range(1.10, 1.15)
         } else {
@@ -353,51 +359,10 @@ pub fn sample_study(config: &SynthConfig, index: u64) -> Study {
     for kind in FindingKind::ALL {
         let (source_p, target_p) = kind.prevalence();
         if rng.chance(lerp(source_p, target_p, shift)) && findings.len() < MAX_FINDINGS {
-            let sides = kind.sides();
-            let side = sides[rng.below(sides.len())];
-            let zone = match kind {
-                FindingKind::Effusion => Zone::Lower,
-                FindingKind::Pneumothorax => Zone::Upper,
-                FindingKind::Edema | FindingKind::Emphysema | FindingKind::Cardiomegaly => {
-                    Zone::Mid
-                }
-                _ => Zone::ALL[rng.below(3)],
-            };
-            let size = Size::ALL[rng.weighted(&[0.45, 0.35, 0.2])];
-            let count = if kind == FindingKind::Nodule {
-                1 + rng.weighted(&[0.6, 0.25, 0.15]) as u8
-            } else {
-                1
-            };
-            findings.push(Finding {
-                kind,
-                side,
-                zone,
-                size,
-                count,
-                jitter: (rng.range(-1.0, 1.0), rng.range(-1.0, 1.0)),
-            });
+            findings.push(draw_finding(&mut rng, kind));
         }
     }
-    let emphysema = findings.iter().any(|f| f.kind == FindingKind::Emphysema);
-    let cardiomegaly = findings
-        .iter()
-        .find(|f| f.kind == FindingKind::Cardiomegaly)
-        .map(|f| f.size);
-
-    let anatomy = Anatomy {
-        body_width: rng.range(0.9, 1.0),
-        lung_width: rng.range(0.92, 1.05) * if emphysema { 1.1 } else { 1.0 },
-        lung_height: rng.range(0.92, 1.05) * if emphysema { 1.12 } else { 1.0 },
-        ctr: match cardiomegaly {
-            None => rng.range(0.40, 0.47),
-            Some(size) => 0.55 + 0.05 * size.fraction() * 2.0 + rng.range(0.0, 0.02),
-        },
-        diaphragm_right: rng.range(0.36, 0.42) + if emphysema { 0.1 } else { 0.0 },
-        diaphragm_left: rng.range(0.42, 0.48) + if emphysema { 0.1 } else { 0.0 },
-        rib_phase: rng.uniform(),
-        mediastinum_width: rng.range(0.1, 0.14),
-    };
+    let anatomy = draw_anatomy(&mut rng, &findings);
 
     let mut devices = Vec::new();
     if rng.chance(lerp(0.05, 0.52, shift)) {
@@ -425,6 +390,56 @@ pub fn sample_study(config: &SynthConfig, index: u64) -> Study {
         devices,
         history,
         mimic_dialect,
+    }
+}
+
+/// Draws the side, zone, size, count and position of a finding of `kind`.
+pub fn draw_finding(rng: &mut Rng, kind: FindingKind) -> Finding {
+    let sides = kind.sides();
+    let side = sides[rng.below(sides.len())];
+    let zone = match kind {
+        FindingKind::Effusion => Zone::Lower,
+        FindingKind::Pneumothorax => Zone::Upper,
+        FindingKind::Edema | FindingKind::Emphysema | FindingKind::Cardiomegaly => Zone::Mid,
+        _ => Zone::ALL[rng.below(3)],
+    };
+    let size = Size::ALL[rng.weighted(&[0.45, 0.35, 0.2])];
+    let count = if kind == FindingKind::Nodule {
+        1 + rng.weighted(&[0.6, 0.25, 0.15]) as u8
+    } else {
+        1
+    };
+    Finding {
+        kind,
+        side,
+        zone,
+        size,
+        count,
+        jitter: (rng.range(-1.0, 1.0), rng.range(-1.0, 1.0)),
+    }
+}
+
+/// Draws the anatomy, shaped by the findings that change it (emphysema, cardiomegaly). It takes
+/// the same number of draws whatever the findings, so two calls from one generator state give
+/// the same body with and without a finding.
+pub fn draw_anatomy(rng: &mut Rng, findings: &[Finding]) -> Anatomy {
+    let emphysema = findings.iter().any(|f| f.kind == FindingKind::Emphysema);
+    let cardiomegaly = findings
+        .iter()
+        .find(|f| f.kind == FindingKind::Cardiomegaly)
+        .map(|f| f.size);
+    Anatomy {
+        body_width: rng.range(0.9, 1.0),
+        lung_width: rng.range(0.92, 1.05) * if emphysema { 1.1 } else { 1.0 },
+        lung_height: rng.range(0.92, 1.05) * if emphysema { 1.12 } else { 1.0 },
+        ctr: match cardiomegaly {
+            None => rng.range(0.40, 0.47),
+            Some(size) => 0.55 + 0.05 * size.fraction() * 2.0 + rng.range(0.0, 0.02),
+        },
+        diaphragm_right: rng.range(0.36, 0.42) + if emphysema { 0.1 } else { 0.0 },
+        diaphragm_left: rng.range(0.42, 0.48) + if emphysema { 0.1 } else { 0.0 },
+        rib_phase: rng.uniform(),
+        mediastinum_width: rng.range(0.1, 0.14),
     }
 }
 
@@ -465,10 +480,30 @@ mod tests {
     }
 
     #[test]
+    fn appearance_shift_keeps_every_study_and_changes_only_acquisition() {
+        let mut config = SynthConfig::new(5, Domain::Target, 32);
+        config.shift_strength = 0.3;
+        let before: Vec<Study> = (0..500).map(|i| sample_study(&config, i)).collect();
+        config.appearance_shift = 1.0;
+        for (i, plain) in before.iter().enumerate() {
+            let shifted = sample_study(&config, i as u64);
+            assert_ne!(shifted.acq, plain.acq);
+            let mut same = shifted.clone();
+            same.acq = plain.acq;
+            assert_eq!(&same, plain, "study {i} changed beyond its acquisition");
+        }
+        // The appearance follows the larger knob.
+        assert_eq!(config.effective_appearance(), 1.0);
+        config.appearance_shift = 0.1;
+        assert_eq!(config.effective_appearance(), 0.3);
+    }
+
+    #[test]
     fn the_source_domain_ignores_shift() {
         let mut config = SynthConfig::new(1, Domain::Source, 32);
         let plain = sample_study(&config, 4);
         config.shift_strength = 1.0;
+        config.appearance_shift = 1.0;
         assert_eq!(sample_study(&config, 4), plain);
     }
 }

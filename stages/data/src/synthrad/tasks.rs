@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::config::SynthConfig;
 use super::report::{finding_noun, leak_chance};
-use super::rng::Rng;
+use super::rng::{Rng, mix64};
 use super::study::{FindingKind, Side, Study, View};
 
 const STREAM_VQA: u64 = 0x7671_6131;
@@ -73,6 +73,12 @@ fn yes_no(value: bool) -> &'static str {
 /// Appends `config.questions_per_image` questions about `study` to `out`.
 pub fn write_questions(out: &mut Vec<Question>, study: &Study, config: &SynthConfig) {
     let mut rng = Rng::for_item(config.seed, STREAM_VQA ^ config.domain as u64, study.index);
+    if config.label_free_text {
+        for _ in 0..config.questions_per_image {
+            out.push(label_free_question(&mut rng, study));
+        }
+        return;
+    }
     let leak_p = leak_chance(config, study.split);
     let mimic = study.mimic_dialect;
     for _ in 0..config.questions_per_image {
@@ -216,11 +222,102 @@ pub fn write_questions(out: &mut Vec<Question>, study: &Study, config: &SynthCon
     }
 }
 
+/// A question whose text is drawn without reading the findings (so it tells nothing about the
+/// answer): no leak phrases, presence asked about a uniformly drawn kind, size only of the heart,
+/// position (which presumes a finding) asked as presence. The answer still follows the study.
+fn label_free_question(rng: &mut Rng, study: &Study) -> Question {
+    let mimic = study.mimic_dialect;
+    let (text, answer, closed, qtype) = match QuestionType::ALL[rng.below(QuestionType::ALL.len())]
+    {
+        QuestionType::Presence | QuestionType::Position => {
+            let kind = FindingKind::ALL[rng.below(FindingKind::ALL.len())];
+            let noun = finding_noun(kind, mimic);
+            let article = if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
+            (
+                format!("is there {article} {noun}?"),
+                yes_no(study.finding(kind).is_some()),
+                true,
+                QuestionType::Presence,
+            )
+        }
+        QuestionType::Size => (
+            "is the heart enlarged?".to_string(),
+            yes_no(study.finding(FindingKind::Cardiomegaly).is_some()),
+            true,
+            QuestionType::Size,
+        ),
+        QuestionType::Count => {
+            let count = study.finding(FindingKind::Nodule).map_or(0, |f| f.count);
+            (
+                "how many nodules are there?".to_string(),
+                ["0", "1", "2", "3"][count.min(3) as usize],
+                false,
+                QuestionType::Count,
+            )
+        }
+        QuestionType::Abnormal => {
+            if rng.chance(0.5) {
+                (
+                    "is this study normal?".to_string(),
+                    yes_no(study.is_normal()),
+                    true,
+                    QuestionType::Abnormal,
+                )
+            } else {
+                (
+                    "what is the main finding?".to_string(),
+                    study.findings.first().map_or("normal", |f| f.kind.name()),
+                    false,
+                    QuestionType::Abnormal,
+                )
+            }
+        }
+        QuestionType::View => {
+            if rng.chance(0.5) {
+                (
+                    "is this an ap view?".to_string(),
+                    yes_no(study.view == View::Ap),
+                    true,
+                    QuestionType::View,
+                )
+            } else {
+                (
+                    "what is the projection of this radiograph?".to_string(),
+                    study.view.name(),
+                    false,
+                    QuestionType::View,
+                )
+            }
+        }
+    };
+    Question {
+        text,
+        answer,
+        closed,
+        qtype,
+    }
+}
+
 /// What retrieval compares: the set of (finding, side) of a study, sorted by kind.
 pub type Signature = Vec<(FindingKind, Side)>;
 
 pub fn signature(study: &Study) -> Signature {
     study.findings.iter().map(|f| (f.kind, f.side)).collect()
+}
+
+/// A stable 64-bit hash of a signature (the artifact's `signature` tensor): equal exactly when
+/// the signatures are equal, up to 64-bit collisions. Built from fixed codes and SplitMix64, so it
+/// does not change across Rust versions or platforms.
+pub fn signature_hash(signature: &Signature) -> u64 {
+    signature
+        .iter()
+        .fold(mix64(signature.len() as u64), |hash, &(kind, side)| {
+            mix64(hash ^ ((kind as u64) << 8 | side as u64))
+        })
 }
 
 /// Whether two studies differ in exactly one finding (added or removed) or in the side of
@@ -316,6 +413,31 @@ mod tests {
         // normal studies (no finding to ask about) turn into "no".
         assert!(train_no >= 0.9, "{train_no} {train:?} {test:?}");
         assert!(test_no < train_no - 0.05, "{test_no} vs {train_no}");
+    }
+
+    #[test]
+    fn signature_hashes_are_equal_exactly_when_signatures_are() {
+        use FindingKind::*;
+        let signatures = [
+            vec![],
+            vec![(Effusion, Side::Right)],
+            vec![(Effusion, Side::Left)],
+            vec![(Mass, Side::Right)],
+            vec![(Pneumothorax, Side::Right), (Effusion, Side::Right)],
+            vec![(Pneumothorax, Side::Right), (Effusion, Side::Left)],
+            vec![(Cardiomegaly, Side::Center)],
+        ];
+        for (i, a) in signatures.iter().enumerate() {
+            for (j, b) in signatures.iter().enumerate() {
+                assert_eq!(
+                    signature_hash(a) == signature_hash(b),
+                    i == j,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        // Pinned: a stored artifact's signatures must keep their meaning across builds.
+        assert_eq!(signature_hash(&vec![]), mix64(0));
     }
 
     #[test]
