@@ -149,6 +149,7 @@ fn main() {
             objective: ObjectiveConfig::default(),
             optim: OptimConfig::default(),
             max_steps: Some(steps as u64 + 2),
+            vision_positions: Default::default(),
         };
         let clock = Clock(Mutex::new(Vec::new()));
         pretrain(&dataset, &plan, &settings, &Device::Cpu, threads, &clock).unwrap();

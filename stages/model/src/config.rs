@@ -8,6 +8,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
+/// How the ViT encodes patch positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisionPositions {
+    /// A learned table initialised from N(0, 0.02) (CLIP's, which M3AE fine-tunes from).
+    #[default]
+    Learned,
+    /// MAE's fixed 2-D sin-cos table (zero row for the class token); not a parameter, never
+    /// trained.
+    Sincos,
+}
+
 /// Every size of the UMD model. Saved beside each checkpoint as `model_config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +55,10 @@ pub struct ModelConfig {
     pub mim_layer: usize,
     /// Layer-norm epsilon (M3AE uses 1e-5 for CLIP parts and 1e-12 for BERT parts; one value here).
     pub norm_eps: f64,
+    /// The ViT's position embeddings (absent in configs saved before the choice existed:
+    /// learned).
+    #[serde(default)]
+    pub vision_positions: VisionPositions,
 }
 
 /// The named size presets.
@@ -99,6 +115,7 @@ impl ModelConfig {
             decoder_mlp: s[15],
             mim_layer: s[16],
             norm_eps: 1e-5,
+            vision_positions: VisionPositions::Learned,
         };
         config.validate()?;
         Ok(config)
@@ -150,6 +167,13 @@ impl ModelConfig {
             return fail(format!(
                 "decoder_width {} must be a multiple of 4 (2-D sin-cos positions)",
                 self.decoder_width
+            ));
+        }
+        if self.vision_positions == VisionPositions::Sincos && !self.vision_width.is_multiple_of(4)
+        {
+            return fail(format!(
+                "vision_width {} must be a multiple of 4 for sin-cos positions",
+                self.vision_width
             ));
         }
         if self.fusion_layers == 0 || self.mim_layer > self.fusion_layers {

@@ -4,29 +4,37 @@ use candle_core::Device;
 
 use crate::error::{ModelError, Result};
 
-/// Selects the device named by `spec`. `auto` picks the first CUDA device when this build has
-/// CUDA support and a device answers, and the CPU otherwise; it never panics.
+/// The one rule for a `device` parameter, used by every kind's plan-time check and by
+/// [`select_device`]: `auto`, `cpu` or `cuda:N`. Returns what is wrong, or None.
+pub fn spec_problem(spec: &str) -> Option<String> {
+    match spec {
+        "auto" | "cpu" => None,
+        _ => match spec.strip_prefix("cuda:") {
+            None => Some(format!(
+                "expected `auto`, `cpu` or `cuda:N` (N a device number), got `{spec}`"
+            )),
+            Some(n) if n.parse::<usize>().is_err() => Some(format!(
+                "the part after `cuda:` must be a device number such as 0, got `{spec}`"
+            )),
+            Some(_) => None,
+        },
+    }
+}
+
+/// Selects the device named by `spec` (see [`spec_problem`]). `auto` picks the first CUDA device
+/// when this build has CUDA support and a device answers, and the CPU otherwise; it never panics.
 pub fn select_device(spec: &str) -> Result<Device> {
-    let spec = spec.trim();
+    if let Some(problem) = spec_problem(spec) {
+        return Err(device_error(spec, &problem));
+    }
     match spec {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(try_cuda(0).unwrap_or(Device::Cpu)),
         _ => {
-            let Some(ordinal) =
-                spec.strip_prefix("cuda:")
-                    .or(if spec == "cuda" { Some("0") } else { None })
-            else {
-                return Err(device_error(
-                    spec,
-                    "expected `auto`, `cpu` or `cuda:N` (N a device number)",
-                ));
-            };
-            let ordinal: usize = ordinal.parse().map_err(|_| {
-                device_error(
-                    spec,
-                    "the part after `cuda:` must be a device number such as 0",
-                )
-            })?;
+            let ordinal: usize = spec
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| device_error(spec, "expected `cuda:N`"))?;
             if !cfg!(feature = "cuda") {
                 return Err(device_error(
                     spec,
@@ -90,6 +98,10 @@ mod tests {
         assert!(err.contains("expected `auto`, `cpu` or `cuda:N`"), "{err}");
         let err = select_device("cuda:x").unwrap_err().to_string();
         assert!(err.contains("device number"), "{err}");
+        // One rule: a bare `cuda` is refused here as at plan time.
+        assert!(spec_problem("cuda").is_some());
+        assert!(select_device("cuda").is_err());
+        assert_eq!(spec_problem("cuda:1"), None);
     }
 
     #[cfg(not(feature = "cuda"))]

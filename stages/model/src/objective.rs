@@ -39,8 +39,15 @@ pub struct ObjectiveConfig {
     /// Weight of the feature-level terms.
     pub alpha: f64,
     pub target_network: TargetNetwork,
-    /// EMA momentum (`target = m · target + (1 − m) · online`).
+    /// EMA momentum (`target = m · target + (1 − m) · online`); with `ema_momentum_end`, the
+    /// momentum at the first step.
     pub ema_momentum: f64,
+    /// null: the momentum stays `ema_momentum`. A number: the momentum rises from
+    /// `ema_momentum` to this value on a half-cosine over the run (BYOL's schedule).
+    pub ema_momentum_end: Option<f64>,
+    /// MIM targets: each patch normalised to mean 0 and variance 1 (MAE's and M3AE's
+    /// `norm_pix_loss`), or false for the encoder's own input pixels (scaled to [-1, 1]).
+    pub norm_pix: bool,
     /// Encoder layer the targets are read from: null = the final encoder output after the
     /// projection into the fusion width; k = the output of encoder block k (before projection).
     pub target_layer: Option<usize>,
@@ -62,6 +69,8 @@ impl Default for ObjectiveConfig {
             alpha: 1.0,
             target_network: TargetNetwork::Ema,
             ema_momentum: 0.999,
+            ema_momentum_end: None,
+            norm_pix: true,
             target_layer: None,
             distance: FeatureDistance::Mse,
             normalize_targets: true,
@@ -73,6 +82,24 @@ impl Default for ObjectiveConfig {
 impl ObjectiveConfig {
     /// Checks the choices against the model sizes; returns a message naming the bad field.
     pub fn validate(&self, model: &ModelConfig) -> std::result::Result<(), (String, String)> {
+        self.validate_choices()?;
+        if let Some(k) = self.target_layer {
+            let max = model.vision_layers.min(model.text_layers);
+            if k == 0 || k > max {
+                return Err((
+                    "target_layer".into(),
+                    format!(
+                        "must be null (projected output) or an encoder block in 1..={max}, got {k}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks that need no model sizes (a stage that reads its model from a checkpoint can
+    /// run them before anything runs; `target_layer`'s range waits for the checkpoint).
+    pub fn validate_choices(&self) -> std::result::Result<(), (String, String)> {
         if !(self.mim || self.mlm || self.itm || self.feamim || self.feamlm) {
             return Err((
                 "mim".into(),
@@ -91,18 +118,40 @@ impl ObjectiveConfig {
                 format!("must lie in [0, 1), got {}", self.ema_momentum),
             ));
         }
-        if let Some(k) = self.target_layer {
-            let max = model.vision_layers.min(model.text_layers);
-            if k == 0 || k > max {
-                return Err((
-                    "target_layer".into(),
-                    format!(
-                        "must be null (projected output) or an encoder block in 1..={max}, got {k}"
-                    ),
-                ));
-            }
+        if let Some(end) = self.ema_momentum_end
+            && !(0.0..1.0).contains(&end)
+        {
+            return Err((
+                "ema_momentum_end".into(),
+                format!("must be null or lie in [0, 1), got {end}"),
+            ));
+        }
+        if self.target_layer == Some(0) {
+            return Err((
+                "target_layer".into(),
+                "must be null (projected output) or an encoder block numbered from 1, got 0".into(),
+            ));
         }
         Ok(())
+    }
+
+    /// Whether the objective reads an EMA target network.
+    pub fn needs_ema(&self) -> bool {
+        (self.feamim || self.feamlm) && self.target_network == TargetNetwork::Ema
+    }
+
+    /// The EMA momentum for the update after step `step` (0-based) of `total`: constant, or
+    /// `end − (end − start) · (cos(π·step/total) + 1) / 2`, which starts at `ema_momentum` and
+    /// reaches `ema_momentum_end` at the end of the run.
+    pub fn ema_momentum_at(&self, step: u64, total: u64) -> f64 {
+        match self.ema_momentum_end {
+            None => self.ema_momentum,
+            Some(end) => {
+                let progress = (step as f64 / total.max(1) as f64).min(1.0);
+                let start = self.ema_momentum;
+                end - (end - start) * ((std::f64::consts::PI * progress).cos() + 1.0) / 2.0
+            }
+        }
     }
 
     /// Output widths of the feature heads for this target choice.
@@ -284,9 +333,14 @@ pub fn mr_losses(
             .decode(&fused.image[c.mim_layer], &batch.restore)?;
         if obj.mim {
             let pixels = model.mim_head.pixels(&decoded)?;
+            let targets = if obj.norm_pix {
+                &batch.pixel_targets
+            } else {
+                &batch.patches
+            };
             record(
                 "mim",
-                losses::masked_patch_mse(&pixels, &batch.pixel_targets, &batch.removed)?,
+                losses::masked_patch_mse(&pixels, targets, &batch.removed)?,
                 false,
             )?;
         }
@@ -375,3 +429,45 @@ pub fn mr_losses(
 
 /// The order of the loss terms in curves and metrics.
 pub const TERM_ORDER: [&str; 5] = ["mim", "mlm", "itm", "feamim", "feamlm"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ema_schedule_yields_the_stated_momenta() {
+        let constant = ObjectiveConfig::default();
+        assert_eq!(constant.ema_momentum_at(0, 100), 0.999);
+        assert_eq!(constant.ema_momentum_at(99, 100), 0.999);
+        let cosine = ObjectiveConfig {
+            ema_momentum: 0.99,
+            ema_momentum_end: Some(0.999),
+            ..ObjectiveConfig::default()
+        };
+        assert!((cosine.ema_momentum_at(0, 100) - 0.99).abs() < 1e-15);
+        assert!((cosine.ema_momentum_at(50, 100) - 0.9945).abs() < 1e-12);
+        assert!((cosine.ema_momentum_at(100, 100) - 0.999).abs() < 1e-15);
+        // A quarter of the way: end − (end − start)(cos(π/4) + 1)/2.
+        let k = cosine.ema_momentum_at(25, 100);
+        let expect = 0.999 - 0.009 * ((std::f64::consts::PI / 4.0).cos() + 1.0) / 2.0;
+        assert!((k - expect).abs() < 1e-15, "{k}");
+        // Monotone rise.
+        let series: Vec<f64> = (0..=100).map(|s| cosine.ema_momentum_at(s, 100)).collect();
+        assert!(series.windows(2).all(|w| w[1] >= w[0]));
+    }
+
+    #[test]
+    fn choices_are_checked_without_a_model() {
+        let bad = ObjectiveConfig {
+            ema_momentum_end: Some(1.0),
+            ..ObjectiveConfig::default()
+        };
+        assert_eq!(bad.validate_choices().unwrap_err().0, "ema_momentum_end");
+        let bad = ObjectiveConfig {
+            target_layer: Some(0),
+            ..ObjectiveConfig::default()
+        };
+        assert_eq!(bad.validate_choices().unwrap_err().0, "target_layer");
+        assert!(ObjectiveConfig::default().validate_choices().is_ok());
+    }
+}

@@ -1,6 +1,7 @@
-//! AdamW with M3AE's parameter groups, a warm-up + linear-decay schedule and global-norm
-//! gradient clipping. Written here (not candle_nn's AdamW) because candle's has one learning rate
-//! and decays every tensor.
+//! AdamW (or SGD with momentum, OGM-GE's optimiser) with M3AE's parameter groups, a warm-up +
+//! linear-decay schedule, global-norm gradient clipping and a per-parameter step scale (GM-Coord's
+//! coefficient acts there, see [`Optimiser::step_scaled`]). Written here (not candle_nn's) because
+//! candle's AdamW has one learning rate and decays every tensor.
 
 use candle_core::Tensor;
 use candle_core::backprop::GradStore;
@@ -9,18 +10,33 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::store::{ParamRole, ParamStore};
 
-/// Optimiser settings (pipeline parameters of `pretrain`).
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// AdamW with decoupled weight decay (M3AE).
+    Adamw,
+    /// SGD with heavy-ball momentum and L2 weight decay added to the gradient, as
+    /// `torch.optim.SGD` (OGM-GE's optimiser).
+    Sgd,
+}
+
+/// Optimiser settings (pipeline parameters of `pretrain`, `calibrate` and `coordinate-tune`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
+    pub algorithm: Algorithm,
     /// Peak learning rate of the backbone.
     pub lr: f64,
+    /// SGD's momentum (unused by AdamW, whose moments are `beta1`/`beta2`).
+    pub momentum: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     /// Decoupled weight decay; never applied to biases and norm parameters.
     pub weight_decay: f64,
-    /// Multiplier for the heads (`mim_head`, `mlm_head`, `itm_head`, `feamim_head`, `feamlm_head`).
+    /// Multiplier for the heads ([`HEAD_PREFIXES`]: the pre-training heads, the task heads and
+    /// GM-Coord's auxiliary heads).
     pub lr_multiplier_head: f64,
     /// Multiplier for every parameter whose name contains `multi_modal` (fusion, projections).
     pub lr_multiplier_fusion: f64,
@@ -33,7 +49,9 @@ pub struct OptimConfig {
 impl Default for OptimConfig {
     fn default() -> Self {
         OptimConfig {
+            algorithm: Algorithm::Adamw,
             lr: 1e-4,
+            momentum: 0.9,
             beta1: 0.9,
             beta2: 0.98,
             eps: 1e-8,
@@ -61,6 +79,7 @@ impl OptimConfig {
             }
         }
         for (name, v) in [
+            ("momentum", self.momentum),
             ("beta1", self.beta1),
             ("beta2", self.beta2),
             ("warmup_ratio", self.warmup_ratio),
@@ -82,14 +101,7 @@ impl OptimConfig {
 
     /// The learning-rate multiplier of a parameter, by name (M3AE's groups).
     pub fn multiplier(&self, name: &str) -> f64 {
-        const HEADS: [&str; 5] = [
-            "mim_head.",
-            "mlm_head.",
-            "itm_head.",
-            "feamim_head.",
-            "feamlm_head.",
-        ];
-        if HEADS.iter().any(|h| name.starts_with(h)) {
+        if HEAD_PREFIXES.iter().any(|h| name.starts_with(h)) {
             self.lr_multiplier_head
         } else if name.contains("multi_modal") {
             self.lr_multiplier_fusion
@@ -111,23 +123,43 @@ impl OptimConfig {
     }
 }
 
+/// Parameter-name prefixes of the head group (`lr_multiplier_head`): M3AE's `head_names`
+/// (pre-training and task heads), the feature-level heads and GM-Coord's auxiliary heads.
+pub const HEAD_PREFIXES: [&str; 9] = [
+    "mim_head.",
+    "mlm_head.",
+    "itm_head.",
+    "feamim_head.",
+    "feamlm_head.",
+    "vqa_head.",
+    "cls_head.",
+    "irtr_head.",
+    "gmcoord_aux.",
+];
+
 struct Slot {
     name: String,
     var: candle_core::Var,
+    /// AdamW's first moment, or SGD's momentum buffer.
     m: Tensor,
+    /// AdamW's second moment (unused by SGD).
     v: Tensor,
     lr_multiplier: f64,
     decay: bool,
 }
 
-/// AdamW state over a [`ParamStore`].
-pub struct AdamW {
+/// Optimiser state over a [`ParamStore`]: AdamW or SGD with momentum, by
+/// [`OptimConfig::algorithm`].
+pub struct Optimiser {
     config: OptimConfig,
     slots: Vec<Slot>,
     steps: i32,
 }
 
-impl AdamW {
+/// The name the optimiser had when it only did AdamW.
+pub type AdamW = Optimiser;
+
+impl Optimiser {
     pub fn new(store: &ParamStore, config: &OptimConfig) -> Result<Self> {
         let slots = store
             .iter()
@@ -142,11 +174,19 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(AdamW {
+        Ok(Optimiser {
             config: config.clone(),
             slots,
             steps: 0,
         })
+    }
+
+    /// The learning-rate multiplier each parameter got from its group (for tests and docs).
+    pub fn multipliers(&self) -> Vec<(&str, f64)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.as_str(), s.lr_multiplier))
+            .collect()
     }
 
     /// The global L2 norm of all gradients present.
@@ -167,6 +207,19 @@ impl AdamW {
     /// One update with backbone learning rate `lr`; clips first. Parameters without a gradient
     /// (their loss term is off) are left untouched. Returns the gradient norm before clipping.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<f64> {
+        self.step_scaled(grads, lr, &|_| 1.0)
+    }
+
+    /// [`Self::step`] with the learning rate of each parameter multiplied by `scale(name)`, so
+    /// that the parameter's *step* (update and decay) shrinks by that factor whatever the
+    /// gradient's size. This is where GM-Coord's coefficient acts under AdamW: scaling the
+    /// gradient instead would cancel in `m̂ / √v̂` once the coefficient has held for a while.
+    pub fn step_scaled(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        scale: &dyn Fn(&str) -> f64,
+    ) -> Result<f64> {
         let norm = self.grad_norm(grads)?;
         let clip = if self.config.max_grad_norm > 0.0 && norm > self.config.max_grad_norm {
             self.config.max_grad_norm / (norm + 1e-6)
@@ -182,7 +235,20 @@ impl AdamW {
                 continue;
             };
             let g = (g * clip)?;
-            let lr = lr * slot.lr_multiplier;
+            let lr = lr * slot.lr_multiplier * scale(&slot.name);
+            if c.algorithm == Algorithm::Sgd {
+                // torch.optim.SGD (dampening 0, no Nesterov): g += wd·p; buf = μ·buf + g (the
+                // buffer starts at 0, so the first step sets it to g); p -= lr·buf.
+                let p = slot.var.as_tensor();
+                let g = if slot.decay && c.weight_decay > 0.0 {
+                    (g + (p * c.weight_decay)?)?
+                } else {
+                    g
+                };
+                slot.m = ((&slot.m * c.momentum)? + g)?;
+                slot.var.set(&(p - (&slot.m * lr)?)?)?;
+                continue;
+            }
             slot.m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let mut p = slot.var.as_tensor().clone();
@@ -277,6 +343,122 @@ mod tests {
         for (a, e) in after.iter().zip(expect) {
             assert!((*a as f64 - e).abs() < 1e-6, "{a} vs {e}");
         }
+    }
+
+    #[test]
+    fn task_and_auxiliary_heads_get_the_head_multiplier() {
+        let c = OptimConfig {
+            lr_multiplier_head: 7.0,
+            ..OptimConfig::default()
+        };
+        for name in [
+            "vqa_head.fc1.weight",
+            "cls_head.fc2.bias",
+            "irtr_head.weight",
+            "gmcoord_aux.text.weight",
+        ] {
+            assert_eq!(c.multiplier(name), 7.0, "{name}");
+        }
+        // And the optimiser applies it: AdamW's first step moves a weight by lr · multiplier.
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new(&dev, 1);
+        let head = store
+            .get("vqa_head.fc1.weight", &[1], ParamRole::Weight, Init::Zeros)
+            .unwrap();
+        let backbone = store
+            .get("vision_encoder.w", &[1], ParamRole::Weight, Init::Zeros)
+            .unwrap();
+        let c = OptimConfig {
+            max_grad_norm: 0.0,
+            weight_decay: 0.0,
+            ..c
+        };
+        let mut opt = Optimiser::new(&store, &c).unwrap();
+        assert!(opt.multipliers().contains(&("vqa_head.fc1.weight", 7.0)));
+        let loss = (&head + &backbone).unwrap().sum_all().unwrap();
+        opt.step(&loss.backward().unwrap(), 0.01).unwrap();
+        let moved = |t: &Tensor| t.to_vec1::<f32>().unwrap()[0].abs() as f64;
+        assert!((moved(&head) - 0.07).abs() < 1e-6, "{}", moved(&head));
+        assert!((moved(&backbone) - 0.01).abs() < 1e-6);
+    }
+
+    /// Parameter change after `steps` steps of a loss with a fixed gradient `g` per element, with
+    /// the step scaled by `step_scale` and the gradient by `grad_scale`.
+    fn change_after(config: &OptimConfig, steps: usize, step_scale: f64, grad_scale: f64) -> f64 {
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new(&dev, 1);
+        let w = store
+            .get("w.weight", &[2], ParamRole::Weight, Init::Zeros)
+            .unwrap();
+        let mut opt = Optimiser::new(&store, config).unwrap();
+        let g = Tensor::new(&[0.3f32, -0.2], &dev).unwrap();
+        for _ in 0..steps {
+            let loss = (&w * (&g * grad_scale).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            opt.step_scaled(&grads, 0.01, &|_| step_scale).unwrap();
+        }
+        w.to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| (*v as f64).abs())
+            .sum()
+    }
+
+    #[test]
+    fn a_held_step_scale_shrinks_the_change_by_that_factor_under_both_algorithms() {
+        let adamw = OptimConfig {
+            weight_decay: 0.0,
+            max_grad_norm: 0.0,
+            ..OptimConfig::default()
+        };
+        let sgd = OptimConfig {
+            algorithm: Algorithm::Sgd,
+            ..adamw.clone()
+        };
+        let c = 0.3;
+        for config in [&adamw, &sgd] {
+            let ratio = change_after(config, 100, c, 1.0) / change_after(config, 100, 1.0, 1.0);
+            assert!((ratio - c).abs() < 1e-3, "{:?}: {ratio}", config.algorithm);
+        }
+        // Scaling the gradient instead cancels under AdamW (m̂/√v̂), but not under SGD.
+        let ratio = change_after(&adamw, 100, 1.0, c) / change_after(&adamw, 100, 1.0, 1.0);
+        assert!(
+            (ratio - 1.0).abs() < 1e-3,
+            "AdamW with a scaled gradient: {ratio}"
+        );
+        let ratio = change_after(&sgd, 100, 1.0, c) / change_after(&sgd, 100, 1.0, 1.0);
+        assert!(
+            (ratio - c).abs() < 1e-3,
+            "SGD with a scaled gradient: {ratio}"
+        );
+    }
+
+    #[test]
+    fn sgd_follows_torch_with_momentum_and_weight_decay() {
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new(&dev, 1);
+        let w = store
+            .get("w.weight", &[1], ParamRole::Weight, Init::Ones)
+            .unwrap();
+        let c = OptimConfig {
+            algorithm: Algorithm::Sgd,
+            momentum: 0.9,
+            weight_decay: 0.1,
+            max_grad_norm: 0.0,
+            ..OptimConfig::default()
+        };
+        let mut opt = Optimiser::new(&store, &c).unwrap();
+        // loss = 2w: g = 2. Step 1: g' = 2 + 0.1·1 = 2.1, buf = 2.1, w = 1 − 0.1·2.1 = 0.79.
+        // Step 2: g' = 2 + 0.079 = 2.079, buf = 0.9·2.1 + 2.079 = 3.969, w = 0.79 − 0.3969.
+        for _ in 0..2 {
+            let loss = (&w * 2.0).unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap(), 0.1).unwrap();
+        }
+        let after = w.to_vec1::<f32>().unwrap()[0] as f64;
+        assert!((after - (0.79 - 0.3969)).abs() < 1e-6, "{after}");
     }
 
     #[test]

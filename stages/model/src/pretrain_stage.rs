@@ -12,8 +12,9 @@ use umdflow_stages::params::{resolve_typed, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use crate::checkpoint::save_checkpoint;
+use crate::config::VisionPositions;
 use crate::config::{ModelConfig, PRESETS};
-use crate::device::{device_name, select_device};
+use crate::device::{device_name, select_device, spec_problem};
 use crate::error::ModelError;
 use crate::masking::MaskPlan;
 use crate::objective::{ObjectiveConfig, TERM_ORDER};
@@ -33,6 +34,9 @@ pub struct PretrainParams {
     pub device: String,
     /// Stop early after this many steps (null: all epochs of the mask plan).
     pub max_steps: Option<u64>,
+    /// The ViT's position embeddings: `learned` (CLIP's, M3AE's) or `sincos` (MAE's fixed 2-D
+    /// table, not trained).
+    pub vision_positions: VisionPositions,
     /// Loss terms and feature-target choices.
     pub loss: ObjectiveConfig,
     pub optim: OptimConfig,
@@ -46,6 +50,7 @@ impl Default for PretrainParams {
             seed: 0,
             device: "auto".into(),
             max_steps: None,
+            vision_positions: VisionPositions::Learned,
             loss: ObjectiveConfig::default(),
             optim: OptimConfig::default(),
         }
@@ -68,23 +73,19 @@ impl PretrainParams {
         if self.batch_size == 0 {
             problems.push(Problem::new("params.batch_size", "must be at least 1"));
         }
-        let device_ok = self.device == "auto"
-            || self.device == "cpu"
-            || self
-                .device
-                .strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<usize>().is_ok());
-        if !device_ok {
-            problems.push(Problem::new(
-                "params.device",
-                format!("expected `auto`, `cpu` or `cuda:N`, got `{}`", self.device),
-            ));
+        if let Some(message) = spec_problem(&self.device) {
+            problems.push(Problem::new("params.device", message));
         }
-        // Layer counts do not depend on the data, so the preset can be checked with stand-in sizes.
-        if let Ok(model) = ModelConfig::preset(&self.preset, 32, 1, 8, 8, 8)
-            && let Err((field, message)) = self.loss.validate(&model)
-        {
-            problems.push(Problem::new(format!("params.loss.{field}"), message));
+        // Layer counts and widths do not depend on the data, so the preset can be checked with
+        // stand-in sizes.
+        if let Ok(mut model) = ModelConfig::preset(&self.preset, 32, 1, 8, 8, 8) {
+            if let Err((field, message)) = self.loss.validate(&model) {
+                problems.push(Problem::new(format!("params.loss.{field}"), message));
+            }
+            model.vision_positions = self.vision_positions;
+            if let Err(e) = model.validate() {
+                problems.push(Problem::new("params.vision_positions", e.to_string()));
+            }
         }
         if let Err((field, message)) = self.optim.validate() {
             problems.push(Problem::new(format!("params.optim.{field}"), message));
@@ -109,7 +110,8 @@ impl StageKind for PretrainKind {
     fn version(&self) -> u32 {
         // 2: wall-clock times moved from metrics.json to the stage log, so identical runs give
         // identical outputs.
-        2
+        // 3: model_config.json records `vision_positions`.
+        3
     }
 
     fn summary(&self) -> &'static str {
@@ -150,6 +152,7 @@ impl StageKind for PretrainKind {
             objective: params.loss.clone(),
             optim: params.optim.clone(),
             max_steps: params.max_steps,
+            vision_positions: params.vision_positions,
         };
         let observer = StageObserver { ctx };
         let outcome = pretrain(&dataset, &plan, &settings, &device, ctx.threads, &observer)

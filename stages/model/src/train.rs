@@ -9,12 +9,12 @@ use umdflow_data::artifact::Dataset;
 
 use crate::batch::build_batch;
 use crate::checkpoint::CheckpointInfo;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, VisionPositions};
 use crate::error::{ModelError, Result};
 use crate::masking::MaskPlan;
 use crate::model::UmdModel;
-use crate::objective::{EmaTarget, ObjectiveConfig, TargetNetwork, mr_losses};
-use crate::optim::{AdamW, OptimConfig};
+use crate::objective::{EmaTarget, ObjectiveConfig, mr_losses};
+use crate::optim::{OptimConfig, Optimiser};
 use crate::rng::SplitMix64;
 use crate::store::ParamStore;
 
@@ -28,6 +28,9 @@ pub struct TrainSettings {
     pub optim: OptimConfig,
     /// Stop after this many steps (None: every epoch of the masking plan).
     pub max_steps: Option<u64>,
+    /// The ViT's position embeddings.
+    #[serde(default)]
+    pub vision_positions: VisionPositions,
 }
 
 /// One row of the loss curve.
@@ -82,13 +85,6 @@ pub fn model_config_for(dataset: &Dataset, plan: &MaskPlan, preset: &str) -> Res
     )
 }
 
-/// Number of optimiser steps the settings give for a plan.
-pub fn total_steps(plan: &MaskPlan, settings: &TrainSettings) -> u64 {
-    let per_epoch = plan.meta.num_samples.div_ceil(settings.batch_size.max(1)) as u64;
-    let all = per_epoch * plan.meta.epochs as u64;
-    settings.max_steps.map_or(all, |m| m.min(all))
-}
-
 /// Trains a freshly initialised model (seeded by `settings.seed`) on the plan's samples, with
 /// CPU matrix products on a pool of `threads` worker threads.
 ///
@@ -121,49 +117,133 @@ fn pretrain_here(
     device: &Device,
     observer: &(dyn TrainObserver + Sync),
 ) -> Result<TrainOutcome> {
-    if settings.batch_size == 0 {
+    let mut config = model_config_for(dataset, plan, &settings.preset)?;
+    config.vision_positions = settings.vision_positions;
+    config.validate()?;
+    let feature_dims = settings.objective.feature_dims(&config);
+    let mut store = ParamStore::new(device, settings.seed);
+    let model = UmdModel::new(&mut store, &config, feature_dims)?;
+    let started = Instant::now();
+    let run = MrRun {
+        data: dataset,
+        plan,
+        batch_size: settings.batch_size,
+        seed: settings.seed,
+        max_steps: settings.max_steps,
+        objective: &settings.objective,
+        optim: &settings.optim,
+        streams: PRETRAIN_STREAMS,
+    };
+    let (records, samples_seen) = run_mr_steps(&store, &model, &run, device, observer)?;
+    let info = CheckpointInfo {
+        preset: settings.preset.clone(),
+        model: config,
+        feature_dims,
+    };
+    Ok(TrainOutcome {
+        store,
+        model,
+        info,
+        records,
+        seconds: started.elapsed().as_secs_f64(),
+        samples_seen,
+    })
+}
+
+/// Names of the seeded streams of one MR training run (batch order, ITM negatives), so that two
+/// callers of [`run_mr_steps`] draw independent streams from the same seed.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamNames {
+    pub order: &'static str,
+    pub itm: &'static str,
+}
+
+/// The streams of `pretrain`.
+pub const PRETRAIN_STREAMS: StreamNames = StreamNames {
+    order: "batch-order",
+    itm: "itm-negatives",
+};
+
+/// One MR-Pretrain run over a masking plan: used by `pretrain` from a fresh model and by TD-Calib
+/// from a pre-trained one.
+#[derive(Debug, Clone, Copy)]
+pub struct MrRun<'a> {
+    pub data: &'a Dataset,
+    /// Plan position k reads dataset row `plan.samples[k]`; its epochs are the run's epochs.
+    pub plan: &'a MaskPlan,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Stop after this many steps (None: every epoch of the plan).
+    pub max_steps: Option<u64>,
+    pub objective: &'a ObjectiveConfig,
+    pub optim: &'a OptimConfig,
+    pub streams: StreamNames,
+}
+
+/// Optimiser steps of a run: every batch of every epoch of the plan, capped by `max_steps`.
+pub fn step_count(plan: &MaskPlan, batch_size: usize, max_steps: Option<u64>) -> u64 {
+    let per_epoch = plan.meta.num_samples.div_ceil(batch_size.max(1)) as u64;
+    let all = per_epoch * plan.meta.epochs as u64;
+    max_steps.map_or(all, |m| m.min(all))
+}
+
+/// The order in which epoch `epoch` visits `n` items: a seeded shuffle, the same for every
+/// training loop of the workspace (pretrain, calibrate, fine-tuning).
+pub fn epoch_order(seed: u64, epoch: usize, n: usize, stream: &str) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    SplitMix64::derived(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9), stream)
+        .shuffle(&mut order);
+    order
+}
+
+/// Trains `model` (parameters in `store`) with the MR-Pretrain objective: AdamW (or SGD), the EMA
+/// target network when the objective reads one, and a stop with [`ModelError::NonFinite`] naming
+/// the step at the first non-finite loss term, total or gradient norm. Returns the step records
+/// and the number of samples seen.
+pub fn run_mr_steps(
+    store: &ParamStore,
+    model: &UmdModel,
+    run: &MrRun<'_>,
+    device: &Device,
+    observer: &(dyn TrainObserver + Sync),
+) -> Result<(Vec<StepRecord>, u64)> {
+    if run.batch_size == 0 {
         return Err(ModelError::Config("batch_size must be at least 1".into()));
     }
-    if plan.meta.num_samples == 0 {
+    if run.plan.meta.num_samples == 0 {
         return Err(ModelError::Data(
             "the masking plan covers no training sample".into(),
         ));
     }
-    let config = model_config_for(dataset, plan, &settings.preset)?;
-    let obj = &settings.objective;
-    let feature_dims = obj.feature_dims(&config);
-    let mut store = ParamStore::new(device, settings.seed);
-    let model = UmdModel::new(&mut store, &config, feature_dims)?;
-    let ema = if (obj.feamim || obj.feamlm) && obj.target_network == TargetNetwork::Ema {
-        Some(EmaTarget::new(&store, &model)?)
+    let obj = run.objective;
+    let ema = if obj.needs_ema() {
+        Some(EmaTarget::new(store, model)?)
     } else {
         None
     };
-    let mut optimiser = AdamW::new(&store, &settings.optim)?;
-    let total = total_steps(plan, settings);
+    let mut optimiser = Optimiser::new(store, run.optim)?;
+    let total = step_count(run.plan, run.batch_size, run.max_steps);
     observer.on_start(total);
-
-    let started = Instant::now();
-    let mut itm_rng = SplitMix64::derived(settings.seed, "itm-negatives");
+    let mut itm_rng = SplitMix64::derived(run.seed, run.streams.itm);
     let mut records = Vec::with_capacity(total as usize);
     let mut step = 0u64;
     let mut samples_seen = 0u64;
-    'epochs: for epoch in 0..plan.meta.epochs {
-        let mut order: Vec<usize> = (0..plan.meta.num_samples).collect();
-        SplitMix64::derived(
-            settings.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
-            "batch-order",
-        )
-        .shuffle(&mut order);
-        for positions in order.chunks(settings.batch_size) {
+    'epochs: for epoch in 0..run.plan.meta.epochs {
+        let order = epoch_order(
+            run.seed,
+            epoch,
+            run.plan.meta.num_samples,
+            run.streams.order,
+        );
+        for positions in order.chunks(run.batch_size) {
             if step >= total {
                 break 'epochs;
             }
             if observer.cancelled() {
                 return Err(ModelError::Cancelled);
             }
-            let batch = build_batch(dataset, plan, epoch, positions, &mut itm_rng, device)?;
-            let terms = mr_losses(&model, ema.as_ref(), &batch, obj)?;
+            let batch = build_batch(run.data, run.plan, epoch, positions, &mut itm_rng, device)?;
+            let terms = mr_losses(model, ema.as_ref(), &batch, obj)?;
             let total_value = terms
                 .total
                 .to_dtype(candle_core::DType::F32)?
@@ -183,7 +263,7 @@ fn pretrain_here(
                 });
             }
             let grads = terms.total.backward()?;
-            let lr = settings.optim.lr_at(step, total);
+            let lr = run.optim.lr_at(step, total);
             let grad_norm = optimiser.step(&grads, lr)?;
             if !grad_norm.is_finite() {
                 return Err(ModelError::NonFinite {
@@ -193,7 +273,7 @@ fn pretrain_here(
                 });
             }
             if let Some(ema) = &ema {
-                ema.update(&store, obj.ema_momentum)?;
+                ema.update(store, obj.ema_momentum_at(step, total))?;
             }
             let record = StepRecord {
                 step,
@@ -209,17 +289,5 @@ fn pretrain_here(
             step += 1;
         }
     }
-    let info = CheckpointInfo {
-        preset: settings.preset.clone(),
-        model: config,
-        feature_dims,
-    };
-    Ok(TrainOutcome {
-        store,
-        model,
-        info,
-        records,
-        seconds: started.elapsed().as_secs_f64(),
-        samples_seen,
-    })
+    Ok((records, samples_seen))
 }

@@ -25,6 +25,7 @@ fn settings(seed: u64, max_steps: u64) -> TrainSettings {
             ..OptimConfig::default()
         },
         max_steps: Some(max_steps),
+        vision_positions: Default::default(),
     }
 }
 
@@ -231,4 +232,152 @@ fn an_exploding_learning_rate_is_caught_at_its_step() {
         Err(other) => panic!("unexpected error {other}"),
         Ok(_) => panic!("lr 1e30 trained 20 finite steps"),
     }
+}
+
+/// `norm_pix: false` scores MIM against the encoder's own input pixels instead of per-patch
+/// normalised ones; everything else in the step is the same.
+#[test]
+fn norm_pix_switches_the_mim_target() {
+    let dataset = common::ci_dataset();
+    let plan = common::plan_for(&dataset, 1, 3);
+    let config = model_config_for(&dataset, &plan, "tiny").unwrap();
+    let only_mim = ObjectiveConfig {
+        mlm: false,
+        itm: false,
+        feamim: false,
+        feamlm: false,
+        ..ObjectiveConfig::default()
+    };
+    let mut store = ParamStore::new(&Device::Cpu, 2);
+    let model = UmdModel::new(&mut store, &config, only_mim.feature_dims(&config)).unwrap();
+    let positions: Vec<usize> = (0..8).collect();
+    let batch = build_batch(
+        &dataset,
+        &plan,
+        0,
+        &positions,
+        &mut SplitMix64::new(1),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mim = |norm_pix: bool| {
+        let objective = ObjectiveConfig {
+            norm_pix,
+            ..only_mim.clone()
+        };
+        mr_losses(&model, None, &batch, &objective).unwrap().values[0].1
+    };
+    // Recompute both targets by hand from the same decoder output.
+    let c = &model.config;
+    let text = model
+        .text
+        .forward(&batch.input_ids, &batch.text_mask)
+        .unwrap();
+    let visible = model
+        .vision
+        .forward(&batch.patches, Some(&batch.keep))
+        .unwrap();
+    let fused = model
+        .fuse(&text.last, &batch.text_mask, &visible.last, c.mim_layer)
+        .unwrap();
+    let pixels = model
+        .mim_head
+        .pixels(
+            &model
+                .mim_head
+                .decode(&fused.image[c.mim_layer], &batch.restore)
+                .unwrap(),
+        )
+        .unwrap();
+    let expect = |target: &candle_core::Tensor| {
+        umdflow_model::losses::masked_patch_mse(&pixels, target, &batch.removed)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(mim(true), expect(&batch.pixel_targets));
+    assert_eq!(mim(false), expect(&batch.patches));
+    assert_ne!(mim(true), mim(false));
+}
+
+/// `vision_positions: sincos` gives the ViT MAE's fixed table: no parameter, nothing saved, and
+/// the positions after training are the table itself.
+#[test]
+fn sincos_vision_positions_are_fixed_and_not_trained() {
+    let dataset = common::ci_dataset();
+    let plan = common::plan_for(&dataset, 1, 0);
+    let mut s = settings(0, 3);
+    s.vision_positions = umdflow_model::config::VisionPositions::Sincos;
+    let outcome = pretrain(&dataset, &plan, &s, &Device::Cpu, 1, &Silent).unwrap();
+    assert!(
+        outcome
+            .store
+            .param("vision_encoder.positional_embedding")
+            .is_none()
+    );
+    let c = &outcome.info.model;
+    assert_eq!(
+        c.vision_positions,
+        umdflow_model::config::VisionPositions::Sincos
+    );
+    let table = umdflow_model::model::heads::sincos_2d(c.vision_width, c.grid());
+    let used: Vec<f32> = outcome
+        .model
+        .vision
+        .positional_embedding
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(used, table);
+    // The learned default keeps its trainable table, which training moves.
+    let learned = pretrain(&dataset, &plan, &settings(0, 3), &Device::Cpu, 1, &Silent).unwrap();
+    let param = learned
+        .store
+        .param("vision_encoder.positional_embedding")
+        .expect("learned positions are a parameter");
+    let mut fresh = ParamStore::new(&Device::Cpu, 0);
+    UmdModel::new(&mut fresh, &learned.info.model, learned.info.feature_dims).unwrap();
+    let before = fresh
+        .param("vision_encoder.positional_embedding")
+        .unwrap()
+        .var
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let after = param.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_ne!(before, after);
+    // A sin-cos checkpoint loads back with the same table.
+    let dir = tempfile::tempdir().unwrap();
+    save_checkpoint(dir.path(), &outcome.store, &outcome.info).unwrap();
+    let (_, loaded, _) = load_checkpoint(dir.path(), &Device::Cpu).unwrap();
+    let reloaded: Vec<f32> = loaded
+        .vision
+        .positional_embedding
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(reloaded, table);
+}
+
+/// The EMA momentum schedule reaches the training loop: from the same start momentum, a rising
+/// schedule gives other feature targets from the second step on, so other weights.
+#[test]
+fn the_ema_schedule_changes_training() {
+    let dataset = common::ci_dataset();
+    let plan = common::plan_for(&dataset, 1, 0);
+    let train = |end: Option<f64>| {
+        let mut s = settings(0, 3);
+        s.objective.ema_momentum = 0.5;
+        s.objective.ema_momentum_end = end;
+        let outcome = pretrain(&dataset, &plan, &s, &Device::Cpu, 1, &Silent).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_checkpoint(dir.path(), &outcome.store, &outcome.info).unwrap();
+        std::fs::read(dir.path().join(CHECKPOINT_FILE)).unwrap()
+    };
+    let constant = train(None);
+    assert_eq!(constant, train(None));
+    assert_ne!(constant, train(Some(0.999)));
 }

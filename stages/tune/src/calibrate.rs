@@ -5,16 +5,16 @@
 //!
 //! Only a [`SplitView<Train>`] ever reaches this module, so test rows cannot be read.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use umdflow_data::artifact::Dataset;
-use umdflow_model::batch::build_batch;
+use umdflow_model::ModelError;
 use umdflow_model::masking::{MaskPlan, PlanSettings, TokenInfo};
 use umdflow_model::model::UmdModel;
-use umdflow_model::objective::{EmaTarget, ObjectiveConfig, TargetNetwork, mr_losses};
-use umdflow_model::optim::{AdamW, OptimConfig};
-use umdflow_model::rng::SplitMix64;
+use umdflow_model::objective::ObjectiveConfig;
+use umdflow_model::optim::OptimConfig;
 use umdflow_model::store::ParamStore;
+use umdflow_model::train::{MrRun, StepRecord, StreamNames, TrainObserver, run_mr_steps};
 
 use crate::error::{Result, TuneError};
 use crate::views::{SplitView, Train};
@@ -141,24 +141,22 @@ pub fn question_pairs(data: &Dataset) -> Result<Dataset> {
     })
 }
 
-/// Receives the MR loss per step and answers "stop?".
-pub trait CalibObserver {
-    fn on_start(&self, _total: u64) {}
-    fn on_step(&self, _step: u64, _loss: f64) {}
-    fn cancelled(&self) -> bool {
-        false
-    }
-}
+/// The seeded streams of TD-Calib (distinct from pre-training's, whose seed may be the same).
+const CALIB_STREAMS: StreamNames = StreamNames {
+    order: "calib-order",
+    itm: "calib-itm-negatives",
+};
 
-/// Continued MR-Pretrain of `model` on the training view; returns the per-step total MR loss.
+/// Continued MR-Pretrain of `model` on the training view, through the same loop as `pretrain`
+/// ([`run_mr_steps`]); returns the step records.
 pub fn calibrate(
     store: &ParamStore,
     model: &UmdModel,
     view: &SplitView<Train>,
     settings: &CalibSettings,
     device: &Device,
-    observer: &dyn CalibObserver,
-) -> Result<Vec<f64>> {
+    observer: &(dyn TrainObserver + Sync),
+) -> Result<Vec<StepRecord>> {
     let question_data;
     let data = match settings.pair_text {
         PairText::Caption => view.data(),
@@ -172,7 +170,10 @@ pub fn calibrate(
             "calibration needs at least one training pair and batch_size ≥ 1",
         ));
     }
-    let obj = &settings.objective;
+    settings
+        .objective
+        .validate(&model.config)
+        .map_err(|(field, message)| TuneError::invalid(format!("loss.{field}: {message}")))?;
     let plan = plan_for(
         data,
         model,
@@ -181,49 +182,19 @@ pub fn calibrate(
         settings.epochs,
         settings.seed,
     )?;
-    let ema = if (obj.feamim || obj.feamlm) && obj.target_network == TargetNetwork::Ema {
-        Some(EmaTarget::new(store, model)?)
-    } else {
-        None
+    let run = MrRun {
+        data,
+        plan: &plan,
+        batch_size: settings.batch_size,
+        seed: settings.seed,
+        max_steps: settings.max_steps,
+        objective: &settings.objective,
+        optim: &settings.optim,
+        streams: CALIB_STREAMS,
     };
-    let mut optimiser = AdamW::new(store, &settings.optim)?;
-    let all = (data.n.div_ceil(settings.batch_size) * settings.epochs) as u64;
-    let total = settings.max_steps.map_or(all, |m| m.min(all));
-    observer.on_start(total);
-    let mut itm_rng = SplitMix64::derived(settings.seed, "calib-itm-negatives");
-    let mut losses = Vec::with_capacity(total as usize);
-    let mut step = 0u64;
-    'epochs: for epoch in 0..settings.epochs {
-        let mut order: Vec<usize> = (0..data.n).collect();
-        SplitMix64::derived(
-            settings.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
-            "calib-order",
-        )
-        .shuffle(&mut order);
-        for positions in order.chunks(settings.batch_size) {
-            if step >= total {
-                break 'epochs;
-            }
-            if observer.cancelled() {
-                return Err(TuneError::Cancelled);
-            }
-            let batch = build_batch(data, &plan, epoch, positions, &mut itm_rng, device)?;
-            let terms = mr_losses(model, ema.as_ref(), &batch, obj)?;
-            let value = terms.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !value.is_finite() {
-                return Err(TuneError::invalid(format!(
-                    "the MR loss became {value} at calibration step {step}"
-                )));
-            }
-            let grads = terms.total.backward()?;
-            optimiser.step(&grads, settings.optim.lr_at(step, total))?;
-            if let Some(ema) = &ema {
-                ema.update(store, obj.ema_momentum)?;
-            }
-            observer.on_step(step, value);
-            losses.push(value);
-            step += 1;
-        }
+    match run_mr_steps(store, model, &run, device, observer) {
+        Ok((records, _)) => Ok(records),
+        Err(ModelError::Cancelled) => Err(TuneError::Cancelled),
+        Err(e) => Err(e.into()),
     }
-    Ok(losses)
 }

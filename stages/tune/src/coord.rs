@@ -5,6 +5,8 @@
 use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Tensor, Var};
 use serde::Serialize;
+use umdflow_model::model::layers::Linear;
+use umdflow_model::optim::Algorithm;
 use umdflow_model::rng::SplitMix64;
 use umdflow_model::store::ParamStore;
 
@@ -141,6 +143,82 @@ pub fn masked_concat_scores(
     ))
 }
 
+/// OGM's unimodal logits of a linear concat-fusion head `W [t; v] + b` (OGM-GE `main.py`):
+/// `out_text = t · W[:, :D]ᵀ + b/2` and `out_image = v · W[:, D:]ᵀ + b/2`, so that
+/// `out_text + out_image` is the fused logit. `pooled` = `concat(t, v)` [B, 2D] (detached here).
+pub fn linear_split_logits(pooled: &Tensor, head: &Linear) -> Result<(Tensor, Tensor)> {
+    let pooled = pooled.detach();
+    let w = pooled.dim(1)? / 2;
+    let weight = head.weight.detach();
+    let half_bias = match &head.bias {
+        Some(b) => Some((b.detach() * 0.5)?),
+        None => None,
+    };
+    let part = |offset: usize| -> Result<Tensor> {
+        let x = pooled.narrow(1, offset, w)?;
+        let out = x.matmul(&weight.narrow(1, offset, w)?.t()?)?;
+        Ok(match &half_bias {
+            Some(b) => out.broadcast_add(b)?,
+            None => out,
+        })
+    };
+    Ok((part(0)?, part(w)?))
+}
+
+/// The optimiser's per-branch step scale for one step (1 outside both branches).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepScale {
+    pub text: f64,
+    pub image: f64,
+}
+
+impl StepScale {
+    pub const NONE: StepScale = StepScale {
+        text: 1.0,
+        image: 1.0,
+    };
+
+    /// The scale of the parameter `name`.
+    pub fn of(&self, name: &str) -> f64 {
+        match modality_of(name) {
+            Some(Modality::Text) => self.text,
+            Some(Modality::Image) => self.image,
+            None => 1.0,
+        }
+    }
+}
+
+/// Applies one step of GM-Coord where it acts under `algorithm`, and returns the step scale to
+/// hand to the optimiser ([`umdflow_model::optim::Optimiser::step_scaled`]):
+/// - SGD: OGM-GE exactly: `g ← c·g (+ ε)` and no step scale (the momentum buffer carries the
+///   scaled gradient, so a held coefficient c shrinks the step by c);
+/// - AdamW: the GE noise (if on) is added to the gradient as OGM-GE does, and the coefficient
+///   scales the branch's step, since AdamW's `m̂/√v̂` would cancel a scaled gradient.
+pub fn modulate(
+    grads: &mut GradStore,
+    branches: &BranchParams,
+    coefficients: &Coefficients,
+    noise: Option<&mut SplitMix64>,
+    algorithm: Algorithm,
+) -> Result<StepScale> {
+    match algorithm {
+        Algorithm::Sgd => {
+            rewrite_gradients(grads, branches, coefficients, noise)?;
+            Ok(StepScale::NONE)
+        }
+        Algorithm::Adamw => {
+            if noise.is_some() {
+                let neutral = Coefficients::neutral(coefficients.rho);
+                rewrite_gradients(grads, branches, &neutral, noise)?;
+            }
+            Ok(StepScale {
+                text: coefficients.text,
+                image: coefficients.image,
+            })
+        }
+    }
+}
+
 /// What one rewrite did (for logs and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RewriteCount {
@@ -257,6 +335,127 @@ mod tests {
         let sigma = |z: f64| 1.0 / (1.0 + (-z).exp());
         assert!((st - 2.0 * sigma(2.0)).abs() < 1e-12, "{st}");
         assert!((si - (sigma(4.0) + sigma(-1.0))).abs() < 1e-12, "{si}");
+    }
+
+    #[test]
+    fn linear_split_halves_the_weight_and_the_bias() {
+        // W = [[1, 2, 3, 4]], b = [0.5]; t = [1, -1], v = [2, 1]:
+        // out_t = 1·1 + 2·(−1) + 0.25 = −0.75; out_v = 3·2 + 4·1 + 0.25 = 10.25.
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new(&dev, 0);
+        let head = Linear::new(&mut store, "cls_head.fc", 4, 1, true).unwrap();
+        store
+            .param("cls_head.fc.weight")
+            .unwrap()
+            .var
+            .set(&Tensor::new(&[[1f32, 2.0, 3.0, 4.0]], &dev).unwrap())
+            .unwrap();
+        store
+            .param("cls_head.fc.bias")
+            .unwrap()
+            .var
+            .set(&Tensor::new(&[0.5f32], &dev).unwrap())
+            .unwrap();
+        let pooled = Tensor::new(&[[1f32, -1.0, 2.0, 1.0]], &dev).unwrap();
+        let (t, v) = linear_split_logits(&pooled, &head).unwrap();
+        assert_eq!(t.to_vec2::<f32>().unwrap(), [[-0.75]]);
+        assert_eq!(v.to_vec2::<f32>().unwrap(), [[10.25]]);
+        // Together they are the fused logit.
+        let fused = head.forward(&pooled).unwrap().to_vec2::<f32>().unwrap()[0][0];
+        assert_eq!(fused, -0.75 + 10.25);
+    }
+
+    /// How far the text branch's parameter moves in 100 steps of a loss with a fixed gradient,
+    /// with the coefficient `c` held on the text branch; `gradient_only` applies it the old way
+    /// (scaling the gradient, then a plain optimiser step).
+    fn text_change(algorithm: Algorithm, c: f64, gradient_only: bool) -> f64 {
+        use umdflow_model::optim::{OptimConfig, Optimiser};
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new(&dev, 3);
+        let text = store
+            .get("language_encoder.w", &[3], ParamRole::Weight, Init::Zeros)
+            .unwrap();
+        let image = store
+            .get("vision_encoder.w", &[3], ParamRole::Weight, Init::Zeros)
+            .unwrap();
+        let config = OptimConfig {
+            algorithm,
+            lr: 0.01,
+            weight_decay: 0.0,
+            max_grad_norm: 0.0,
+            ..OptimConfig::default()
+        };
+        let mut optimiser = Optimiser::new(&store, &config).unwrap();
+        let branches = BranchParams::from_store(&store);
+        let held = Coefficients {
+            rho: 2.0,
+            text: c,
+            image: 1.0,
+        };
+        let g = Tensor::new(&[0.5f32, -0.1, 0.2], &dev).unwrap();
+        for _ in 0..100 {
+            let loss = ((&text * &g).unwrap() + (&image * &g).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let mut grads = loss.backward().unwrap();
+            let scale = if gradient_only {
+                rewrite_gradients(&mut grads, &branches, &held, None).unwrap();
+                StepScale::NONE
+            } else {
+                modulate(&mut grads, &branches, &held, None, algorithm).unwrap()
+            };
+            optimiser
+                .step_scaled(&grads, 0.01, &|name| scale.of(name))
+                .unwrap();
+        }
+        text.to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| (*v as f64).abs())
+            .sum()
+    }
+
+    #[test]
+    fn a_held_coefficient_shrinks_the_branch_change_by_about_c_under_both_optimisers() {
+        let c = 0.25;
+        for algorithm in [Algorithm::Adamw, Algorithm::Sgd] {
+            let ratio = text_change(algorithm, c, false) / text_change(algorithm, 1.0, false);
+            assert!((ratio - c).abs() < 0.01 * c, "{algorithm:?}: {ratio}");
+        }
+        // The old rewrite (gradient scaling) under AdamW: the coefficient cancels in m̂/√v̂.
+        let ratio =
+            text_change(Algorithm::Adamw, c, true) / text_change(Algorithm::Adamw, 1.0, true);
+        assert!((ratio - 1.0).abs() < 0.01, "old AdamW rewrite: {ratio}");
+    }
+
+    #[test]
+    fn ge_noise_reaches_the_gradient_under_adamw_too() {
+        let (store, loss) = tiny_store();
+        let branches = BranchParams::from_store(&store);
+        let c = coefficients(5.0, 1.0, 0.1);
+        let var = &store.param("language_encoder.w").unwrap().var;
+        let read = |grads: &GradStore| {
+            grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let clean = read(&loss.backward().unwrap());
+        let mut grads = loss.backward().unwrap();
+        let mut rng = SplitMix64::new(4);
+        let scale = modulate(&mut grads, &branches, &c, Some(&mut rng), Algorithm::Adamw).unwrap();
+        // The coefficient moved to the step; the gradient carries only the noise.
+        assert_eq!(scale.of("language_encoder.w"), c.text);
+        assert_eq!(scale.of("vision_encoder.w"), 1.0);
+        assert_eq!(scale.of("itm_head.fc.weight"), 1.0);
+        let noisy = read(&grads);
+        assert!(noisy.iter().zip(&clean).any(|(a, b)| a != b));
+        let scaled_by_c = clean.iter().map(|v| v * c.text as f32).collect::<Vec<_>>();
+        assert_ne!(noisy, scaled_by_c);
     }
 
     fn tiny_store() -> (ParamStore, Tensor) {

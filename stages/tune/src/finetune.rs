@@ -10,17 +10,18 @@ use umdflow_model::config::ModelConfig;
 use umdflow_model::masking::MaskPlan;
 use umdflow_model::model::UmdModel;
 use umdflow_model::model::layers::Linear;
-use umdflow_model::objective::{ObjectiveConfig, mr_losses};
-use umdflow_model::optim::{AdamW, OptimConfig};
+use umdflow_model::objective::{EmaTarget, ObjectiveConfig, mr_losses};
+use umdflow_model::optim::{OptimConfig, Optimiser};
 use umdflow_model::rng::SplitMix64;
 use umdflow_model::store::ParamStore;
+use umdflow_model::train::epoch_order;
 
 use crate::coord::{
-    BranchParams, Coefficients, coefficients, masked_concat_scores, rewrite_gradients,
-    true_label_confidence,
+    BranchParams, Coefficients, StepScale, coefficients, linear_split_logits, masked_concat_scores,
+    modulate, true_label_confidence,
 };
 use crate::error::{Result, TuneError};
-use crate::task::{PairRows, Task, TaskHead, TaskInfo, ce_loss, features, vqa_bce_loss};
+use crate::task::{HeadKind, PairRows, Task, TaskHead, TaskInfo, ce_loss, features, vqa_bce_loss};
 use crate::views::{SplitView, Train};
 
 /// Where GM-Coord reads the unimodal confidences from.
@@ -29,6 +30,9 @@ use crate::views::{SplitView, Train};
 pub enum ScoreSource {
     /// The task head on `[text_pool; 0]` and `[0; image_pool]` (no extra parameters).
     MaskedConcat,
+    /// OGM-GE's own scores for a linear fusion head (`head: linear`, or retrieval): the weight
+    /// split into its text and image halves, each with half the bias.
+    LinearSplit,
     /// Linear heads on each detached pool, trained alongside (they never move the backbone).
     AuxHeads,
     /// Linear heads on each unimodal encoder's detached class token, before fusion: unlike the
@@ -40,7 +44,7 @@ impl ScoreSource {
     /// Input widths `(text, image)` of the auxiliary heads this source trains, if any.
     pub fn aux_widths(self, config: &ModelConfig) -> Option<(usize, usize)> {
         match self {
-            ScoreSource::MaskedConcat => None,
+            ScoreSource::MaskedConcat | ScoreSource::LinearSplit => None,
             ScoreSource::AuxHeads => Some((config.fusion_width, config.fusion_width)),
             ScoreSource::EncoderHeads => Some((config.text_width, config.vision_width)),
         }
@@ -90,6 +94,8 @@ pub struct JointMr {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinetuneSettings {
     pub task: Task,
+    /// VQA/classification head shape.
+    pub head: HeadKind,
     pub epochs: usize,
     pub batch_size: usize,
     pub seed: u64,
@@ -142,8 +148,8 @@ pub fn item_count(data: &Dataset, task: Task) -> Result<usize> {
     }
 }
 
-/// The head width a task needs on this dataset.
-pub fn task_info(data: &Dataset, task: Task) -> Result<TaskInfo> {
+/// The head a task needs on this dataset.
+pub fn task_info(data: &Dataset, task: Task, head: HeadKind) -> Result<TaskInfo> {
     let outputs = match task {
         Task::Vqa => data.meta.answers.len(),
         Task::Classification => data.meta.classes.len(),
@@ -154,7 +160,11 @@ pub fn task_info(data: &Dataset, task: Task) -> Result<TaskInfo> {
             "task {task:?}: the dataset's meta.json lists no answers/classes"
         )));
     }
-    Ok(TaskInfo { task, outputs })
+    Ok(TaskInfo {
+        task,
+        outputs,
+        head,
+    })
 }
 
 /// Auxiliary unimodal heads (`gmcoord_aux.text`, `gmcoord_aux.image`).
@@ -249,7 +259,7 @@ pub fn finetune(
 ) -> Result<(TaskHead, Vec<CoordStep>)> {
     let data = view.data();
     let task = settings.task;
-    let info = task_info(data, task)?;
+    let info = task_info(data, task, settings.head)?;
     let head = TaskHead::new(store, model, &info)?;
     let aux = match settings.gmcoord.scores.aux_widths(&model.config) {
         Some((text, image)) => Some(AuxHeads {
@@ -264,12 +274,31 @@ pub fn finetune(
             "fine-tuning needs at least one training item and batch_size ≥ 1",
         ));
     }
+    if settings.gmcoord.scores == ScoreSource::LinearSplit && head.linear().is_none() {
+        return Err(TuneError::invalid(
+            "gmcoord.scores `linear_split` needs a linear task head (`head: linear`)",
+        ));
+    }
     let plan = match &settings.joint_mr {
-        Some(joint) => Some(joint_plan(data, model, joint, settings)?),
+        Some(joint) => {
+            joint
+                .objective
+                .validate(&model.config)
+                .map_err(|(field, message)| {
+                    TuneError::invalid(format!("calibrate loss.{field}: {message}"))
+                })?;
+            Some(joint_plan(data, model, joint, settings)?)
+        }
         None => None,
     };
+    // Joint TD-Calib with EMA feature targets: the target network starts as the input
+    // checkpoint and follows the online model after every step, as in pre-training.
+    let ema = match &settings.joint_mr {
+        Some(joint) if joint.objective.needs_ema() => Some(EmaTarget::new(store, model)?),
+        _ => None,
+    };
     let branches = BranchParams::from_store(store);
-    let mut optimiser = AdamW::new(store, &settings.optim)?;
+    let mut optimiser = Optimiser::new(store, &settings.optim)?;
     let total = (n_items.div_ceil(settings.batch_size) * settings.epochs) as u64;
     observer.on_start(total);
     let mut neg_rng = SplitMix64::derived(settings.seed, "retrieval-negatives");
@@ -278,12 +307,7 @@ pub fn finetune(
     let mut log = Vec::with_capacity(total as usize);
     let mut step = 0u64;
     for epoch in 0..settings.epochs {
-        let mut order: Vec<usize> = (0..n_items).collect();
-        SplitMix64::derived(
-            settings.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
-            "finetune-order",
-        )
-        .shuffle(&mut order);
+        let order = epoch_order(settings.seed, epoch, n_items, "finetune-order");
         for items in order.chunks(settings.batch_size) {
             if observer.cancelled() {
                 return Err(TuneError::Cancelled);
@@ -293,14 +317,22 @@ pub fn finetune(
             let pooled = &forward.pooled;
             let logits = grouped(head.forward(pooled)?, batch.group)?;
             let loss = task_loss(task, &logits, &batch.labels)?;
-            let (s_text, s_image, aux_loss) = match &aux {
-                None => {
+            let (s_text, s_image, aux_loss) = match (&aux, head.linear()) {
+                (None, Some(linear)) if settings.gmcoord.scores == ScoreSource::LinearSplit => {
+                    let (text_logits, image_logits) = linear_split_logits(pooled, linear)?;
+                    (
+                        true_label_confidence(&grouped(text_logits, batch.group)?, &batch.labels)?,
+                        true_label_confidence(&grouped(image_logits, batch.group)?, &batch.labels)?,
+                        None,
+                    )
+                }
+                (None, _) => {
                     let (st, si) = masked_concat_scores(pooled, &batch.labels, |x| {
                         grouped(head.forward(x)?, batch.group)
                     })?;
                     (st, si, None)
                 }
-                Some(aux) => {
+                (Some(aux), _) => {
                     let (text_in, image_in) = match settings.gmcoord.scores {
                         ScoreSource::EncoderHeads => {
                             (forward.text_cls.clone(), forward.image_cls.clone())
@@ -336,7 +368,7 @@ pub fn finetune(
                     .copied()
                     .collect();
                 let mr_batch = build_batch(data, plan, epoch, &images, &mut itm_rng, device)?;
-                let terms = mr_losses(model, None, &mr_batch, &joint.objective)?;
+                let terms = mr_losses(model, ema.as_ref(), &mr_batch, &joint.objective)?;
                 mr_value = terms
                     .total
                     .to_dtype(candle_core::DType::F64)?
@@ -352,20 +384,24 @@ pub fn finetune(
             let mut grads = total_loss.backward()?;
             let in_window =
                 (settings.gmcoord.start_epoch..=settings.gmcoord.end_epoch).contains(&epoch);
-            let coeffs = if settings.gmcoord.enabled && in_window {
+            let (coeffs, scale) = if settings.gmcoord.enabled && in_window {
                 let c = coefficients(s_text, s_image, settings.gmcoord.alpha);
-                rewrite_gradients(
+                let scale = modulate(
                     &mut grads,
                     &branches,
                     &c,
                     settings.gmcoord.noise.then_some(&mut noise_rng),
+                    settings.optim.algorithm,
                 )?;
-                c
+                (c, scale)
             } else {
-                Coefficients::neutral(s_text / s_image)
+                (Coefficients::neutral(s_text / s_image), StepScale::NONE)
             };
             let lr = settings.optim.lr_at(step, total);
-            optimiser.step(&grads, lr)?;
+            optimiser.step_scaled(&grads, lr, &|name| scale.of(name))?;
+            if let (Some(ema), Some(joint)) = (&ema, &settings.joint_mr) {
+                ema.update(store, joint.objective.ema_momentum_at(step, total))?;
+            }
             let record = CoordStep {
                 step,
                 epoch,

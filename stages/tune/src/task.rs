@@ -24,12 +24,34 @@ pub enum Task {
     Retrieval,
 }
 
+/// The shape of a VQA or classification head (retrieval's `irtr_head` is always linear).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    /// M3AE's `vqa_head`/`cls_head`: Linear(2W → 4W) → GELU → LayerNorm → Linear.
+    #[default]
+    Mlp,
+    /// One linear layer over `concat(text_pool, image_pool)`: OGM-GE's concat-fusion classifier,
+    /// whose weight halves give each modality's own logits (`scores: linear_split`).
+    Linear,
+}
+
 /// `task.json` beside a tuned checkpoint: which head exists and its width.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskInfo {
     pub task: Task,
     /// Answers (VQA), classes (classification) or 1 (retrieval).
     pub outputs: usize,
+    /// VQA/classification head shape (absent in task.json files written before it existed: mlp).
+    #[serde(default)]
+    pub head: HeadKind,
+}
+
+impl TaskInfo {
+    /// Whether the head is one linear layer over the pooled pair (always so for retrieval).
+    pub fn linear_head(&self) -> bool {
+        self.task == Task::Retrieval || self.head == HeadKind::Linear
+    }
 }
 
 /// M3AE's `vqa_head` / `cls_head`: Linear(2W → 4W) → GELU → LayerNorm → Linear(4W → outputs).
@@ -64,8 +86,10 @@ impl MlpClassifier {
 /// The head of one task, with its parameters in the model's store.
 #[derive(Debug, Clone)]
 pub enum TaskHead {
-    Vqa(MlpClassifier),
-    Classification(MlpClassifier),
+    /// `vqa_head` / `cls_head` as M3AE's MLP.
+    Mlp(MlpClassifier),
+    /// `vqa_head.fc` / `cls_head.fc` as one linear layer (OGM-GE's fusion classifier).
+    Linear(Linear),
     /// `irtr_head`: one score per (image, text) pair.
     Retrieval(Linear),
 }
@@ -76,24 +100,25 @@ impl TaskHead {
     pub fn new(store: &mut ParamStore, model: &UmdModel, info: &TaskInfo) -> Result<Self> {
         let input = 2 * model.config.fusion_width;
         let eps = model.config.norm_eps;
-        Ok(match info.task {
-            Task::Vqa => TaskHead::Vqa(MlpClassifier::new(
+        let name = match info.task {
+            Task::Vqa => "vqa_head",
+            Task::Classification => "cls_head",
+            Task::Retrieval => "irtr_head",
+        };
+        Ok(match (info.task, info.head) {
+            (Task::Vqa | Task::Classification, HeadKind::Mlp) => {
+                TaskHead::Mlp(MlpClassifier::new(store, name, input, info.outputs, eps)?)
+            }
+            (Task::Vqa | Task::Classification, HeadKind::Linear) => TaskHead::Linear(Linear::new(
                 store,
-                "vqa_head",
+                &format!("{name}.fc"),
                 input,
                 info.outputs,
-                eps,
+                true,
             )?),
-            Task::Classification => TaskHead::Classification(MlpClassifier::new(
-                store,
-                "cls_head",
-                input,
-                info.outputs,
-                eps,
-            )?),
-            Task::Retrieval => {
+            (Task::Retrieval, _) => {
                 let existed = store.param("irtr_head.weight").is_some();
-                let head = Linear::new(store, "irtr_head", input, 1, true)?;
+                let head = Linear::new(store, name, input, 1, true)?;
                 if !existed {
                     copy_param(
                         store,
@@ -112,8 +137,16 @@ impl TaskHead {
     /// Logits [B, outputs] from pooled features [B, 2W].
     pub fn forward(&self, pooled: &Tensor) -> Result<Tensor> {
         match self {
-            TaskHead::Vqa(h) | TaskHead::Classification(h) => h.forward(pooled),
-            TaskHead::Retrieval(h) => Ok(h.forward(pooled)?),
+            TaskHead::Mlp(h) => h.forward(pooled),
+            TaskHead::Linear(h) | TaskHead::Retrieval(h) => Ok(h.forward(pooled)?),
+        }
+    }
+
+    /// The linear layer over the pooled pair, when the head is one (`linear` heads, retrieval).
+    pub fn linear(&self) -> Option<&Linear> {
+        match self {
+            TaskHead::Mlp(_) => None,
+            TaskHead::Linear(h) | TaskHead::Retrieval(h) => Some(h),
         }
     }
 }

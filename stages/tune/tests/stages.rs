@@ -526,3 +526,158 @@ fn encoder_heads_tune_save_and_evaluate_with_their_own_widths() {
     ));
     assert!(m["classification"]["accuracy"].is_number(), "{m}");
 }
+
+/// Joint TD-Calib with every loss setting at its default (EMA feature targets) tunes: the joint
+/// path builds the EMA target network the default objective reads.
+#[test]
+fn joint_calibration_with_the_default_loss_tunes() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    pretrained(&r.join("pre"));
+    save(toy_dataset(), &r.join("data"));
+    let calib = run(
+        &CalibrateKind,
+        &[("ingest", &r.join("data")), ("pretrain", &r.join("pre"))],
+        json!({"mode": "joint", "device": "cpu"}),
+        &r.join("calib"),
+    );
+    let tuned = run(
+        &CoordinateTuneKind,
+        &[("ingest", &r.join("data")), ("calibrate", &calib)],
+        json!({"task": "classification", "epochs": 1, "batch_size": 8, "device": "cpu"}),
+        &r.join("tuned"),
+    );
+    let csv = std::fs::read_to_string(tuned.join("gmcoord.csv")).unwrap();
+    let mr_losses: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(8).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        !mr_losses.is_empty() && mr_losses.iter().all(|v| v.is_finite() && *v > 0.0),
+        "{csv}"
+    );
+}
+
+/// Settings that could only fail once a training kind runs are refused at plan time, naming the
+/// field.
+#[test]
+fn run_time_failures_are_refused_at_plan_time() {
+    let inputs = vec![
+        ("prep".to_string(), "ingest".to_string()),
+        ("pre".to_string(), "pretrain".to_string()),
+    ];
+    let decl = StageDecl {
+        name: "s",
+        run: None,
+        inputs: &inputs,
+    };
+    let fields = |kind: &dyn StageKind, p: Value| -> Vec<String> {
+        kind.resolve_params(&decl, p.as_object().cloned().unwrap())
+            .map(|_| Vec::new())
+            .unwrap_or_else(|problems| problems.into_iter().map(|p| p.field).collect())
+    };
+    // calibrate validates its loss like pretrain does.
+    assert_eq!(
+        fields(&CalibrateKind, json!({"loss": {"ema_momentum": 1.5}})),
+        ["params.loss.ema_momentum"]
+    );
+    assert_eq!(
+        fields(&CalibrateKind, json!({"loss": {"ema_momentum_end": 1.0}})),
+        ["params.loss.ema_momentum_end"]
+    );
+    assert_eq!(
+        fields(
+            &CalibrateKind,
+            json!({"loss": {"mim": false, "mlm": false, "itm": false, "feamim": false, "feamlm": false}})
+        ),
+        ["params.loss.mim"]
+    );
+    assert_eq!(
+        fields(
+            &CalibrateKind,
+            json!({"text_ratio": 0.0, "loss": {"mim": false, "itm": false, "feamim": false, "feamlm": false}})
+        ),
+        ["params.text_ratio"]
+    );
+    assert_eq!(
+        fields(&CalibrateKind, json!({"device": "cuda"})),
+        ["params.device"]
+    );
+    // The defaults, including joint mode with the default loss, pass.
+    assert!(fields(&CalibrateKind, json!({})).is_empty());
+    assert!(fields(&CalibrateKind, json!({"mode": "joint"})).is_empty());
+    // OGM's split scores need a linear head (retrieval's always is).
+    assert_eq!(
+        fields(
+            &CoordinateTuneKind,
+            json!({"gmcoord": {"scores": "linear_split"}})
+        ),
+        ["params.gmcoord.scores"]
+    );
+    assert!(
+        fields(
+            &CoordinateTuneKind,
+            json!({"head": "linear", "gmcoord": {"scores": "linear_split"}})
+        )
+        .is_empty()
+    );
+    assert!(
+        fields(
+            &CoordinateTuneKind,
+            json!({"task": "retrieval", "gmcoord": {"scores": "linear_split"}})
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        fields(
+            &CoordinateTuneKind,
+            json!({"optim": {"algorithm": "sgd", "momentum": 1.0}})
+        ),
+        ["params.optim.momentum"]
+    );
+}
+
+/// OGM-GE's own setting: a linear fusion head, its split scores, SGD with momentum and GE noise;
+/// the tuned model (head `cls_head.fc`) loads back and evaluates.
+#[test]
+fn ogm_ge_setting_tunes_and_evaluates() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    pretrained(&r.join("pre"));
+    save(toy_dataset(), &r.join("data"));
+    let tuned = run(
+        &CoordinateTuneKind,
+        &[("ingest", &r.join("data")), ("pretrain", &r.join("pre"))],
+        json!({"task": "classification", "head": "linear", "epochs": 2, "batch_size": 4,
+               "device": "cpu", "optim": {"algorithm": "sgd", "lr": 0.01, "max_grad_norm": 0.0},
+               "gmcoord": {"scores": "linear_split", "noise": true, "alpha": 0.8}}),
+        &r.join("tuned"),
+    );
+    let csv = std::fs::read_to_string(tuned.join("gmcoord.csv")).unwrap();
+    let coefficients: Vec<(f64, f64)> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let v: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
+            (v[5], v[6])
+        })
+        .collect();
+    // OGM's rule: at each step exactly one branch is slowed.
+    assert!(
+        coefficients
+            .iter()
+            .all(|&(t, i)| (t == 1.0) != (i == 1.0) && t <= 1.0 && i <= 1.0),
+        "{csv}"
+    );
+    let task: Value =
+        serde_json::from_str(&std::fs::read_to_string(tuned.join("task.json")).unwrap()).unwrap();
+    assert_eq!(task["task"]["head"], "linear");
+    let evaluated = run(
+        &EvaluateKind,
+        &[("ingest", &r.join("data")), ("coordinate-tune", &tuned)],
+        json!({"device": "cpu", "linear_probe": false}),
+        &r.join("eval"),
+    );
+    assert!(metrics(&evaluated).is_object());
+}

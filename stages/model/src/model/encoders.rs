@@ -2,8 +2,9 @@
 
 use candle_core::Tensor;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, VisionPositions};
 use crate::error::Result;
+use crate::model::heads::sincos_2d;
 use crate::model::layers::{Activation, Block, Embedding, Norm, key_bias};
 use crate::store::{Init, ParamRole, ParamStore};
 
@@ -17,7 +18,8 @@ pub struct EncoderOutput {
 }
 
 /// CLIP-style ViT: linear patch embedding (a stride-`patch` convolution without bias), class
-/// token, learned positions, `ln_pre`, pre-LN blocks with QuickGELU, `ln_post`.
+/// token, learned (or fixed sin-cos, see [`VisionPositions`]) positions, `ln_pre`, pre-LN blocks
+/// with QuickGELU, `ln_post`.
 /// Parameters under `vision_encoder.`.
 #[derive(Debug, Clone)]
 pub struct VisionEncoder {
@@ -45,12 +47,20 @@ impl VisionEncoder {
             ParamRole::Embedding,
             Init::Normal(0.02),
         )?;
-        let positional_embedding = store.get(
-            &format!("{p}.positional_embedding"),
-            &[c.num_patches() + 1, w],
-            ParamRole::Embedding,
-            Init::Normal(0.02),
-        )?;
+        let positional_embedding = match c.vision_positions {
+            VisionPositions::Learned => store.get(
+                &format!("{p}.positional_embedding"),
+                &[c.num_patches() + 1, w],
+                ParamRole::Embedding,
+                Init::Normal(0.02),
+            )?,
+            // A constant, not a store entry: no optimiser, EMA or checkpoint ever sees it.
+            VisionPositions::Sincos => Tensor::from_vec(
+                sincos_2d(w, c.grid()),
+                (c.num_patches() + 1, w),
+                store.device(),
+            )?,
+        };
         let ln_pre = Norm::new(store, &format!("{p}.ln_pre"), w, c.norm_eps)?;
         let blocks = (0..c.vision_layers)
             .map(|k| {

@@ -2,21 +2,19 @@
 //! [`crate::calibrate`].
 
 use serde::{Deserialize, Serialize};
-use umdflow_model::checkpoint::{load_checkpoint, save_checkpoint};
-use umdflow_model::device::{device_name, select_device};
+use umdflow_model::checkpoint::save_checkpoint;
 use umdflow_model::objective::ObjectiveConfig;
 use umdflow_model::optim::OptimConfig;
+use umdflow_model::train::{StepRecord, TrainObserver};
 use umdflow_stages::params::{resolve_typed, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use super::{
-    check_fits, device_problem, failed, json, needs_inputs, stage_error, with_threads, write,
+    TrainingSetup, failed, json, needs_inputs, stage_error, training_problems, with_threads, write,
 };
 use crate::calibrate::{
-    CALIBRATION_FILE, CalibMode, CalibObserver, CalibSettings, CalibrationRecord, PairText,
-    calibrate,
+    CALIBRATION_FILE, CalibMode, CalibSettings, CalibrationRecord, PairText, calibrate,
 };
-use crate::views::{SplitView, Train};
 
 /// Parameters of `calibrate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,13 +59,15 @@ pub struct CalibrateKind;
 
 struct CalibProgress<'a, 'b>(&'a StageContext<'b>);
 
-impl CalibObserver for CalibProgress<'_, '_> {
+impl TrainObserver for CalibProgress<'_, '_> {
     fn on_start(&self, total: u64) {
         self.0.progress.set_total(total);
     }
-    fn on_step(&self, step: u64, loss: f64) {
-        self.0.progress.set_position(step + 1);
-        self.0.progress.set_message(&format!("MR loss {loss:.4}"));
+    fn on_step(&self, record: &StepRecord) {
+        self.0.progress.set_position(record.step + 1);
+        self.0
+            .progress
+            .set_message(&format!("MR loss {:.4}", record.total));
     }
     fn cancelled(&self) -> bool {
         self.0.cancelled()
@@ -84,7 +84,9 @@ impl StageKind for CalibrateKind {
         false
     }
     fn version(&self) -> u32 {
-        1
+        // 2: training runs through pretrain's loop (non-finite gradient norms stop it; the EMA
+        // momentum can follow a schedule); joint mode with EMA targets works.
+        2
     }
     fn summary(&self) -> &'static str {
         "TD-Calib: continued MR-Pretrain on the downstream training split (or the joint-loss mode)"
@@ -98,10 +100,8 @@ impl StageKind for CalibrateKind {
         let p: CalibrateParams =
             typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
         let mut problems = needs_inputs(decl, "calibrate", &[&["ingest"], &["pretrain"]]);
-        problems.extend(device_problem(&p.device));
-        if p.batch_size == 0 {
-            problems.push(Problem::new("params.batch_size", "must be at least 1"));
-        }
+        problems.extend(training_problems(&p.device, p.batch_size, &p.optim));
+        problems.extend(loss_problems(&p));
         if !(0.0..1.0).contains(&p.image_ratio) {
             problems.push(Problem::new(
                 "params.image_ratio",
@@ -120,9 +120,6 @@ impl StageKind for CalibrateKind {
                 "must be a non-negative number",
             ));
         }
-        if let Err((field, message)) = p.optim.validate() {
-            problems.push(Problem::new(format!("params.optim.{field}"), message));
-        }
         if problems.is_empty() {
             Ok(resolved)
         } else {
@@ -132,14 +129,10 @@ impl StageKind for CalibrateKind {
 
     fn run(&self, ctx: &StageContext<'_>) -> std::result::Result<(), StageError> {
         let p: CalibrateParams = typed(ctx.params)?;
-        let ingest = ctx.require_input("ingest")?;
         let pretrain = ctx.require_input("pretrain")?;
-        let device = select_device(&p.device).map_err(failed)?;
         // Only the training split is ever materialised here.
-        let view = SplitView::<Train>::load(&ingest.dir).map_err(failed)?;
-        let (store, model, info) = load_checkpoint(&pretrain.dir, &device).map_err(failed)?;
-        check_fits(&model, &view, &ingest.dir).map_err(failed)?;
-        let losses = match p.mode {
+        let setup = TrainingSetup::load(ctx, &p.device, &pretrain.dir)?;
+        let records = match p.mode {
             CalibMode::Joint => Vec::new(),
             CalibMode::Continued => {
                 let settings = CalibSettings {
@@ -155,21 +148,21 @@ impl StageKind for CalibrateKind {
                 };
                 with_threads(ctx.threads, || {
                     calibrate(
-                        &store,
-                        &model,
-                        &view,
+                        &setup.store,
+                        &setup.model,
+                        &setup.view,
                         &settings,
-                        &device,
+                        &setup.device,
                         &CalibProgress(ctx),
                     )
                     .map_err(|e| stage_error(ctx.id, e))
                 })?
             }
         };
-        save_checkpoint(ctx.out_dir, &store, &info).map_err(failed)?;
+        save_checkpoint(ctx.out_dir, &setup.store, &setup.info).map_err(failed)?;
         let record = CalibrationRecord {
             mode: p.mode,
-            steps: losses.len() as u64,
+            steps: records.len() as u64,
             mr_weight: if p.mode == CalibMode::Joint {
                 p.mr_weight
             } else {
@@ -180,6 +173,7 @@ impl StageKind for CalibrateKind {
             text_ratio: p.text_ratio,
         };
         write(&ctx.out_dir.join(CALIBRATION_FILE), &json(&record)?)?;
+        let losses: Vec<f64> = records.iter().map(|r| f64::from(r.total)).collect();
         let mut csv = String::from("step,mr_loss\n");
         for (k, l) in losses.iter().enumerate() {
             csv.push_str(&format!("{k},{l}\n"));
@@ -188,11 +182,28 @@ impl StageKind for CalibrateKind {
         let metrics = serde_json::json!({
             "mode": p.mode,
             "steps": losses.len(),
-            "train_pairs": view.len(),
+            "train_pairs": setup.view.len(),
             "first_mr_loss": losses.first(),
             "final_mr_loss": losses.last(),
-            "device": device_name(&device),
         });
-        write(&ctx.out_dir.join("metrics.json"), &json(&metrics)?)
+        setup.write_metrics(ctx.out_dir, metrics)
     }
+}
+
+/// The loss settings that can only fail once training runs, rejected before anything runs.
+fn loss_problems(p: &CalibrateParams) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Err((field, message)) = p.loss.validate_choices() {
+        problems.push(Problem::new(format!("params.loss.{field}"), message));
+    }
+    let l = &p.loss;
+    let only_mlm = l.mlm && !(l.mim || l.itm || l.feamim || l.feamlm);
+    if p.text_ratio == 0.0 && only_mlm {
+        problems.push(Problem::new(
+            "params.text_ratio",
+            "is 0, so no token is selected for MLM, and every other loss term that would give a \
+             step a loss is off (params.loss); raise text_ratio or switch on another term",
+        ));
+    }
+    problems
 }

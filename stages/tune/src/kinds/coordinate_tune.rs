@@ -6,10 +6,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
-use umdflow_model::checkpoint::{
-    CheckpointInfo, MODEL_CONFIG_FILE, load_checkpoint, save_checkpoint,
-};
-use umdflow_model::device::{device_name, select_device};
+use umdflow_model::checkpoint::{CheckpointInfo, MODEL_CONFIG_FILE, save_checkpoint};
 use umdflow_model::model::UmdModel;
 use umdflow_model::model::layers::Linear;
 use umdflow_model::optim::OptimConfig;
@@ -18,23 +15,26 @@ use umdflow_stages::params::{resolve_typed, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use super::{
-    TASK_FILE, TUNED_FILE, check_fits, device_problem, failed, json, needs_inputs, stage_error,
-    with_threads, write,
+    TASK_FILE, TUNED_FILE, TrainingSetup, failed, json, needs_inputs, stage_error,
+    training_problems, with_threads, write,
 };
 use crate::calibrate::{CALIBRATION_FILE, CalibMode, CalibrationRecord};
 use crate::error::{Result, TuneError};
 use crate::finetune::{
-    CoordStep, FinetuneSettings, GmCoordConfig, JointMr, StepObserver, finetune, steps_csv,
+    CoordStep, FinetuneSettings, GmCoordConfig, JointMr, ScoreSource, StepObserver, finetune,
+    steps_csv,
 };
 use crate::plots::{Panel, curves_png};
-use crate::task::{Task, TaskHead, TaskInfo};
-use crate::views::{SplitView, Train};
+use crate::task::{HeadKind, Task, TaskHead, TaskInfo};
 
 /// Parameters of `coordinate-tune`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CoordinateTuneParams {
     pub task: Task,
+    /// VQA/classification head: `mlp` (M3AE's) or `linear` (OGM-GE's concat-fusion classifier).
+    /// Retrieval's head is always linear.
+    pub head: HeadKind,
     pub epochs: usize,
     pub batch_size: usize,
     pub seed: u64,
@@ -49,14 +49,14 @@ impl Default for CoordinateTuneParams {
     fn default() -> Self {
         CoordinateTuneParams {
             task: Task::Classification,
+            head: HeadKind::Mlp,
             epochs: 3,
             batch_size: 16,
             seed: 0,
             device: "auto".into(),
             negatives: 3,
-            // The new task heads get no head multiplier from the model crate's optimiser (it
-            // knows only the pre-training heads), so fine-tuning starts from a higher base rate
-            // than pre-training's 1e-4.
+            // Fine-tuning starts from a higher base rate than pre-training's 1e-4; the task heads
+            // get `lr_multiplier_head` on top, as M3AE's.
             optim: OptimConfig {
                 lr: 1e-3,
                 ..OptimConfig::default()
@@ -114,7 +114,9 @@ impl StageKind for CoordinateTuneKind {
     fn version(&self) -> u32 {
         // 2: with GM-Coord disabled, its modulation settings leave the key; `scores:
         // encoder_heads` added.
-        2
+        // 3: task and auxiliary heads get `lr_multiplier_head`; under AdamW the GM-Coord
+        // coefficient scales the branch's step, not its gradient; task.json records the head.
+        3
     }
     fn summary(&self) -> &'static str {
         "Task fine-tuning (VQA, classification, retrieval) with GM-Coord gradient modulation"
@@ -132,9 +134,16 @@ impl StageKind for CoordinateTuneKind {
             "coordinate-tune",
             &[&["ingest"], &["pretrain", "calibrate"]],
         );
-        problems.extend(device_problem(&p.device));
-        if p.batch_size == 0 {
-            problems.push(Problem::new("params.batch_size", "must be at least 1"));
+        problems.extend(training_problems(&p.device, p.batch_size, &p.optim));
+        if p.gmcoord.scores == ScoreSource::LinearSplit
+            && p.task != Task::Retrieval
+            && p.head != HeadKind::Linear
+        {
+            problems.push(Problem::new(
+                "params.gmcoord.scores",
+                "`linear_split` splits a linear fusion head; set `head: linear` (retrieval's head \
+                 is always linear)",
+            ));
         }
         if p.task == Task::Retrieval && p.negatives == 0 {
             problems.push(Problem::new(
@@ -154,9 +163,6 @@ impl StageKind for CoordinateTuneKind {
                 "must not be after end_epoch",
             ));
         }
-        if let Err((field, message)) = p.optim.validate() {
-            problems.push(Problem::new(format!("params.optim.{field}"), message));
-        }
         if problems.is_empty() {
             Ok(without_inert_gmcoord(resolved, &p.gmcoord))
         } else {
@@ -166,17 +172,20 @@ impl StageKind for CoordinateTuneKind {
 
     fn run(&self, ctx: &StageContext<'_>) -> std::result::Result<(), StageError> {
         let p: CoordinateTuneParams = typed(ctx.params)?;
-        let ingest = ctx.require_input("ingest")?;
         let (source, joint_mr) = match ctx.input_of_kind("calibrate") {
             Some(calib) => (calib, read_joint(&calib.dir)?),
             None => (ctx.require_input("pretrain")?, None),
         };
-        let device = select_device(&p.device).map_err(failed)?;
-        let view = SplitView::<Train>::load(&ingest.dir).map_err(failed)?;
-        let (mut store, model, info) = load_checkpoint(&source.dir, &device).map_err(failed)?;
-        check_fits(&model, &view, &ingest.dir).map_err(failed)?;
+        let TrainingSetup {
+            device,
+            view,
+            mut store,
+            model,
+            info,
+        } = TrainingSetup::load(ctx, &p.device, &source.dir)?;
         let settings = FinetuneSettings {
             task: p.task,
+            head: p.head,
             epochs: p.epochs,
             batch_size: p.batch_size,
             seed: p.seed,
@@ -198,7 +207,7 @@ impl StageKind for CoordinateTuneKind {
             .map_err(|e| stage_error(ctx.id, e))
         })?;
         save_checkpoint(ctx.out_dir, &store, &info).map_err(failed)?;
-        let task = crate::finetune::task_info(view.data(), p.task).map_err(failed)?;
+        let task = crate::finetune::task_info(view.data(), p.task, p.head).map_err(failed)?;
         let tuned = TunedInfo {
             aux: p
                 .gmcoord
@@ -249,9 +258,8 @@ impl StageKind for CoordinateTuneKind {
             "mean_coeff_text": (!ct.is_empty()).then(|| ct.iter().sum::<f64>() / ct.len() as f64),
             "mean_coeff_image": (!ci.is_empty()).then(|| ci.iter().sum::<f64>() / ci.len() as f64),
             "gmcoord_enabled": p.gmcoord.enabled,
-            "device": device_name(&device),
         });
-        write(&ctx.out_dir.join("metrics.json"), &json(&metrics)?)
+        TrainingSetup::write_metrics_for(&device, ctx.out_dir, metrics)
     }
 }
 

@@ -8,12 +8,17 @@ mod evaluate;
 
 use std::path::Path;
 
+use candle_core::Device;
 use serde::Serialize;
+use umdflow_model::checkpoint::{CheckpointInfo, load_checkpoint};
+use umdflow_model::device::{device_name, select_device, spec_problem};
 use umdflow_model::model::UmdModel;
-use umdflow_stages::{Problem, StageDecl, StageError};
+use umdflow_model::optim::OptimConfig;
+use umdflow_model::store::ParamStore;
+use umdflow_stages::{Problem, StageContext, StageDecl, StageError};
 
 use crate::error::{Result, TuneError};
-use crate::views::SplitView;
+use crate::views::{SplitView, Train};
 
 pub use calibrate::{CalibrateKind, CalibrateParams};
 pub use coordinate_tune::{
@@ -38,18 +43,73 @@ fn json(value: &impl Serialize) -> std::result::Result<String, StageError> {
     serde_json::to_string_pretty(value).map_err(failed)
 }
 
+/// `params.device` against the one device rule ([`spec_problem`]).
 fn device_problem(device: &str) -> Option<Problem> {
-    let ok = device == "auto"
-        || device == "cpu"
-        || device
-            .strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok());
-    (!ok).then(|| {
-        Problem::new(
-            "params.device",
-            format!("expected `auto`, `cpu` or `cuda:N`, got `{device}`"),
-        )
-    })
+    spec_problem(device).map(|message| Problem::new("params.device", message))
+}
+
+/// The plan-time checks every training kind shares: device, batch size, optimiser.
+fn training_problems(device: &str, batch_size: usize, optim: &OptimConfig) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = device_problem(device).into_iter().collect();
+    if batch_size == 0 {
+        problems.push(Problem::new("params.batch_size", "must be at least 1"));
+    }
+    if let Err((field, message)) = optim.validate() {
+        problems.push(Problem::new(format!("params.optim.{field}"), message));
+    }
+    problems
+}
+
+/// What a training kind (`calibrate`, `coordinate-tune`) loads before it trains: the device, the
+/// ingest's TRAINING split only, and the input checkpoint, checked to fit the data.
+struct TrainingSetup {
+    device: Device,
+    view: SplitView<Train>,
+    store: ParamStore,
+    model: UmdModel,
+    info: CheckpointInfo,
+}
+
+impl TrainingSetup {
+    fn load(
+        ctx: &StageContext<'_>,
+        device: &str,
+        checkpoint_dir: &Path,
+    ) -> std::result::Result<Self, StageError> {
+        let ingest = ctx.require_input("ingest")?;
+        let device = select_device(device).map_err(failed)?;
+        let view = SplitView::<Train>::load(&ingest.dir).map_err(failed)?;
+        let (store, model, info) = load_checkpoint(checkpoint_dir, &device).map_err(failed)?;
+        check_fits(&model, &view, &ingest.dir).map_err(failed)?;
+        Ok(TrainingSetup {
+            device,
+            view,
+            store,
+            model,
+            info,
+        })
+    }
+
+    /// Writes `metrics.json`: the object `metrics` plus the device the run used.
+    fn write_metrics(
+        &self,
+        out_dir: &Path,
+        metrics: serde_json::Value,
+    ) -> std::result::Result<(), StageError> {
+        Self::write_metrics_for(&self.device, out_dir, metrics)
+    }
+
+    /// [`Self::write_metrics`] once the setup has been taken apart.
+    fn write_metrics_for(
+        device: &Device,
+        out_dir: &Path,
+        mut metrics: serde_json::Value,
+    ) -> std::result::Result<(), StageError> {
+        if let Some(fields) = metrics.as_object_mut() {
+            fields.insert("device".into(), device_name(device).into());
+        }
+        write(&out_dir.join("metrics.json"), &json(&metrics)?)
+    }
 }
 
 fn needs_inputs(decl: &StageDecl<'_>, kind: &str, groups: &[&[&str]]) -> Vec<Problem> {

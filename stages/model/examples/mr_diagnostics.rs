@@ -1,0 +1,299 @@
+//! Does MR-Pretrain build or destroy image features? A small, fast diagnostic (no stage machinery):
+//! trains the `tiny` model on an ingest artifact's training split for a few hundred steps under
+//! several objective variants and reports, for each, the last ITM / FeaMIM losses and what the
+//! frozen image encoder's features carry: their spread across images (collapse shows as a spread
+//! near 0) and a nearest-class-mean accuracy on [CLS ‖ mean patch] features, fitted on half the
+//! training images and scored on the other half, next to the random-init encoder.
+//!
+//!   cargo run -p umdflow-model --example mr_diagnostics -- INGEST_DIR [STEPS] [LR] [VARIANT...]
+//!
+//! Variants: `stopgrad` (feature targets from the online encoders), `ema` (momentum 0.999),
+//! `ema-cosine` (0.99 → 0.9999), `data-only` (no feature terms), `no-itm`, `itm-only`, `pix`
+//! (norm_pix off, no feature terms),
+//! `sincos` (fixed ViT positions, no feature terms).
+
+use std::path::PathBuf;
+
+use candle_core::{D, Device, Tensor};
+use umdflow_data::artifact::Dataset;
+use umdflow_model::batch::patchify;
+use umdflow_model::config::VisionPositions;
+use umdflow_model::masking::{MaskPlan, PlanSettings, TokenInfo};
+use umdflow_model::model::UmdModel;
+use umdflow_model::objective::{ObjectiveConfig, TargetNetwork};
+use umdflow_model::optim::OptimConfig;
+use umdflow_model::train::{Silent, TrainSettings, pretrain};
+
+fn plan(data: &Dataset, rows: &[u32], epochs: usize) -> MaskPlan {
+    let m = &data.meta;
+    let settings = PlanSettings {
+        epochs,
+        image_ratio: 0.75,
+        text_ratio: 0.15,
+        mask_token_prob: 0.8,
+        random_token_prob: 0.1,
+        patch_size: 8,
+        seed: 0,
+    };
+    let tokens = TokenInfo {
+        vocab_size: m.vocab_size,
+        mask_id: m.mask_id,
+        special_ids: vec![m.pad_id, m.unk_id, m.cls_id, m.sep_id, m.mask_id],
+    };
+    MaskPlan::generate(
+        &settings,
+        rows,
+        &data.input_ids,
+        &data.attention_mask,
+        data.max_len,
+        data.size,
+        &tokens,
+    )
+    .expect("masking plan")
+}
+
+/// [CLS ‖ mean of patch tokens] of the frozen image encoder, one row per image.
+fn image_features(model: &UmdModel, data: &Dataset, rows: &[usize]) -> Vec<Vec<f64>> {
+    let c = &model.config;
+    let mut out = Vec::new();
+    for chunk in rows.chunks(64) {
+        let patches = Tensor::from_vec(
+            patchify(data, chunk, c.patch_size, 2.0, -1.0).unwrap(),
+            (chunk.len(), c.num_patches(), c.patch_dim()),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let last = model.vision.forward(&patches, None).unwrap().last;
+        let cls = last.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+        let mean = last.narrow(1, 1, c.num_patches()).unwrap().mean(1).unwrap();
+        let both = Tensor::cat(&[&cls, &mean], D::Minus1).unwrap();
+        out.extend(
+            both.to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_vec2::<f64>()
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// Mean over feature dimensions of the standard deviation across images.
+fn spread(features: &[Vec<f64>]) -> f64 {
+    let n = features.len() as f64;
+    let d = features[0].len();
+    (0..d)
+        .map(|j| {
+            let mean = features.iter().map(|f| f[j]).sum::<f64>() / n;
+            (features.iter().map(|f| (f[j] - mean).powi(2)).sum::<f64>() / n).sqrt()
+        })
+        .sum::<f64>()
+        / d as f64
+}
+
+/// Balanced accuracy (mean recall over classes) of the nearest class mean on standardised
+/// features: fitted on the first half, scored on the rest. Chance is 1 / classes.
+fn nearest_mean_accuracy(features: &[Vec<f64>], labels: &[u32]) -> f64 {
+    let n = features.len();
+    let d = features[0].len();
+    let half = n / 2;
+    let mut mean = vec![0.0; d];
+    let mut sd = vec![0.0; d];
+    for j in 0..d {
+        mean[j] = features[..half].iter().map(|f| f[j]).sum::<f64>() / half as f64;
+        sd[j] = (features[..half]
+            .iter()
+            .map(|f| (f[j] - mean[j]).powi(2))
+            .sum::<f64>()
+            / half as f64)
+            .sqrt()
+            + 1e-8;
+    }
+    let z = |f: &Vec<f64>| -> Vec<f64> { (0..d).map(|j| (f[j] - mean[j]) / sd[j]).collect() };
+    let classes = *labels.iter().max().unwrap() as usize + 1;
+    let mut centroid = vec![vec![0.0; d]; classes];
+    let mut count = vec![0usize; classes];
+    for (f, &y) in features[..half].iter().zip(labels) {
+        for (c, v) in centroid[y as usize].iter_mut().zip(z(f)) {
+            *c += v;
+        }
+        count[y as usize] += 1;
+    }
+    for (c, &k) in centroid.iter_mut().zip(&count) {
+        c.iter_mut().for_each(|v| *v /= k.max(1) as f64);
+    }
+    let mut hits = vec![0usize; classes];
+    let mut seen = vec![0usize; classes];
+    for (f, y) in features[half..].iter().zip(&labels[half..]) {
+        seen[*y as usize] += 1;
+        let predicted = {
+            let zf = z(f);
+            (0..classes)
+                .filter(|&c| count[c] > 0)
+                .min_by(|&a, &b| {
+                    let dist = |c: usize| {
+                        centroid[c]
+                            .iter()
+                            .zip(&zf)
+                            .map(|(m, v)| (m - v).powi(2))
+                            .sum::<f64>()
+                    };
+                    dist(a).total_cmp(&dist(b))
+                })
+                .unwrap_or(0)
+        };
+        if predicted == *y as usize {
+            hits[predicted] += 1;
+        }
+    }
+    let present: Vec<usize> = (0..classes)
+        .filter(|&c| seen[c] > 0 && count[c] > 0)
+        .collect();
+    present
+        .iter()
+        .map(|&c| hits[c] as f64 / seen[c] as f64)
+        .sum::<f64>()
+        / present.len() as f64
+}
+
+/// Raw pixels, 4×4 average-pooled: the baseline any image encoder should reach.
+fn pooled_pixels(data: &Dataset, rows: &[usize]) -> Vec<Vec<f64>> {
+    let s = data.size;
+    let cells = s / 4;
+    rows.iter()
+        .map(|&i| {
+            let image = data.image(i);
+            let mut out = vec![0.0; cells * cells];
+            for y in 0..s {
+                for x in 0..s {
+                    out[(y / 4) * cells + x / 4] += image[y * s + x] as f64 / 16.0;
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = PathBuf::from(
+        args.first()
+            .expect("usage: mr_diagnostics INGEST_DIR [STEPS] [LR] [VARIANT...]"),
+    );
+    let steps: u64 = args.get(1).map_or(300, |s| s.parse().expect("STEPS"));
+    let lr: f64 = args.get(2).map_or(1e-3, |s| s.parse().expect("LR"));
+    let variants: Vec<String> = if args.len() > 3 {
+        args[3..].to_vec()
+    } else {
+        vec!["stopgrad".into(), "data-only".into()]
+    };
+    let data = Dataset::load(&dir).expect("ingest artifact");
+    let train: Vec<u32> = data
+        .indices_of_split(0)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    let rows: Vec<usize> = train.iter().map(|&i| i as usize).collect();
+    let labels: Vec<u32> = rows.iter().map(|&i| data.labels[i]).collect();
+    let majority = {
+        let mut counts = std::collections::HashMap::new();
+        labels[labels.len() / 2..]
+            .iter()
+            .for_each(|y| *counts.entry(y).or_insert(0usize) += 1);
+        *counts.values().max().unwrap() as f64 / (labels.len() - labels.len() / 2) as f64
+    };
+    let epochs = (steps as usize * 64).div_ceil(train.len()) + 1;
+    let the_plan = plan(&data, &train, epochs);
+    println!(
+        "{} training images, {}px, majority class {:.3}, {steps} steps at lr {lr}",
+        train.len(),
+        data.size,
+        majority
+    );
+    println!("variant\tsteps\titm\tfeamim\tmim\tspread\tnearest_mean_balanced_acc");
+    let pixels = pooled_pixels(&data, &rows);
+    println!(
+        "raw-pixels\t-\t-\t-\t-\t{:.4}\t{:.3}",
+        spread(&pixels),
+        nearest_mean_accuracy(&pixels, &labels)
+    );
+    for variant in std::iter::once("random-init".to_string()).chain(variants) {
+        let mut objective = ObjectiveConfig {
+            target_network: TargetNetwork::Stopgrad,
+            ..ObjectiveConfig::default()
+        };
+        let mut positions = VisionPositions::Learned;
+        match variant.as_str() {
+            "random-init" | "stopgrad" => {}
+            "ema" => objective.target_network = TargetNetwork::Ema,
+            "ema-cosine" => {
+                objective.target_network = TargetNetwork::Ema;
+                objective.ema_momentum = 0.99;
+                objective.ema_momentum_end = Some(0.9999);
+            }
+            "data-only" => {
+                objective.feamim = false;
+                objective.feamlm = false;
+            }
+            "no-itm" => objective.itm = false,
+            "itm-only" => {
+                objective.mim = false;
+                objective.mlm = false;
+                objective.feamim = false;
+                objective.feamlm = false;
+            }
+            "pix" => {
+                objective.norm_pix = false;
+                objective.feamim = false;
+                objective.feamlm = false;
+            }
+            "sincos" => {
+                positions = VisionPositions::Sincos;
+                objective.feamim = false;
+                objective.feamlm = false;
+            }
+            other => panic!("unknown variant {other}"),
+        }
+        let settings = TrainSettings {
+            preset: "tiny".into(),
+            batch_size: 64,
+            seed: 0,
+            objective,
+            optim: OptimConfig {
+                lr,
+                lr_multiplier_head: 1.0,
+                lr_multiplier_fusion: 1.0,
+                weight_decay: 0.05,
+                warmup_ratio: 0.05,
+                ..OptimConfig::default()
+            },
+            max_steps: Some(if variant == "random-init" { 0 } else { steps }),
+            vision_positions: positions,
+        };
+        let outcome =
+            pretrain(&data, &the_plan, &settings, &Device::Cpu, 2, &Silent).expect("train");
+        let tail = |term: &str| {
+            let values: Vec<f32> = outcome
+                .records
+                .iter()
+                .rev()
+                .take(20)
+                .filter_map(|r| r.terms.iter().find(|(n, _)| *n == term).map(|(_, v)| *v))
+                .collect();
+            if values.is_empty() {
+                f32::NAN
+            } else {
+                values.iter().sum::<f32>() / values.len() as f32
+            }
+        };
+        let features = image_features(&outcome.model, &data, &rows);
+        println!(
+            "{variant}\t{}\t{:.4}\t{:.4}\t{:.4}\t{:.4}\t{:.3}",
+            outcome.records.len(),
+            tail("itm"),
+            tail("feamim"),
+            tail("mim"),
+            spread(&features),
+            nearest_mean_accuracy(&features, &labels)
+        );
+    }
+}
