@@ -5,7 +5,7 @@ use std::sync::Arc;
 use umdflow_data::IngestKind;
 use umdflow_model::{MaskKind, PretrainKind};
 use umdflow_stages::{CmdKind, StageKind};
-use umdflow_tune::{CalibrateKind, CoordinateTuneKind, EvaluateKind};
+use umdflow_tune::{CalibrateKind, CoordinateTuneKind, EvaluateKind, ProbeKind};
 
 pub struct Registry {
     kinds: Vec<Arc<dyn StageKind>>,
@@ -23,6 +23,7 @@ impl Registry {
                 Arc::new(CalibrateKind),
                 Arc::new(CoordinateTuneKind),
                 Arc::new(EvaluateKind),
+                Arc::new(ProbeKind),
             ],
         }
     }

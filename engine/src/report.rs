@@ -44,6 +44,22 @@ pub fn flatten_metrics(value: &Value) -> BTreeMap<String, f64> {
     out
 }
 
+/// The per-test-item outcomes a stage saved under `items` in its metrics.json (metric name →
+/// one number per test item), for the report's paired bootstrap. Entries that are not arrays of
+/// numbers are left out.
+pub fn item_outcomes(value: &Value) -> BTreeMap<String, Vec<f64>> {
+    let Some(Value::Object(items)) = value.get("items") else {
+        return BTreeMap::new();
+    };
+    items
+        .iter()
+        .filter_map(|(metric, outcomes)| {
+            let values: Option<Vec<f64>> = outcomes.as_array()?.iter().map(Value::as_f64).collect();
+            Some((metric.clone(), values?))
+        })
+        .collect()
+}
+
 /// The value index of every non-seed axis at a point: what identifies a row.
 fn row_key(expanded: &Expanded, point: &[usize]) -> Vec<usize> {
     expanded
@@ -269,18 +285,24 @@ pub fn gather(loaded: &Loaded, cache: &Cache) -> Result<ReportInput> {
         point_rows.push(row);
         let seed = seed_of(expanded, point);
         let mut merged = BTreeMap::new();
+        let mut items = BTreeMap::new();
         let mut missing = Vec::new();
         for (&stage, name) in stages.iter().zip(&stage_names) {
             let instance = expanded.point_instances[stage][p];
+            let full_name = |metric: String| {
+                if prefixed {
+                    format!("{name}.{metric}")
+                } else {
+                    metric
+                }
+            };
             match record_of(instance).map(|r| r.metrics.as_ref()) {
                 Some(Some(metrics)) => {
                     for (metric, value) in flatten_metrics(metrics) {
-                        let metric = if prefixed {
-                            format!("{name}.{metric}")
-                        } else {
-                            metric
-                        };
-                        merged.insert(metric, value);
+                        merged.insert(full_name(metric), value);
+                    }
+                    for (metric, outcomes) in item_outcomes(metrics) {
+                        items.insert(full_name(metric), outcomes);
                     }
                 }
                 Some(None) => missing.push(format!(
@@ -296,12 +318,14 @@ pub fn gather(loaded: &Loaded, cache: &Cache) -> Result<ReportInput> {
                 seed,
                 metrics: Some(merged),
                 missing: None,
+                items,
             }
         } else {
             Replicate {
                 seed,
                 metrics: None,
                 missing: Some(missing.join("; ")),
+                items: BTreeMap::new(),
             }
         };
         rows[row].replicates.push(replicate);
@@ -506,6 +530,22 @@ fn lock_matches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn item_outcomes_are_read_beside_the_metrics_and_never_become_metrics() {
+        let metrics = serde_json::json!({
+            "classification": {"accuracy": 0.5},
+            "items": {"classification.accuracy": [1, 0], "bad": [1, "x"], "scalar": 3}
+        });
+        let items = item_outcomes(&metrics);
+        assert_eq!(items.len(), 1);
+        assert_eq!(items["classification.accuracy"], vec![1.0, 0.0]);
+        assert_eq!(
+            flatten_metrics(&metrics).keys().collect::<Vec<_>>(),
+            vec!["classification.accuracy", "items.scalar"]
+        );
+        assert!(item_outcomes(&serde_json::json!({"a": 1})).is_empty());
+    }
 
     #[test]
     fn curves_average_over_seeds_where_every_seed_has_a_point() {

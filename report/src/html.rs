@@ -52,7 +52,7 @@ pub(crate) fn to_html(summary: &Summary, figures: &[InlineFigure]) -> String {
         let _ = writeln!(
             out,
             "<p>Paired by seed: mean ± half-width of the {}% confidence interval of (row − \
-             baseline). * marks an interval that excludes 0.</p>",
+             baseline). * marks an interval that has width and excludes 0.</p>",
             percent(summary.confidence)
         );
         let rows: Vec<(Vec<String>, Vec<CellText>)> = summary

@@ -43,6 +43,10 @@ pub struct Replicate {
     pub metrics: Option<BTreeMap<String, f64>>,
     /// Why results are absent, e.g. `"evaluate[arm=full,seed=2] has not run"`; shown in footnotes.
     pub missing: Option<String>,
+    /// Per-test-item outcomes of a metric that is a mean over items (e.g. 1/0 per answer for an
+    /// accuracy), in the test set's order: what the paired bootstrap within a seed resamples.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub items: BTreeMap<String, Vec<f64>>,
 }
 
 /// One line chart.

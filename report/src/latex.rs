@@ -42,7 +42,7 @@ pub fn to_latex(summary: &Summary) -> String {
     if let Some(baseline) = &summary.baseline {
         let caption = format!(
             "{}: difference to the baseline ({}), paired by seed; mean $\\pm$ half-width of the \
-             {}\\% confidence interval. $^{{*}}$ marks an interval that excludes 0.",
+             {}\\% confidence interval. $^{{*}}$ marks an interval that has width and excludes 0.",
             escape(&summary.title),
             escape(baseline),
             percent(summary.confidence)

@@ -16,8 +16,10 @@
 //!
 //! Each cell is the mean over seeds ± the half-width of its 95% Student-t interval
 //! (n − 1 degrees of freedom); with one seed the mean alone and `n=1`. Differences to the
-//! baseline are paired by seed. Output is deterministic: the same input gives byte-identical
-//! files.
+//! baseline are paired by seed; where replicates carry per-item outcomes, a paired bootstrap over
+//! test items within each seed stands beside them (`ablation.md`, `ablation.json`). A zero-width
+//! interval is never marked significant. Output is deterministic: the same input gives
+//! byte-identical files (the bootstrap is seeded).
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
@@ -27,6 +29,7 @@
 //!     seed: name.to_string(),
 //!     metrics: Some(BTreeMap::from([("vqa_acc".to_string(), acc)])),
 //!     missing: None,
+//!     items: BTreeMap::new(),
 //! };
 //! let input = ReportInput {
 //!     title: "ablation".to_string(),
@@ -46,6 +49,7 @@
 //!                     seed: "1".to_string(),
 //!                     metrics: None,
 //!                     missing: Some("evaluate[arm=full,seed=1] has not run".to_string()),
+//!                     items: BTreeMap::new(),
 //!                 },
 //!             ],
 //!         },
@@ -61,6 +65,7 @@
 //! # Ok::<(), umdflow_report::ReportError>(())
 //! ```
 
+mod bootstrap;
 mod cell_text;
 mod chart;
 mod csv;
@@ -77,6 +82,7 @@ mod summary;
 
 use std::path::{Path, PathBuf};
 
+pub use bootstrap::PairedBootstrap;
 pub use csv::to_csv;
 pub use error::ReportError;
 pub use input::{CurveSet, Replicate, ReportInput, Row, Series};

@@ -34,7 +34,7 @@ pub fn to_markdown(summary: &Summary) -> String {
         let _ = writeln!(
             out,
             "Paired by seed: mean ± half-width of the {}% confidence interval of (row − baseline). \
-             \\* marks an interval that excludes 0.\n",
+             \\* marks an interval that has width and excludes 0.\n",
             percent(summary.confidence)
         );
         header(&mut out, &summary.metrics, false);
@@ -47,6 +47,7 @@ pub fn to_markdown(summary: &Summary) -> String {
             let _ = writeln!(out, "{line}");
         }
     }
+    bootstrap_section(&mut out, summary);
     if !summary.notes.is_empty() {
         out.push('\n');
         for (index, note) in summary.notes.iter().enumerate() {
@@ -54,6 +55,47 @@ pub fn to_markdown(summary: &Summary) -> String {
         }
     }
     out
+}
+
+/// One line per (row, metric, seed) with a paired bootstrap over test items; nothing when no
+/// replicate carried per-item outcomes.
+fn bootstrap_section(out: &mut String, summary: &Summary) {
+    let mut lines = Vec::new();
+    for row in summary.rows.iter().filter(|row| !row.is_baseline) {
+        for cell in &row.cells {
+            for b in cell.difference.iter().flat_map(|d| &d.within_seed) {
+                lines.push(format!(
+                    "| {} | {} | {} | {} | {:.4} | [{:.4}, {:.4}]{} |",
+                    escape(&row.label),
+                    escape(&cell.metric),
+                    escape(&b.seed),
+                    b.items,
+                    b.mean,
+                    b.low,
+                    b.high,
+                    if b.excludes_zero { " \\*" } else { "" }
+                ));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Paired bootstrap over test items, within each seed\n\n\
+         (row − baseline) on the same test items, {} resamples, {}% percentile interval; \\* marks \
+         an interval with width that excludes 0.\n",
+        crate::bootstrap::RESAMPLES,
+        percent(summary.confidence)
+    );
+    let _ = writeln!(
+        out,
+        "| Arm | Metric | Seed | Items | Mean difference | Interval |\n|---|---|---|---:|---:|---:|"
+    );
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 fn header(out: &mut String, metrics: &[String], with_seeds: bool) {

@@ -48,10 +48,12 @@ impl Estimate {
         Some(Estimate { n, mean, interval })
     }
 
-    /// True when the interval lies entirely above or below zero (never for `n == 1`).
+    /// True when the interval has width and lies entirely above or below zero (never for
+    /// `n == 1`, and never for identical values: a zero-width interval is no evidence of spread).
     pub fn excludes_zero(&self) -> bool {
-        self.interval
-            .is_some_and(|interval| interval.low > 0.0 || interval.high < 0.0)
+        self.interval.is_some_and(|interval| {
+            interval.half_width > 0.0 && (interval.low > 0.0 || interval.high < 0.0)
+        })
     }
 }
 
@@ -100,9 +102,11 @@ mod tests {
     }
 
     #[test]
-    fn equal_values_give_a_zero_width_interval() {
+    fn equal_values_give_a_zero_width_interval_that_is_never_significant() {
         let estimate = Estimate::of(&[-0.25, -0.25]).unwrap();
         assert_eq!(estimate.interval.unwrap().half_width, 0.0);
-        assert!(estimate.excludes_zero());
+        assert!(!estimate.excludes_zero());
+        // The smallest spread makes it an ordinary interval again.
+        assert!(Estimate::of(&[-0.25, -0.2500001]).unwrap().excludes_zero());
     }
 }

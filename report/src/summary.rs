@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::bootstrap::{PairedBootstrap, RESAMPLES, paired_bootstrap};
 use crate::error::ReportError;
 use crate::input::{ReportInput, Row};
 use crate::stats::{CONFIDENCE, Estimate};
@@ -55,8 +56,11 @@ pub struct Cell {
 pub struct Difference {
     /// Over seeds that both rows have; `None` when they share no seed with results.
     pub estimate: Option<Estimate>,
-    /// The interval lies entirely above or below zero.
+    /// The interval has width and lies entirely above or below zero.
     pub excludes_zero: bool,
+    /// The paired bootstrap over test items, one per seed where both rows saved per-item
+    /// outcomes of this metric (empty otherwise).
+    pub within_seed: Vec<PairedBootstrap>,
     /// Index into [`Summary::notes`] when some of this row's seeds lack the metric or have no
     /// baseline partner.
     pub note: Option<usize>,
@@ -76,9 +80,9 @@ pub fn summarize(input: &ReportInput) -> Result<Summary, ReportError> {
             let estimate = Estimate::of(&values.iter().map(|(_, v)| *v).collect::<Vec<_>>());
             let note = notes.add(&missing);
             let difference = match baseline_row {
-                Some(baseline) if !is_baseline => {
-                    Some(difference(&values, &missing, baseline, metric, &mut notes))
-                }
+                Some(baseline) if !is_baseline => Some(difference(
+                    row, &values, &missing, baseline, metric, &mut notes,
+                )),
                 _ => None,
             };
             cells.push(Cell {
@@ -176,6 +180,7 @@ fn values_of<'a>(row: &'a Row, metric: &str) -> (Vec<(&'a str, f64)>, Vec<String
 }
 
 fn difference(
+    row: &Row,
     values: &[(&str, f64)],
     missing: &[String],
     baseline: &Row,
@@ -184,6 +189,23 @@ fn difference(
 ) -> Difference {
     let (baseline_values, _) = values_of(baseline, metric);
     let by_seed: BTreeMap<&str, f64> = baseline_values.into_iter().collect();
+    let within_seed = row
+        .replicates
+        .iter()
+        .filter_map(|replicate| {
+            let items = replicate.items.get(metric)?;
+            let partner = baseline
+                .replicates
+                .iter()
+                .find(|b| b.seed == replicate.seed)?;
+            paired_bootstrap(
+                &replicate.seed,
+                items,
+                partner.items.get(metric)?,
+                RESAMPLES,
+            )
+        })
+        .collect();
     let mut differences = Vec::new();
     // The row's own gaps shrink the difference's n too, so its note repeats them.
     let mut unpaired = missing.to_vec();
@@ -199,6 +221,7 @@ fn difference(
     let estimate = Estimate::of(&differences);
     Difference {
         excludes_zero: estimate.is_some_and(|e| e.excludes_zero()),
+        within_seed,
         estimate,
         note: notes.add(&unpaired),
     }

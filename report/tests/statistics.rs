@@ -82,7 +82,8 @@ fn pairing_uses_seed_names_not_positions() {
     assert_eq!(estimate.n, 2);
     assert_eq!(estimate.mean, 0.5);
     assert_eq!(estimate.interval.unwrap().half_width, 0.0);
-    assert!(difference.excludes_zero);
+    // Identical differences give a zero-width interval, which is no evidence: never significant.
+    assert!(!difference.excludes_zero);
     let note = &summary.notes[difference.note.unwrap()];
     assert_eq!(
         note,
@@ -192,4 +193,69 @@ fn invalid_input_is_rejected_with_the_record_named() {
     let mut input = common::ablation();
     input.rows[1].replicates[0] = replicate("1", &[("acc", 0.7), ("loss", f64::INFINITY)]);
     assert!(summarize(&input).is_ok());
+}
+
+/// Per-item outcomes of `acc` for seeds "1" and "2": `right` of 200 items correct, the first ones.
+fn with_items(seed: &str, acc_right: usize) -> umdflow_report::Replicate {
+    let outcomes: Vec<f64> = (0..200).map(|i| f64::from(i < acc_right)).collect();
+    let mut r = replicate(seed, &[("acc", acc_right as f64 / 200.0)]);
+    r.items.insert("acc".to_string(), outcomes);
+    r
+}
+
+#[test]
+fn the_paired_bootstrap_stands_beside_the_t_interval_and_repeats() {
+    let input = ReportInput {
+        title: "boot".to_string(),
+        metrics: vec!["acc".to_string()],
+        rows: vec![
+            row(
+                "base",
+                &[],
+                vec![with_items("1", 100), with_items("2", 110)],
+            ),
+            // Seed 1: +60 items right; seed 2: the same items right as the baseline.
+            row("arm", &[], vec![with_items("1", 160), with_items("2", 110)]),
+        ],
+        baseline: Some(0),
+        x_axis: None,
+        curves: vec![],
+    };
+    let summary = summarize(&input).unwrap();
+    let difference = summary.rows[1].cells[0].difference.as_ref().unwrap();
+    let within = &difference.within_seed;
+    assert_eq!(within.len(), 2);
+    assert_eq!((within[0].seed.as_str(), within[0].items), ("1", 200));
+    assert!((within[0].mean - 0.3).abs() < 1e-12);
+    assert!(
+        within[0].excludes_zero && within[0].low > 0.2,
+        "{:?}",
+        within[0]
+    );
+    // Identical outcomes: a zero-width interval at 0, never significant.
+    assert_eq!(
+        (within[1].mean, within[1].low, within[1].high),
+        (0.0, 0.0, 0.0)
+    );
+    assert!(!within[1].excludes_zero);
+    // Over seeds the t interval (2 values, 0.3 and 0) is wide and does not exclude 0.
+    assert!(!difference.excludes_zero);
+    let markdown = umdflow_report::to_markdown(&summary);
+    assert!(
+        markdown.contains("## Paired bootstrap over test items, within each seed"),
+        "{markdown}"
+    );
+    // Seeded: the same input gives the same report.
+    assert_eq!(summarize(&input).unwrap(), summary);
+    // Replicates without items give no bootstrap rows and no section.
+    let plain = summarize(&common::ablation()).unwrap();
+    assert!(
+        plain.rows[1].cells[0]
+            .difference
+            .as_ref()
+            .unwrap()
+            .within_seed
+            .is_empty()
+    );
+    assert!(!umdflow_report::to_markdown(&plain).contains("Paired bootstrap"));
 }

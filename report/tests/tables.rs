@@ -26,7 +26,7 @@ Mean ± half-width of the 95% confidence interval over seeds (Student t, n − 1
 
 ## Difference to the baseline (base)
 
-Paired by seed: mean ± half-width of the 95% confidence interval of (row − baseline). \* marks an interval that excludes 0.
+Paired by seed: mean ± half-width of the 95% confidence interval of (row − baseline). \* marks an interval that has width and excludes 0.
 
 | Arm | acc | auc |
 |---|---:|---:|
@@ -62,7 +62,7 @@ single & 1 & $0.6500$\,(n=1) & $0.6800$\,(n=1) \\
 
 \begin{table}[htbp]
 \centering
-\caption{demo: difference to the baseline (base), paired by seed; mean $\pm$ half-width of the 95\% confidence interval. $^{*}$ marks an interval that excludes 0.}
+\caption{demo: difference to the baseline (base), paired by seed; mean $\pm$ half-width of the 95\% confidence interval. $^{*}$ marks an interval that has width and excludes 0.}
 \label{tab:demo-difference}
 \begin{tabular}{lrr}
 \toprule

@@ -8,6 +8,7 @@ mod commands;
 mod concurrency;
 mod crash;
 mod disk_full;
+mod evaluation;
 mod example;
 mod hostile;
 mod integrity;

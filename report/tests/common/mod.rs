@@ -16,6 +16,7 @@ pub fn replicate(seed: &str, metrics: &[(&str, f64)]) -> Replicate {
                 .collect::<BTreeMap<_, _>>(),
         ),
         missing: None,
+        items: BTreeMap::new(),
     }
 }
 
@@ -24,6 +25,7 @@ pub fn not_run(seed: &str, why: &str) -> Replicate {
         seed: seed.to_string(),
         metrics: None,
         missing: Some(why.to_string()),
+        items: BTreeMap::new(),
     }
 }
 

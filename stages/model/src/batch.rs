@@ -7,6 +7,7 @@ use crate::error::{ModelError, Result};
 use crate::losses::normalized_pixel_targets;
 use crate::masking::MaskPlan;
 use crate::model::heads::mae_indices;
+use crate::negatives::{NegativeSampling, draw_negative};
 use crate::rng::SplitMix64;
 
 /// Everything one MR-Pretrain step reads. Shapes: B samples, L patches of P values, T tokens.
@@ -76,12 +77,14 @@ pub fn patchify(
 }
 
 /// Builds the batch of plan positions `positions` in `epoch`. `itm_rng` draws the in-batch ITM
-/// negatives: half of the rows (rounded down) get the image of another random row, label 0.
+/// negatives: half of the rows (rounded down) get the image of another row, label 0, drawn as
+/// `negatives` says (see [`itm_pairs`]).
 pub fn build_batch(
     dataset: &Dataset,
     plan: &MaskPlan,
     epoch: usize,
     positions: &[usize],
+    negatives: NegativeSampling,
     itm_rng: &mut SplitMix64,
     device: &Device,
 ) -> Result<Batch> {
@@ -137,16 +140,8 @@ pub fn build_batch(
     let (keep, restore) = mae_indices(&removed, b, device)?;
     let removed_f: Vec<f32> = removed.iter().map(|&r| f32::from(r)).collect();
 
-    let mut itm_image: Vec<u32> = (0..b as u32).collect();
-    let mut itm_labels = vec![1u32; b];
-    if b > 1 {
-        let mut rows: Vec<usize> = (0..b).collect();
-        itm_rng.shuffle(&mut rows);
-        for &row in &rows[..b / 2] {
-            itm_image[row] = ((row + 1 + itm_rng.below(b - 1)) % b) as u32;
-            itm_labels[row] = 0;
-        }
-    }
+    let (itm_image, itm_labels) =
+        itm_pairs(b, negatives, |row| dataset.signature(indices[row]), itm_rng);
     let m = mlm_positions.len();
     Ok(Batch {
         patches,
@@ -164,4 +159,69 @@ pub fn build_batch(
         itm_labels: Tensor::from_vec(itm_labels, b, device)?,
         size: b,
     })
+}
+
+/// ITM pairs of a batch of `b` rows: for each text row, the row whose image it is paired with and
+/// the label (1 = match). Half of the rows (rounded down), chosen at random, get another row's
+/// image, label 0. With `signature` sampling that image never shows the same findings as the
+/// row's own; a chosen row with no such partner in the batch stays a match.
+pub fn itm_pairs(
+    b: usize,
+    negatives: NegativeSampling,
+    signature: impl Fn(usize) -> Option<u64>,
+    rng: &mut SplitMix64,
+) -> (Vec<u32>, Vec<u32>) {
+    let mut image: Vec<u32> = (0..b as u32).collect();
+    let mut labels = vec![1u32; b];
+    if b > 1 {
+        let mut rows: Vec<usize> = (0..b).collect();
+        rng.shuffle(&mut rows);
+        for &row in &rows[..b / 2] {
+            if let Some(other) = draw_negative(row, b, negatives, &signature, rng) {
+                image[row] = other as u32;
+                labels[row] = 0;
+            }
+        }
+    }
+    (image, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn itm_negatives_never_share_the_positive_signature() {
+        // 64 rows, half of them "normal" (signature 0), the rest in 4 finding groups.
+        let sig = |row: usize| {
+            Some(if row.is_multiple_of(2) {
+                0
+            } else {
+                1 + (row % 8) as u64 / 2
+            })
+        };
+        let mut rng = SplitMix64::new(1);
+        let mut negatives = 0;
+        for _ in 0..50 {
+            let (image, labels) = itm_pairs(64, NegativeSampling::Signature, sig, &mut rng);
+            for (row, (&img, &label)) in image.iter().zip(&labels).enumerate() {
+                if label == 0 {
+                    negatives += 1;
+                    assert_ne!(sig(img as usize), sig(row), "row {row} paired with {img}");
+                } else {
+                    assert_eq!(img as usize, row);
+                }
+            }
+        }
+        assert_eq!(negatives, 50 * 32);
+        // Random sampling pairs some rows with same-signature images: the false negatives.
+        let (image, labels) = itm_pairs(64, NegativeSampling::Random, sig, &mut rng);
+        assert!(
+            (0..64).any(|row| labels[row] == 0 && sig(image[row] as usize) == sig(row)),
+            "expected a false negative among {image:?}"
+        );
+        // A batch with one signature has no valid negative: every row stays a match.
+        let (image, labels) = itm_pairs(8, NegativeSampling::Signature, |_| Some(5), &mut rng);
+        assert_eq!((image, labels), ((0..8).collect(), vec![1; 8]));
+    }
 }

@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod losses;
 pub mod mask_stage;
 pub mod masking;
+pub mod negatives;
 pub mod objective;
 pub mod optim;
 pub mod plot;

@@ -15,6 +15,7 @@ use crate::error::{ModelError, Result};
 use crate::losses::{self, FeatureDistance};
 use crate::model::encoders::EncoderOutput;
 use crate::model::{FeatureDims, UmdModel};
+use crate::negatives::NegativeSampling;
 use crate::store::ParamStore;
 
 /// Where feature-level targets come from.
@@ -56,6 +57,10 @@ pub struct ObjectiveConfig {
     pub normalize_targets: bool,
     /// Average the feature losses over masked positions only (else over all real positions).
     pub masked_only: bool,
+    /// How ITM's mismatched images are drawn: `signature` (default) never pairs a text with an
+    /// image showing the same findings (data without finding signatures: any other image);
+    /// `random`: any other image of the batch.
+    pub itm_negatives: NegativeSampling,
 }
 
 impl Default for ObjectiveConfig {
@@ -75,6 +80,7 @@ impl Default for ObjectiveConfig {
             distance: FeatureDistance::Mse,
             normalize_targets: true,
             masked_only: true,
+            itm_negatives: NegativeSampling::Signature,
         }
     }
 }

@@ -242,7 +242,15 @@ pub fn run_mr_steps(
             if observer.cancelled() {
                 return Err(ModelError::Cancelled);
             }
-            let batch = build_batch(run.data, run.plan, epoch, positions, &mut itm_rng, device)?;
+            let batch = build_batch(
+                run.data,
+                run.plan,
+                epoch,
+                positions,
+                obj.itm_negatives,
+                &mut itm_rng,
+                device,
+            )?;
             let terms = mr_losses(model, ema.as_ref(), &batch, obj)?;
             let total_value = terms
                 .total

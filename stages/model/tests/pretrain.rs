@@ -8,6 +8,7 @@ use umdflow_model::batch::build_batch;
 use umdflow_model::checkpoint::{CHECKPOINT_FILE, load_checkpoint, save_checkpoint};
 use umdflow_model::error::ModelError;
 use umdflow_model::model::UmdModel;
+use umdflow_model::negatives::NegativeSampling;
 use umdflow_model::objective::{EmaTarget, ObjectiveConfig, TargetNetwork, mr_losses};
 use umdflow_model::optim::OptimConfig;
 use umdflow_model::rng::SplitMix64;
@@ -46,6 +47,7 @@ fn gradient_reaches_every_parameter(objective: ObjectiveConfig) {
         &plan,
         0,
         &positions,
+        NegativeSampling::Random,
         &mut SplitMix64::new(1),
         &Device::Cpu,
     )
@@ -179,6 +181,7 @@ fn checkpoint_round_trip_is_exact() {
         &plan,
         0,
         &[0, 1, 2, 3],
+        NegativeSampling::Random,
         &mut SplitMix64::new(4),
         &Device::Cpu,
     )

@@ -12,6 +12,7 @@ use umdflow_model::model::UmdModel;
 use umdflow_model::model::layers::Linear;
 use umdflow_model::objective::{EmaTarget, ObjectiveConfig, mr_losses};
 use umdflow_model::optim::{OptimConfig, Optimiser};
+use umdflow_model::negatives::{NegativeSampling, draw_negative};
 use umdflow_model::rng::SplitMix64;
 use umdflow_model::store::ParamStore;
 use umdflow_model::train::epoch_order;
@@ -101,6 +102,9 @@ pub struct FinetuneSettings {
     pub seed: u64,
     /// Retrieval: sampled negative texts per image.
     pub negatives: usize,
+    /// Retrieval: how the negative texts are drawn (`signature`: never a text of a study with
+    /// the same findings).
+    pub negative_sampling: NegativeSampling,
     pub optim: OptimConfig,
     pub gmcoord: GmCoordConfig,
     pub joint_mr: Option<JointMr>,
@@ -186,6 +190,7 @@ fn step_batch<'a>(
     task: Task,
     items: &[usize],
     negatives: usize,
+    sampling: NegativeSampling,
     rng: &mut SplitMix64,
 ) -> Result<StepBatch<'a>> {
     Ok(match task {
@@ -218,8 +223,14 @@ fn step_batch<'a>(
                 images.push(i);
                 texts.push(i);
                 for _ in 0..negatives {
+                    let text = draw_negative(i, data.n, sampling, |k| data.signature(k), rng)
+                        .ok_or_else(|| {
+                            TuneError::invalid(
+                                "retrieval negatives: every training item has the same finding signature as the positive; use `negative_sampling: random`",
+                            )
+                        })?;
                     images.push(i);
-                    texts.push((i + 1 + rng.below(data.n - 1)) % data.n);
+                    texts.push(text);
                 }
             }
             StepBatch {
@@ -312,7 +323,14 @@ pub fn finetune(
             if observer.cancelled() {
                 return Err(TuneError::Cancelled);
             }
-            let batch = step_batch(data, task, items, settings.negatives, &mut neg_rng)?;
+            let batch = step_batch(
+                data,
+                task,
+                items,
+                settings.negatives,
+                settings.negative_sampling,
+                &mut neg_rng,
+            )?;
             let forward = features(model, &batch.pairs, device)?;
             let pooled = &forward.pooled;
             let logits = grouped(head.forward(pooled)?, batch.group)?;
@@ -367,7 +385,15 @@ pub fn finetune(
                     .step_by(batch.group)
                     .copied()
                     .collect();
-                let mr_batch = build_batch(data, plan, epoch, &images, &mut itm_rng, device)?;
+                let mr_batch = build_batch(
+                    data,
+                    plan,
+                    epoch,
+                    &images,
+                    joint.objective.itm_negatives,
+                    &mut itm_rng,
+                    device,
+                )?;
                 let terms = mr_losses(model, ema.as_ref(), &mr_batch, &joint.objective)?;
                 mr_value = terms
                     .total
@@ -457,4 +483,79 @@ pub fn steps_csv(steps: &[CoordStep]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retrieval_negatives_never_share_the_positive_signature() {
+        let mut data = crate::views::tests::marked_dataset();
+        // Rows 0, 1, 2, 4 are "normal" (signature 0); rows 3 and 5 show a finding.
+        data.signatures = Some(vec![0, 0, 0, 1, 0, 1]);
+        let mut rng = SplitMix64::new(2);
+        let items: Vec<usize> = (0..6).collect();
+        for _ in 0..20 {
+            let batch = step_batch(
+                &data,
+                Task::Retrieval,
+                &items,
+                3,
+                NegativeSampling::Signature,
+                &mut rng,
+            )
+            .unwrap();
+            assert_eq!(batch.group, 4);
+            for (images, &i) in batch.pairs.images.chunks(4).zip(&items) {
+                assert!(images.iter().all(|&image| image == i));
+            }
+            // Pair rows are [positive, 3 negatives] per item; a negative text is the dataset row
+            // whose ids it copied, so compare the text rows' signatures through their ids.
+            let t = data.max_len;
+            let text_row = |r: usize| {
+                (0..data.n)
+                    .find(|&j| data.text_ids(j) == &batch.pairs.ids[r * t..(r + 1) * t])
+                    .unwrap()
+            };
+            for (k, &i) in items.iter().enumerate() {
+                assert_eq!(text_row(k * 4), i);
+                for r in k * 4 + 1..k * 4 + 4 {
+                    let j = text_row(r);
+                    assert_ne!(
+                        data.signature(j),
+                        data.signature(i),
+                        "item {i}, negative {j}"
+                    );
+                }
+            }
+        }
+        // Every item sharing one signature leaves no valid negative: a clear error.
+        data.signatures = Some(vec![4; 6]);
+        let err = step_batch(
+            &data,
+            Task::Retrieval,
+            &items,
+            1,
+            NegativeSampling::Signature,
+            &mut rng,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("negative_sampling: random"),
+            "{err}"
+        );
+        assert!(
+            step_batch(
+                &data,
+                Task::Retrieval,
+                &items,
+                1,
+                NegativeSampling::Random,
+                &mut rng
+            )
+            .is_ok()
+        );
+    }
 }

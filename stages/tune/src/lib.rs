@@ -1,5 +1,5 @@
-//! TD-Calib, GM-Coord and evaluation for umdflow: the `calibrate`, `coordinate-tune` and
-//! `evaluate` stage kinds, the evaluation metrics and the image-only linear probe.
+//! TD-Calib, GM-Coord and evaluation for umdflow: the `calibrate`, `coordinate-tune`,
+//! `evaluate` and `probe` stage kinds, the evaluation metrics and the image-only linear probe.
 //!
 //! Data enters only through [`views`]: training stages get a training-split view, evaluation a
 //! test-split view (plus the training images for the linear probe).
@@ -13,8 +13,9 @@ pub mod kinds;
 pub mod metrics;
 pub mod plots;
 pub mod probe;
+pub mod probe_features;
 pub mod task;
 pub mod views;
 
 pub use error::{Result, TuneError};
-pub use kinds::{CalibrateKind, CoordinateTuneKind, EvaluateKind};
+pub use kinds::{CalibrateKind, CoordinateTuneKind, EvaluateKind, ProbeKind};

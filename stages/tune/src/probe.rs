@@ -1,5 +1,7 @@
-//! The image-only linear probe: multinomial logistic regression on frozen pooled image features,
-//! fitted on the training split and scored on the test split ("does the image branch learn?").
+//! The image-only linear probe: multinomial logistic regression on frozen image features,
+//! fitted on the training split and scored on the test split ("what do these features carry?").
+//! [`score_probe`] reports accuracy, balanced accuracy and AUC over the label and, when the data
+//! has multi-hot findings, one binary probe per finding with its AUC.
 //!
 //! Deterministic by construction: features are standardised with the training mean and standard
 //! deviation, weights start at zero and full-batch gradient descent runs a fixed number of
@@ -8,6 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TuneError};
+use crate::metrics::classification::{
+    FindingAuc, OvrAuc, accuracy, balanced_accuracy, finding_auc, ovr_auc,
+};
 
 /// Settings of the probe's optimiser.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -201,6 +206,89 @@ impl LinearProbe {
     }
 }
 
+/// Multi-hot findings of a set of items: `values[i · names.len() + f]` is 1 when item i shows
+/// finding f.
+#[derive(Debug, Clone, Copy)]
+pub struct Findings<'a> {
+    pub values: &'a [u8],
+    pub names: &'a [String],
+}
+
+impl<'a> Findings<'a> {
+    /// The dataset's multi-hot findings; `None` for data without per-study findings.
+    pub fn of(data: &'a umdflow_data::artifact::Dataset) -> Option<Self> {
+        data.findings.as_deref().map(|values| Findings {
+            values,
+            names: &data.meta.findings,
+        })
+    }
+
+    fn column(&self, f: usize) -> Vec<usize> {
+        let k = self.names.len();
+        (0..self.values.len() / k.max(1))
+            .map(|i| usize::from(self.values[i * k + f] != 0))
+            .collect()
+    }
+}
+
+/// One split's probe inputs: features, single labels and (optionally) multi-hot findings.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSplit<'a> {
+    pub features: &'a Features,
+    pub labels: &'a [usize],
+    pub findings: Option<Findings<'a>>,
+}
+
+/// What a probe fitted on the training split scores on the test split.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeScores {
+    pub feature_dim: usize,
+    pub accuracy: Option<f64>,
+    pub balanced_accuracy: Option<f64>,
+    /// One-vs-rest AUC over the label's classes.
+    pub auc: OvrAuc,
+    /// One binary probe per finding; `None` when the data has no multi-hot findings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub findings: Option<FindingAuc>,
+}
+
+/// Fits the probe (and one binary probe per finding) on `train` and scores it on `test`.
+pub fn score_probe(
+    train: ProbeSplit<'_>,
+    test: ProbeSplit<'_>,
+    classes: usize,
+    settings: ProbeSettings,
+) -> Result<ProbeScores> {
+    let probe = LinearProbe::fit(train.features, train.labels, classes, settings)?;
+    let probs = probe.predict_proba(test.features)?;
+    let predicted: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
+    let findings = match (train.findings, test.findings) {
+        (Some(tr), Some(te)) if !tr.names.is_empty() => {
+            if tr.names != te.names {
+                return Err(TuneError::invalid(
+                    "linear probe: the training and test splits name different findings",
+                ));
+            }
+            let mut scores = vec![Vec::with_capacity(tr.names.len()); test.features.rows];
+            for f in 0..tr.names.len() {
+                let binary = LinearProbe::fit(train.features, &tr.column(f), 2, settings)?;
+                for (row, p) in scores.iter_mut().zip(binary.predict_proba(test.features)?) {
+                    row.push(p[1]);
+                }
+            }
+            Some(finding_auc(&scores, te.values, te.names)?)
+        }
+        _ => None,
+    };
+    Ok(ProbeScores {
+        feature_dim: train.features.dim,
+        accuracy: accuracy(&predicted, test.labels)?,
+        balanced_accuracy: balanced_accuracy(&predicted, test.labels)?,
+        auc: ovr_auc(&probs, test.labels, classes)?,
+        findings,
+    })
+}
+
 /// Index of the largest value (the first one on ties).
 pub fn argmax(values: &[f64]) -> usize {
     let mut best = 0;
@@ -259,6 +347,66 @@ mod tests {
         let b = LinearProbe::fit(&train, &labels, 3, ProbeSettings::default()).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.accuracy(&train, &labels).unwrap(), Some(1.0));
+    }
+
+    #[test]
+    fn per_finding_probes_read_the_finding_columns() {
+        // Feature 0 carries finding "a", feature 1 carries finding "b"; the label is "a or b".
+        let mut values = Vec::new();
+        let mut findings = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..40 {
+            let (a, b) = (i % 2, (i / 2) % 2);
+            values.extend([
+                a as f64 + 0.1 * (i as f64).sin(),
+                b as f64 + 0.1 * (i as f64).cos(),
+            ]);
+            findings.extend([a as u8, b as u8]);
+            labels.push(usize::from(a + b > 0));
+        }
+        let names = vec!["a".to_string(), "b".to_string()];
+        let features = Features::new(values, 40, 2).unwrap();
+        let split = ProbeSplit {
+            features: &features,
+            labels: &labels,
+            findings: Some(Findings {
+                values: &findings,
+                names: &names,
+            }),
+        };
+        let scores = score_probe(split, split, 2, ProbeSettings::default()).unwrap();
+        let f = scores.findings.unwrap();
+        assert_eq!(f.per_finding["a"], Some(1.0));
+        assert_eq!(f.per_finding["b"], Some(1.0));
+        // Each finding has its own probe: with feature 1 replaced by noise, "b" falls towards
+        // chance while "a" stays perfect.
+        let noisy: Vec<f64> = features
+            .values
+            .chunks(2)
+            .enumerate()
+            .flat_map(|(i, r)| [r[0], ((i * 7919) % 13) as f64])
+            .collect();
+        let noisy = Features::new(noisy, 40, 2).unwrap();
+        let split = ProbeSplit {
+            features: &noisy,
+            ..split
+        };
+        let f = score_probe(split, split, 2, ProbeSettings::default())
+            .unwrap()
+            .findings
+            .unwrap();
+        assert_eq!(f.per_finding["a"], Some(1.0));
+        assert!(f.per_finding["b"].unwrap() < 0.9, "{f:?}");
+        let no_findings = ProbeSplit {
+            findings: None,
+            ..split
+        };
+        assert!(
+            score_probe(no_findings, no_findings, 2, ProbeSettings::default())
+                .unwrap()
+                .findings
+                .is_none()
+        );
     }
 
     #[test]

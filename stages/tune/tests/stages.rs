@@ -342,7 +342,7 @@ fn classification_tunes_and_evaluation_never_reads_training_texts() {
         run(
             &EvaluateKind,
             &[("ingest", &r.join(data)), ("coordinate-tune", &tuned)],
-            json!({"device": "cpu"}),
+            json!({"device": "cpu", "tuned_probe": true}),
             &r.join(out),
         )
     };
@@ -351,8 +351,8 @@ fn classification_tunes_and_evaluation_never_reads_training_texts() {
     assert_eq!(m["test_items"], 4);
     let acc = m["classification"]["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
-    assert!(m["ece"].as_f64().is_some() && m["linear_probe"]["accuracy"].as_f64().is_some());
-    assert_eq!(m["linear_probe"]["train_images"], 16);
+    assert!(m["ece"].as_f64().is_some() && m["tuned_probe"]["accuracy"].as_f64().is_some());
+    assert_eq!(m["tuned_probe"]["train_images"], 16);
     assert!(base.join("confusion.png").exists());
 
     // Training and validation texts (and validation images) never reach evaluation.
@@ -373,8 +373,8 @@ fn classification_tunes_and_evaluation_never_reads_training_texts() {
     );
     let mut other = metrics(&eval("train_images", "e4"));
     let mut base_m = m.clone();
-    other.as_object_mut().unwrap().remove("linear_probe");
-    base_m.as_object_mut().unwrap().remove("linear_probe");
+    other.as_object_mut().unwrap().remove("tuned_probe");
+    base_m.as_object_mut().unwrap().remove("tuned_probe");
     assert_eq!(other, base_m);
 }
 
@@ -400,14 +400,14 @@ fn vqa_and_retrieval_tune_and_evaluate() {
     let m = metrics(&run(
         &EvaluateKind,
         &[("ingest", &r.join("data")), ("coordinate-tune", &vqa)],
-        json!({"device": "cpu", "linear_probe": false}),
+        json!({"device": "cpu", "tuned_probe": false}),
         &r.join("ev"),
     ));
     assert_eq!(
         m["vqa"]["n_open"].as_u64().unwrap() + m["vqa"]["n_closed"].as_u64().unwrap(),
         4
     );
-    assert!(m["linear_probe"].is_null());
+    assert!(m["tuned_probe"].is_null());
 
     let ret = run(
         &CoordinateTuneKind,
@@ -419,7 +419,7 @@ fn vqa_and_retrieval_tune_and_evaluate() {
     let m = metrics(&run(
         &EvaluateKind,
         &[("ingest", &r.join("data")), ("coordinate-tune", &ret)],
-        json!({"device": "cpu", "linear_probe": false}),
+        json!({"device": "cpu", "tuned_probe": false}),
         &r.join("er"),
     ));
     assert_eq!(m["retrieval"]["n"], 4);
@@ -521,7 +521,7 @@ fn encoder_heads_tune_save_and_evaluate_with_their_own_widths() {
     let m = metrics(&run(
         &EvaluateKind,
         &[("ingest", &r.join("data")), ("coordinate-tune", &tuned)],
-        json!({"device": "cpu", "linear_probe": false}),
+        json!({"device": "cpu", "tuned_probe": false}),
         &r.join("ev"),
     ));
     assert!(m["classification"]["accuracy"].is_number(), "{m}");

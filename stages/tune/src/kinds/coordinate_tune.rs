@@ -3,6 +3,7 @@
 //! [`crate::finetune`].
 
 use std::path::Path;
+use umdflow_model::negatives::NegativeSampling;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,8 @@ pub struct CoordinateTuneParams {
     pub device: String,
     /// Retrieval: negative texts sampled per image.
     pub negatives: usize,
+    /// Retrieval: `signature` never draws a negative text of a study with the same findings.
+    pub negative_sampling: NegativeSampling,
     pub optim: OptimConfig,
     pub gmcoord: GmCoordConfig,
 }
@@ -55,6 +58,7 @@ impl Default for CoordinateTuneParams {
             seed: 0,
             device: "auto".into(),
             negatives: 3,
+            negative_sampling: NegativeSampling::Signature,
             // Fine-tuning starts from a higher base rate than pre-training's 1e-4; the task heads
             // get `lr_multiplier_head` on top, as M3AE's.
             optim: OptimConfig {
@@ -190,6 +194,7 @@ impl StageKind for CoordinateTuneKind {
             batch_size: p.batch_size,
             seed: p.seed,
             negatives: p.negatives,
+            negative_sampling: p.negative_sampling,
             optim: p.optim.clone(),
             gmcoord: p.gmcoord.clone(),
             joint_mr,

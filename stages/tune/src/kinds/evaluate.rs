@@ -22,7 +22,8 @@ pub struct EvaluateParams {
     pub batch_size: usize,
     pub retrieval_cap: usize,
     pub ece_bins: usize,
-    pub linear_probe: bool,
+    pub blind: bool,
+    pub tuned_probe: bool,
     pub probe: ProbeSettings,
 }
 
@@ -34,7 +35,8 @@ impl Default for EvaluateParams {
             batch_size: e.batch_size,
             retrieval_cap: e.retrieval_cap,
             ece_bins: e.ece_bins,
-            linear_probe: e.linear_probe,
+            blind: e.blind,
+            tuned_probe: e.tuned_probe,
             probe: e.probe,
         }
     }
@@ -53,10 +55,10 @@ impl StageKind for EvaluateKind {
         false
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn summary(&self) -> &'static str {
-        "Test-split metrics (VQA, classification, retrieval), ECE and an image-only linear probe"
+        "Test-split metrics (VQA, classification, retrieval), ECE, blank-image and blank-text passes"
     }
     fn resolve_params(
         &self,
@@ -94,7 +96,7 @@ impl StageKind for EvaluateKind {
         let device = select_device(&p.device).map_err(failed)?;
         let test = SplitView::<Test>::load(&ingest.dir).map_err(failed)?;
         // The probe's training images (no texts): fitting the probe on them is its purpose.
-        let probe_train = if p.linear_probe {
+        let probe_train = if p.tuned_probe {
             Some(ProbeTrainImages::from_train(
                 SplitView::<Train>::load(&ingest.dir).map_err(failed)?,
             ))
@@ -107,7 +109,8 @@ impl StageKind for EvaluateKind {
             batch_size: p.batch_size,
             retrieval_cap: p.retrieval_cap,
             ece_bins: p.ece_bins,
-            linear_probe: p.linear_probe,
+            blind: p.blind,
+            tuned_probe: p.tuned_probe,
             probe: p.probe,
         };
         ctx.progress.set_total(1);
@@ -124,7 +127,7 @@ impl StageKind for EvaluateKind {
             .map_err(|e| stage_error(ctx.id, e))
         })?;
         ctx.progress.set_position(1);
-        if let Some(matrix) = &report.confusion {
+        if let Some(matrix) = &report.normal.confusion {
             confusion_png(
                 &ctx.out_dir.join("confusion.png"),
                 matrix,

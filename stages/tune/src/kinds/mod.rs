@@ -1,10 +1,11 @@
-//! The stage kinds `calibrate`, `coordinate-tune` and `evaluate`, one file each: parameters,
+//! The stage kinds `calibrate`, `coordinate-tune`, `evaluate` and `probe`, one file each: parameters,
 //! input lookup, output files. The work itself is in [`crate::calibrate`], [`crate::finetune`]
 //! and [`crate::evaluate`]. This file holds what the kinds share.
 
 mod calibrate;
 mod coordinate_tune;
 mod evaluate;
+mod probe;
 
 use std::path::Path;
 
@@ -25,6 +26,7 @@ pub use coordinate_tune::{
     AuxShape, CoordinateTuneKind, CoordinateTuneParams, TunedInfo, load_tuned,
 };
 pub use evaluate::{EvaluateKind, EvaluateParams};
+pub use probe::{ProbeKind, ProbeParams, ProbeReport};
 
 /// The tuned checkpoint's parameters (backbone + task head [+ GM-Coord's auxiliary heads]).
 pub const TUNED_FILE: &str = "checkpoint.safetensors";

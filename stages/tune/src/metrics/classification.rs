@@ -1,4 +1,5 @@
-//! Classification metrics: accuracy, the confusion matrix, macro-F1 and one-vs-rest AUC.
+//! Classification metrics: accuracy, balanced accuracy, the confusion matrix, macro-F1,
+//! one-vs-rest AUC and per-finding (multi-label) AUC.
 
 use serde::Serialize;
 
@@ -10,6 +11,26 @@ pub fn accuracy(predicted: &[usize], truth: &[usize]) -> Result<Option<f64>> {
     same_lengths("accuracy", &[predicted.len(), truth.len()])?;
     let hits = predicted.iter().zip(truth).filter(|(p, t)| p == t).count();
     Ok((!truth.is_empty()).then(|| hits as f64 / truth.len() as f64))
+}
+
+/// Balanced accuracy: the mean over the classes present in the truth of each class's recall
+/// (sklearn's `balanced_accuracy_score`). A constant predictor scores 1 / (classes present),
+/// whatever the class prior, so it exposes "always say the majority class". `None` for no samples.
+pub fn balanced_accuracy(predicted: &[usize], truth: &[usize]) -> Result<Option<f64>> {
+    same_lengths("balanced accuracy", &[predicted.len(), truth.len()])?;
+    let mut per_class: std::collections::BTreeMap<usize, (usize, usize)> = Default::default();
+    for (p, t) in predicted.iter().zip(truth) {
+        let entry = per_class.entry(*t).or_default();
+        entry.0 += usize::from(p == t);
+        entry.1 += 1;
+    }
+    Ok((!per_class.is_empty()).then(|| {
+        per_class
+            .values()
+            .map(|&(hits, n)| hits as f64 / n as f64)
+            .sum::<f64>()
+            / per_class.len() as f64
+    }))
 }
 
 /// `matrix[true][predicted]` counts over `classes` classes.
@@ -128,6 +149,45 @@ pub fn ovr_auc(scores: &[Vec<f64>], truth: &[usize], classes: usize) -> Result<O
     })
 }
 
+/// AUC of each finding of a multi-label problem and their unweighted mean.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FindingAuc {
+    /// Finding name → AUC; `None` for a finding that every test item shows or none does.
+    pub per_finding: std::collections::BTreeMap<String, Option<f64>>,
+    /// Mean over the findings with a defined AUC.
+    pub macro_auc: Option<f64>,
+}
+
+/// Per-finding AUC: `scores[i][f]` scores item i for finding f, `findings` is the row-major
+/// multi-hot truth `[items, names.len()]` (1 = the item shows finding f).
+pub fn finding_auc(scores: &[Vec<f64>], findings: &[u8], names: &[String]) -> Result<FindingAuc> {
+    let k = names.len();
+    same_lengths("finding auc", &[scores.len() * k, findings.len()])?;
+    if let Some(row) = scores.iter().find(|row| row.len() != k) {
+        return Err(TuneError::invalid(format!(
+            "finding auc: a score row has {} entries, expected {k}",
+            row.len()
+        )));
+    }
+    let mut per_finding = std::collections::BTreeMap::new();
+    let mut defined = Vec::new();
+    for (f, name) in names.iter().enumerate() {
+        let column: Vec<f64> = scores.iter().map(|row| row[f]).collect();
+        let positive: Vec<bool> = (0..scores.len())
+            .map(|i| findings[i * k + f] != 0)
+            .collect();
+        let auc = binary_auc(&column, &positive)?;
+        defined.extend(auc);
+        per_finding.insert(name.clone(), auc);
+    }
+    let macro_auc =
+        (!defined.is_empty()).then(|| defined.iter().sum::<f64>() / defined.len() as f64);
+    Ok(FindingAuc {
+        per_finding,
+        macro_auc,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +215,41 @@ mod tests {
         // class 0: tp 1 fn 1 -> 2/3; class 1: fp 1 -> 0.
         assert!((macro_f1(&m).unwrap() - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(macro_f1(&[vec![0]]), None);
+    }
+
+    #[test]
+    fn balanced_accuracy_by_hand_and_against_the_majority_shortcut() {
+        // Class 0 recall 1/2, class 1 recall 2/2, class 2 recall 1/2 -> 2/3.
+        let truth = [0, 0, 1, 1, 2, 2];
+        let pred = [0, 1, 1, 1, 0, 2];
+        let b = balanced_accuracy(&pred, &truth).unwrap().unwrap();
+        assert!((b - 2.0 / 3.0).abs() < 1e-12, "{b}");
+        // 9 of 10 items are class 0: "always 0" has accuracy 0.9 but balanced accuracy 0.5.
+        let truth = [0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let pred = [0; 10];
+        assert_eq!(accuracy(&pred, &truth).unwrap(), Some(0.9));
+        assert_eq!(balanced_accuracy(&pred, &truth).unwrap(), Some(0.5));
+        assert_eq!(balanced_accuracy(&[], &[]).unwrap(), None);
+        assert!(balanced_accuracy(&[0], &[]).is_err());
+    }
+
+    #[test]
+    fn finding_auc_by_hand() {
+        // Two findings over four items. Finding a: truth [1,0,1,0], scores [0.9,0.2,0.4,0.5]:
+        // pairs (0.9>0.2, 0.9>0.5, 0.4>0.2, 0.4<0.5) -> 3/4. Finding b: every item shows it -> None.
+        let names = vec!["a".to_string(), "b".to_string()];
+        let findings = [1, 1, 0, 1, 1, 1, 0, 1];
+        let scores = vec![
+            vec![0.9, 0.1],
+            vec![0.2, 0.3],
+            vec![0.4, 0.5],
+            vec![0.5, 0.7],
+        ];
+        let auc = finding_auc(&scores, &findings, &names).unwrap();
+        assert_eq!(auc.per_finding["a"], Some(0.75));
+        assert_eq!(auc.per_finding["b"], None);
+        assert_eq!(auc.macro_auc, Some(0.75));
+        assert!(finding_auc(&scores, &findings[..6], &names).is_err());
     }
 
     #[test]

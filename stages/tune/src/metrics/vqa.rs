@@ -17,6 +17,11 @@ pub struct VqaAccuracy {
     pub n_closed: usize,
 }
 
+/// Whether two answers agree after the VQA normalisation.
+pub fn same_answer(predicted: &str, truth: &str) -> bool {
+    normalize_answer(predicted) == normalize_answer(truth)
+}
+
 /// Compares predicted and true answer strings after normalisation.
 pub fn vqa_accuracy(
     predicted: &[String],
@@ -29,7 +34,7 @@ pub fn vqa_accuracy(
     )?;
     let (mut hit_open, mut hit_closed, mut n_open, mut n_closed) = (0usize, 0usize, 0usize, 0usize);
     for ((p, t), &is_closed) in predicted.iter().zip(truth).zip(closed) {
-        let hit = normalize_answer(p) == normalize_answer(t);
+        let hit = same_answer(p, t);
         if is_closed {
             n_closed += 1;
             hit_closed += usize::from(hit);

@@ -1,0 +1,225 @@
+//! The `probe` kind: a frozen-feature linear probe of a pre-trained or calibrated checkpoint,
+//! with the raw-pixel baseline beside it on the same split. The random-init baseline is the
+//! same kind on a `pretrain` stage with `max_steps: 0`.
+
+use serde::{Deserialize, Serialize};
+use umdflow_model::checkpoint::load_checkpoint;
+use umdflow_model::device::select_device;
+use umdflow_stages::params::{resolve_typed, typed};
+use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
+
+use super::{
+    check_fits, device_problem, failed, json, needs_inputs, stage_error, with_threads, write,
+};
+use crate::error::Result;
+use crate::probe::{Features, Findings, ProbeScores, ProbeSettings, ProbeSplit, score_probe};
+use crate::probe_features::{encoder_features, pixel_features, pool_for};
+use crate::views::{ProbeTrainImages, SplitView, Test, Train};
+
+/// Parameters of `probe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeParams {
+    pub device: String,
+    pub batch_size: usize,
+    pub probe: ProbeSettings,
+    /// Also fit the probe on raw pixels (no model), on the same split.
+    pub pixels: bool,
+    /// Raw pixels are average-pooled to at most this many per image side.
+    pub pixel_side: usize,
+}
+
+impl Default for ProbeParams {
+    fn default() -> Self {
+        ProbeParams {
+            device: "auto".into(),
+            batch_size: 64,
+            probe: ProbeSettings::default(),
+            pixels: true,
+            pixel_side: 16,
+        }
+    }
+}
+
+/// `metrics.json` of a `probe` stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeReport {
+    /// The kind of the checkpoint's stage: `pretrain` or `calibrate`.
+    pub checkpoint: String,
+    pub train_images: usize,
+    pub test_images: usize,
+    /// Test accuracy of always answering the training split's most frequent class.
+    pub majority_accuracy: Option<f64>,
+    /// The probe on the checkpoint's image encoder, [CLS ‖ mean of patch tokens].
+    pub encoder: ProbeScores,
+    /// The probe on average-pooled raw pixels (`pixels: true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pixels: Option<ProbeScores>,
+    /// Side of the pooled pixel grid the pixel probe read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pixel_grid: Option<usize>,
+}
+
+/// `kind: probe`.
+pub struct ProbeKind;
+
+const CHECKPOINT_KINDS: [&str; 2] = ["pretrain", "calibrate"];
+
+impl StageKind for ProbeKind {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "Frozen-feature linear probe of a pretrain/calibrate checkpoint's image encoder, beside raw pixels"
+    }
+    fn resolve_params(
+        &self,
+        decl: &StageDecl<'_>,
+        params: Params,
+    ) -> std::result::Result<Params, Vec<Problem>> {
+        let resolved = resolve_typed::<ProbeParams>(params)?;
+        let p: ProbeParams =
+            typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
+        let mut problems = needs_inputs(decl, "probe", &[&["ingest"], &CHECKPOINT_KINDS]);
+        let checkpoints = decl
+            .inputs
+            .iter()
+            .filter(|(_, k)| CHECKPOINT_KINDS.contains(&k.as_str()))
+            .count();
+        if checkpoints > 1 {
+            problems.push(Problem::new(
+                "inputs",
+                "a `probe` stage reads one checkpoint: give it one `pretrain` or one `calibrate` stage",
+            ));
+        }
+        problems.extend(device_problem(&p.device));
+        for (field, value) in [
+            ("batch_size", p.batch_size),
+            ("pixel_side", p.pixel_side),
+            ("probe.iterations", p.probe.iterations),
+        ] {
+            if value == 0 {
+                problems.push(Problem::new(
+                    format!("params.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(resolved)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> std::result::Result<(), StageError> {
+        let p: ProbeParams = typed(ctx.params)?;
+        let ingest = ctx.require_input("ingest")?;
+        let checkpoint = CHECKPOINT_KINDS
+            .iter()
+            .find_map(|k| ctx.input_of_kind(k))
+            .ok_or_else(|| {
+                StageError::failed(format!(
+                    "stage `{}` needs a `pretrain` or `calibrate` input",
+                    ctx.name
+                ))
+            })?;
+        let device = select_device(&p.device).map_err(failed)?;
+        let test = SplitView::<Test>::load(&ingest.dir).map_err(failed)?;
+        // The probe's training images and labels (no texts): fitting the probe on them is its purpose.
+        let train =
+            ProbeTrainImages::from_train(SplitView::<Train>::load(&ingest.dir).map_err(failed)?);
+        let (_store, model, _info) = load_checkpoint(&checkpoint.dir, &device).map_err(failed)?;
+        check_fits(&model, &test, &ingest.dir).map_err(failed)?;
+        ctx.progress.set_total(1);
+        let report = with_threads(ctx.threads, || {
+            probe_report(&checkpoint.kind, &model, &train, &test, &p, &device)
+                .map_err(|e| stage_error(ctx.id, e))
+        })?;
+        ctx.progress.set_position(1);
+        write(&ctx.out_dir.join("metrics.json"), &json(&report)?)
+    }
+}
+
+/// Fits and scores the encoder probe (and the pixel probe) on one split; `checkpoint` is the
+/// kind of the stage the model came from.
+fn probe_report(
+    checkpoint: &str,
+    model: &umdflow_model::model::UmdModel,
+    train: &ProbeTrainImages,
+    test: &SplitView<Test>,
+    p: &ProbeParams,
+    device: &candle_core::Device,
+) -> Result<ProbeReport> {
+    let (tr, te) = (train.data(), test.data());
+    let classes = te.meta.classes.len().max(1);
+    let train_labels: Vec<usize> = tr.labels.iter().map(|&l| l as usize).collect();
+    let test_labels: Vec<usize> = te.labels.iter().map(|&l| l as usize).collect();
+    let score = |train_features: &Features, test_features: &Features| -> Result<ProbeScores> {
+        score_probe(
+            ProbeSplit {
+                features: train_features,
+                labels: &train_labels,
+                findings: Findings::of(tr),
+            },
+            ProbeSplit {
+                features: test_features,
+                labels: &test_labels,
+                findings: Findings::of(te),
+            },
+            classes,
+            p.probe,
+        )
+    };
+    let encoder = score(
+        &encoder_features(model, tr, p.batch_size, device)?,
+        &encoder_features(model, te, p.batch_size, device)?,
+    )?;
+    let (pixels, pixel_grid) = if p.pixels {
+        let pool = pool_for(te.size, p.pixel_side);
+        let scores = score(&pixel_features(tr, pool)?, &pixel_features(te, pool)?)?;
+        (Some(scores), Some(te.size / pool))
+    } else {
+        (None, None)
+    };
+    Ok(ProbeReport {
+        checkpoint: checkpoint.to_string(),
+        train_images: tr.n,
+        test_images: te.n,
+        majority_accuracy: majority_accuracy(&train_labels, &test_labels, classes),
+        encoder,
+        pixels,
+        pixel_grid,
+    })
+}
+
+/// Test accuracy of predicting the most frequent training class (the lowest index on ties).
+fn majority_accuracy(train: &[usize], test: &[usize], classes: usize) -> Option<f64> {
+    let mut counts = vec![0usize; classes];
+    for &l in train {
+        if let Some(c) = counts.get_mut(l) {
+            *c += 1;
+        }
+    }
+    let majority = crate::probe::argmax(&counts.iter().map(|&c| c as f64).collect::<Vec<_>>());
+    (!test.is_empty())
+        .then(|| test.iter().filter(|&&l| l == majority).count() as f64 / test.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn majority_is_the_training_majority_scored_on_test() {
+        // Training majority is class 2; test has one 2 in four.
+        assert_eq!(
+            majority_accuracy(&[2, 2, 0, 1], &[0, 2, 1, 1], 3),
+            Some(0.25)
+        );
+        assert_eq!(majority_accuracy(&[0], &[], 3), None);
+    }
+}
