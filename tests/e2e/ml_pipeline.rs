@@ -102,37 +102,23 @@ fn would_run(plan: &serde_json::Value) -> Vec<(String, String)> {
 }
 
 /// The paper's ablation pipeline at its `ci` preset (the one CI runs): every arm runs and shared
-/// work runs once; a new seed or masking ratio would run only its own instances; a GM-Coord
-/// `alpha` change reaches only the tunings (and evaluations) of arms that modulate; `report`
-/// renders the table.
+/// work runs once; a new seed would run only its own instances; a GM-Coord `alpha` change reaches
+/// only the tunings (and evaluations) of arms that modulate; `report` renders the table.
 #[test]
 fn the_ablation_pipeline_runs_at_its_ci_preset_and_reruns_only_what_changed() {
     let project = Project::new();
     let cache = project.path("cache");
     let run = ablation(&project, "run", &cache, &["--no-lock-file"]);
     assert_eq!(run["failed"], 0, "{run}");
-    // 2 ingests, 4 masks, 7 pre-trainings, 8 calibrations, 10 x 3 tunings and evaluations,
-    // per seed but the ingests: 2 + 2 x 79.
-    assert_eq!(run["executed"], 160, "10 arms x 2 seeds, shared work once");
+    // Per seed: 1 mask, 3 pre-trainings (none, data-level, full), 4 calibrations (3 pass-throughs
+    // and one TD-Calib) and a probe of each, 6 arms x 3 tunings and evaluations; plus the 2
+    // ingests: 2 + 2 x 48.
+    assert_eq!(run["executed"], 98, "6 arms x 2 seeds, shared work once");
 
     let plan = ablation(&project, "plan", &cache, &["--set", "seeds=[0, 1, 2]"]);
-    assert_eq!(plan["cached"], 160, "{plan}");
-    assert_eq!(plan["run"], 79, "only seed 2's instances would run: {plan}");
+    assert_eq!(plan["cached"], 98, "{plan}");
+    assert_eq!(plan["run"], 48, "only seed 2's instances would run: {plan}");
     assert!(would_run(&plan).iter().all(|(_, id)| id.contains("seed=2")));
-
-    let plan = ablation(
-        &project,
-        "plan",
-        &cache,
-        &["--set", "sweep.ratio=[0.25, 0.5, 0.6, 0.75, 0.9]"],
-    );
-    // One new point (full-umd at 0.6) per seed: mask, pretrain, calibrate, 3 tunes, 3 evals.
-    assert_eq!(plan["run"], 2 * 9, "{plan}");
-    assert!(
-        would_run(&plan)
-            .iter()
-            .all(|(_, id)| id.contains("ratio=0.6"))
-    );
 
     let alpha = [
         "--set",
@@ -144,9 +130,9 @@ fn the_ablation_pipeline_runs_at_its_ci_preset_and_reruns_only_what_changed() {
     ];
     let plan = ablation(&project, "plan", &cache, &alpha);
     let rerun = would_run(&plan);
-    // The arms that modulate: +gm-coord and full-umd at 4 ratios = 5 points x 2 seeds x 3 tasks,
-    // each a tuning and its evaluation.
-    assert_eq!(rerun.len(), 5 * 2 * 3 * 2, "{plan}");
+    // The arms that modulate: +gm-coord and full-umd = 2 points x 2 seeds x 3 tasks, each a tuning
+    // and its evaluation.
+    assert_eq!(rerun.len(), 2 * 2 * 3 * 2, "{plan}");
     for (name, id) in &rerun {
         assert!(
             name.starts_with("tune_") || name.starts_with("eval_"),
@@ -163,13 +149,12 @@ fn the_ablation_pipeline_runs_at_its_ci_preset_and_reruns_only_what_changed() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let table = std::fs::read_to_string(out.join("ablation.md")).unwrap();
     for arm in [
+        "no-pretraining",
         "data-level",
-        "+feamim",
-        "+feamlm",
         "full-mr",
         "+td-calib",
         "+gm-coord",
-        "full-umd, ratio=0.9",
+        "full-umd",
     ] {
         assert!(table.contains(arm), "{arm} missing from\n{table}");
     }
@@ -183,7 +168,7 @@ fn two_runs_from_empty_caches_give_identical_metrics() {
     for name in ["first", "second"] {
         let cache = project.path(&format!("{name}-cache"));
         let lock = project.path(&format!("{name}.lock.json"));
-        // One seed and the full-umd arm at one ratio: every ML kind, in seconds.
+        // One seed and the full-umd arm: every ML kind, in seconds.
         ablation(
             &project,
             "run",
@@ -194,9 +179,7 @@ fn two_runs_from_empty_caches_give_identical_metrics() {
                 "--set",
                 "seeds=[0]",
                 "--set",
-                "sweep.arm=[{name: full-umd, feamim: true, feamlm: true, calib_steps: null, coord: true}]",
-                "--set",
-                "sweep.ratio=[0.75]",
+                "sweep.arm=[{name: full-umd, steps: null, feamim: true, feamlm: true, calib_steps: null, coord: true}]",
             ],
         );
         locks.push(std::fs::read_to_string(&lock).unwrap());

@@ -29,9 +29,10 @@ fn every_shipped_pipeline_plans() {
     for expected in [
         "ablation.yaml",
         "quickstart.yaml",
+        "effects/p1_gate.yaml",
+        "effects/p2_pretrain.yaml",
+        "effects/p3_gm_coord.yaml",
         "effects/e1_masking_ratio.yaml",
-        "effects/e2_td_calib.yaml",
-        "effects/e3_gm_coord.yaml",
         "real/vqa-rad.yaml",
         "real/slake.yaml",
         "real/roco-retrieval.yaml",
