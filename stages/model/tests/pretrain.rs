@@ -259,6 +259,7 @@ fn norm_pix_switches_the_mim_target() {
         &plan,
         0,
         &positions,
+        NegativeSampling::Random,
         &mut SplitMix64::new(1),
         &Device::Cpu,
     )
