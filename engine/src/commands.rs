@@ -472,19 +472,7 @@ pub fn log(loaded: &Loaded, id: &str) -> Result<String> {
 
 /// A kind's parameters with their defaults, as YAML (`umdflow kinds --defaults`).
 pub fn kind_defaults(kind: &dyn umdflow_stages::StageKind) -> String {
-    let run = umdflow_stages::RunSpec::Shell("true".into());
-    // Stand-in inputs of the kinds a stage usually reads, so kinds that check their inputs resolve.
-    let inputs: Vec<(String, String)> = ["ingest", "mask", "pretrain", "coordinate-tune"]
-        .iter()
-        .filter(|input| **input != kind.name())
-        .map(|input| (input.to_string(), input.to_string()))
-        .collect();
-    let decl = umdflow_stages::StageDecl {
-        name: kind.name(),
-        run: (kind.name() == "cmd").then_some(&run),
-        inputs: &inputs,
-    };
-    let text = match kind.resolve_params(&decl, serde_json::Map::new()) {
+    let text = match kind.default_params() {
         Ok(params) if params.is_empty() => {
             "(free-form: every param is passed to the command)".to_string()
         }
@@ -494,10 +482,7 @@ pub fn kind_defaults(kind: &dyn umdflow_stages::StageKind) -> String {
                 .iter()
                 .map(|p| format!("{}: {}", p.field, p.message))
                 .collect();
-            format!(
-                "(defaults need a full declaration: {})",
-                described.join("; ")
-            )
+            format!("(no defaults: {})", described.join("; "))
         }
     };
     text.lines()

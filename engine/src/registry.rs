@@ -1,31 +1,17 @@
-//! Every stage kind umdflow knows, by the name used in `kind:`.
+//! The stage kinds a pipeline may name in `kind:`. The engine knows no kind itself: the binary
+//! builds the registry (`umdflow::registry::builtin`) and passes it in.
 
 use std::sync::Arc;
 
-use umdflow_data::IngestKind;
-use umdflow_model::{MaskKind, PretrainKind};
-use umdflow_stages::{CmdKind, StageKind};
-use umdflow_tune::{CalibrateKind, CoordinateTuneKind, EvaluateKind, ProbeKind};
+use umdflow_stages::StageKind;
 
 pub struct Registry {
     kinds: Vec<Arc<dyn StageKind>>,
 }
 
 impl Registry {
-    /// The kinds that ship with umdflow.
-    pub fn builtin() -> Registry {
-        Registry {
-            kinds: vec![
-                Arc::new(CmdKind),
-                Arc::new(IngestKind),
-                Arc::new(MaskKind),
-                Arc::new(PretrainKind),
-                Arc::new(CalibrateKind),
-                Arc::new(CoordinateTuneKind),
-                Arc::new(EvaluateKind),
-                Arc::new(ProbeKind),
-            ],
-        }
+    pub fn new(kinds: Vec<Arc<dyn StageKind>>) -> Registry {
+        Registry { kinds }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<dyn StageKind>> {

@@ -12,9 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use umdflow::expand::expand;
-use umdflow::registry::Registry;
-use umdflow::spec::load;
+use umdflow::registry;
+use umdflow_engine::expand::expand;
+use umdflow_engine::registry::Registry;
+use umdflow_engine::spec::load;
 
 /// SplitMix64: small, seedable, and the same on every machine.
 struct Rng(u64);
@@ -204,7 +205,7 @@ fn mutated_pipelines_never_panic_and_every_error_has_a_location() {
     let mut rng = Rng(env_number("UMDFLOW_FUZZ_SEED", 11));
     let budget = Duration::from_secs(env_number("UMDFLOW_FUZZ_SECONDS", 30));
     let corpus = corpus();
-    let registry = Registry::builtin();
+    let registry = registry::builtin();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.yaml");
     let started = Instant::now();
@@ -247,7 +248,7 @@ fn mutated_pipelines_never_panic_and_every_error_has_a_location() {
 /// The corpus itself expands (mutations start from files that reach expansion).
 #[test]
 fn the_corpus_expands() {
-    let registry = Registry::builtin();
+    let registry = registry::builtin();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz/corpus");
     for entry in std::fs::read_dir(&root).unwrap() {
         let path = entry.unwrap().path();

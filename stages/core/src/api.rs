@@ -184,6 +184,11 @@ pub trait StageKind: Send + Sync {
     /// is what enters the key. Called once per instance, after axes are substituted.
     fn resolve_params(&self, decl: &StageDecl<'_>, params: Params) -> Result<Params, Vec<Problem>>;
 
+    /// Every parameter with its default, as `resolve_params` fills them in when a declaration sets
+    /// none (`umdflow kinds --defaults`); empty when the params are free-form. It needs no
+    /// declaration, so the engine can list any kind's defaults without knowing its inputs.
+    fn default_params(&self) -> Result<Params, Vec<Problem>>;
+
     /// Produces the output. Must be deterministic given params, inputs and thread count.
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError>;
 

@@ -53,6 +53,10 @@ impl StageKind for CmdKind {
         "runs a shell command or argv; what it writes to $UMDFLOW_OUT is the output"
     }
 
+    fn default_params(&self) -> Result<Params, Vec<Problem>> {
+        Ok(Params::new())
+    }
+
     fn resolve_params(&self, decl: &StageDecl<'_>, params: Params) -> Result<Params, Vec<Problem>> {
         match decl.run {
             None => Err(vec![Problem::new(

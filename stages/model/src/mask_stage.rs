@@ -109,6 +109,10 @@ impl StageKind for MaskKind {
         "MR-Pretrain masking plan (image patches, 80/10/10 text tokens) per epoch and sample, from a seed"
     }
 
+    fn default_params(&self) -> Result<Params, Vec<Problem>> {
+        resolve_typed::<MaskParams>(Params::new())
+    }
+
     fn resolve_params(&self, decl: &StageDecl<'_>, params: Params) -> Result<Params, Vec<Problem>> {
         let resolved = resolve_typed::<MaskParams>(params)?;
         let typed: MaskParams =

@@ -118,6 +118,10 @@ impl StageKind for PretrainKind {
         "MR-Pretrain: MIM + MLM + ITM + alpha·(FeaMIM + FeaMLM) on an ingest artifact and a mask plan"
     }
 
+    fn default_params(&self) -> Result<Params, Vec<Problem>> {
+        resolve_typed::<PretrainParams>(Params::new())
+    }
+
     fn resolve_params(&self, decl: &StageDecl<'_>, params: Params) -> Result<Params, Vec<Problem>> {
         let resolved = resolve_typed::<PretrainParams>(params)?;
         let typed: PretrainParams =

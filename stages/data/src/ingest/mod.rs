@@ -56,6 +56,10 @@ impl StageKind for IngestKind {
         "reads SynthRad or a medical dataset into images, token ids, labels, VQA and a tokenizer"
     }
 
+    fn default_params(&self) -> Result<Params, Vec<Problem>> {
+        params::resolve(Params::new())
+    }
+
     fn resolve_params(&self, decl: &StageDecl<'_>, params: Params) -> Result<Params, Vec<Problem>> {
         let ingest_inputs = decl
             .inputs

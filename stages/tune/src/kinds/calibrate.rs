@@ -91,6 +91,10 @@ impl StageKind for CalibrateKind {
     fn summary(&self) -> &'static str {
         "TD-Calib: continued MR-Pretrain on the downstream training split (or the joint-loss mode)"
     }
+    fn default_params(&self) -> std::result::Result<Params, Vec<Problem>> {
+        resolve_typed::<CalibrateParams>(Params::new())
+    }
+
     fn resolve_params(
         &self,
         decl: &StageDecl<'_>,

@@ -125,6 +125,10 @@ impl StageKind for CoordinateTuneKind {
     fn summary(&self) -> &'static str {
         "Task fine-tuning (VQA, classification, retrieval) with GM-Coord gradient modulation"
     }
+    fn default_params(&self) -> std::result::Result<Params, Vec<Problem>> {
+        resolve_typed::<CoordinateTuneParams>(Params::new())
+    }
+
     fn resolve_params(
         &self,
         decl: &StageDecl<'_>,

@@ -60,6 +60,10 @@ impl StageKind for EvaluateKind {
     fn summary(&self) -> &'static str {
         "Test-split metrics (VQA, classification, retrieval), ECE, blank-image and blank-text passes"
     }
+    fn default_params(&self) -> std::result::Result<Params, Vec<Problem>> {
+        resolve_typed::<EvaluateParams>(Params::new())
+    }
+
     fn resolve_params(
         &self,
         decl: &StageDecl<'_>,

@@ -75,6 +75,10 @@ impl StageKind for ProbeKind {
     fn summary(&self) -> &'static str {
         "Frozen-feature linear probe of a pretrain/calibrate checkpoint's image encoder, beside raw pixels"
     }
+    fn default_params(&self) -> std::result::Result<Params, Vec<Problem>> {
+        resolve_typed::<ProbeParams>(Params::new())
+    }
+
     fn resolve_params(
         &self,
         decl: &StageDecl<'_>,

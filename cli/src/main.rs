@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
-use umdflow::commands::{self, DagFormat, Loaded, LockFile, PipelineArgs};
-use umdflow::diagnostics::Invalid;
-use umdflow::exit::Exit;
-use umdflow::registry::Registry;
-use umdflow::scheduler::{RunOptions, Status, cache_dir};
+use umdflow::registry;
+use umdflow_engine::commands::{self, DagFormat, Loaded, LockFile, PipelineArgs};
+use umdflow_engine::diagnostics::Invalid;
+use umdflow_engine::exit::Exit;
+use umdflow_engine::registry::Registry;
+use umdflow_engine::scheduler::{RunOptions, Status, cache_dir};
 
 #[derive(Parser)]
 #[command(
@@ -247,7 +248,7 @@ fn main() -> ExitCode {
 }
 
 fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    let registry = Registry::builtin();
+    let registry = registry::builtin();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -390,15 +391,15 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Report { pipeline, out } => {
             let loaded = load(&pipeline, &registry)?;
-            let out =
-                out.unwrap_or_else(|| umdflow::report::default_report_dir(&loaded.source.file));
-            let files = umdflow::report::report(&loaded, &out)?;
+            let out = out
+                .unwrap_or_else(|| umdflow_engine::report::default_report_dir(&loaded.source.file));
+            let files = umdflow_engine::report::report(&loaded, &out)?;
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(Exit::Ok.into())
         }
         Command::Export { pipeline, out } => {
             let loaded = load(&pipeline, &registry)?;
-            let files = umdflow::report::export(&loaded, &out)?;
+            let files = umdflow_engine::report::export(&loaded, &out)?;
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(Exit::Ok.into())
         }
