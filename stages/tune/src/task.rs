@@ -282,24 +282,6 @@ pub fn features(model: &UmdModel, pairs: &PairRows<'_>, device: &Device) -> Resu
     })
 }
 
-/// The frozen image encoder's pooled feature (the ViT class token after `ln_post`, CLIP's image
-/// embedding) [B, vision_width], for the linear probe. Reads no text.
-pub fn image_features(
-    model: &UmdModel,
-    data: &Dataset,
-    rows: &[usize],
-    device: &Device,
-) -> Result<Tensor> {
-    let c = &model.config;
-    let patches = Tensor::from_vec(
-        patchify(data, rows, c.patch_size, 2.0, -1.0)?,
-        (rows.len(), c.num_patches(), c.patch_dim()),
-        device,
-    )?;
-    let vision = model.vision.forward(&patches, None)?;
-    Ok(vision.last.narrow(1, 0, 1)?.squeeze(1)?.detach())
-}
-
 /// Softmax probabilities of logits [B, C] as f64 rows.
 pub fn probabilities(logits: &Tensor) -> Result<Vec<Vec<f64>>> {
     Ok(candle_nn::ops::softmax(&logits.to_dtype(DType::F64)?, D::Minus1)?.to_vec2::<f64>()?)

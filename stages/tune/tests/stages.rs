@@ -676,7 +676,7 @@ fn ogm_ge_setting_tunes_and_evaluates() {
     let evaluated = run(
         &EvaluateKind,
         &[("ingest", &r.join("data")), ("coordinate-tune", &tuned)],
-        json!({"device": "cpu", "linear_probe": false}),
+        json!({"device": "cpu", "tuned_probe": false}),
         &r.join("eval"),
     );
     assert!(metrics(&evaluated).is_object());
