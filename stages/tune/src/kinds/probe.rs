@@ -69,6 +69,11 @@ impl StageKind for ProbeKind {
     fn name(&self) -> &'static str {
         "probe"
     }
+
+    /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
+    fn sees_names(&self) -> bool {
+        false
+    }
     fn version(&self) -> u32 {
         1
     }
