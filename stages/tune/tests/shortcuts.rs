@@ -3,9 +3,10 @@
 //! a planted feature probes perfectly, raw pixels do not care), and `evaluate`'s blank-image pass
 //! equals the normal pass for a model that cannot see images, while its blank-text pass does not.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
 use serde_json::{Value, json};
@@ -14,7 +15,7 @@ use umdflow_model::checkpoint::{CheckpointInfo, save_checkpoint};
 use umdflow_model::model::{FeatureDims, UmdModel};
 use umdflow_model::store::ParamStore;
 use umdflow_model::{ModelConfig, rng::SplitMix64};
-use umdflow_stages::{InputArtifact, NoProgress, StageContext, StageDecl, StageKind};
+use umdflow_stages::StageKind;
 use umdflow_tune::{CoordinateTuneKind, EvaluateKind, ProbeKind};
 
 const SIZE: usize = 16;
@@ -128,43 +129,7 @@ fn checkpoint(dir: &Path, patch_embed: Option<&dyn Fn(usize, usize) -> f32>) -> 
 
 /// Runs a kind with the given inputs `(kind, dir)` into `out` and returns its metrics.json.
 fn run(kind: &dyn StageKind, inputs: &[(&str, &Path)], p: Value, out: &Path) -> Value {
-    let named: Vec<(String, String)> = inputs
-        .iter()
-        .map(|(k, _)| (k.to_string(), k.to_string()))
-        .collect();
-    let decl = StageDecl {
-        name: "s",
-        run: None,
-        inputs: &named,
-    };
-    let params = kind
-        .resolve_params(&decl, p.as_object().cloned().unwrap())
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    let artifacts: Vec<InputArtifact> = inputs
-        .iter()
-        .map(|(k, d)| InputArtifact {
-            stage: k.to_string(),
-            kind: k.to_string(),
-            dir: d.to_path_buf(),
-        })
-        .collect();
-    std::fs::create_dir_all(out).unwrap();
-    let cancel = AtomicBool::new(false);
-    let ctx = StageContext {
-        id: "test",
-        name: "test",
-        params: &params,
-        run: None,
-        inputs: &artifacts,
-        out_dir: out,
-        work_dir: out,
-        log_path: &out.join("log.txt"),
-        threads: 1,
-        progress: &NoProgress,
-        cancel: &cancel,
-    };
-    kind.run(&ctx)
-        .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+    common::run_kind(kind, inputs, p, out);
     serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap()
 }
 

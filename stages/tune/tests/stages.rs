@@ -3,17 +3,19 @@
 //! evaluation output does not depend on training texts (nor, apart from the probe, on training
 //! images).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
+use common::params;
 use serde_json::{Value, json};
 use umdflow_data::artifact::{Counts, Dataset, Meta, VqaSet};
 use umdflow_model::checkpoint::{CheckpointInfo, save_checkpoint};
 use umdflow_model::model::{FeatureDims, UmdModel};
 use umdflow_model::store::ParamStore;
 use umdflow_model::{ModelConfig, rng::SplitMix64};
-use umdflow_stages::{InputArtifact, NoProgress, Params, StageContext, StageDecl, StageKind};
+use umdflow_stages::{StageDecl, StageKind};
 use umdflow_tune::{CalibrateKind, CoordinateTuneKind, EvaluateKind};
 
 const SIZE: usize = 16;
@@ -162,48 +164,9 @@ fn pretrained_with(dir: &Path, change: impl FnOnce(&mut ModelConfig)) {
     save_checkpoint(dir, &store, &info).unwrap();
 }
 
-fn params(kind: &dyn StageKind, inputs: &[(String, String)], p: Value) -> Params {
-    let decl = StageDecl {
-        name: "s",
-        run: None,
-        inputs,
-    };
-    kind.resolve_params(&decl, p.as_object().cloned().unwrap())
-        .unwrap_or_else(|e| panic!("{e:?}"))
-}
-
 /// Runs a kind with the given inputs `(kind, dir)` into a fresh folder and returns it.
 fn run(kind: &dyn StageKind, inputs: &[(&str, &Path)], p: Value, out: &Path) -> PathBuf {
-    let named: Vec<(String, String)> = inputs
-        .iter()
-        .map(|(k, _)| (k.to_string(), k.to_string()))
-        .collect();
-    let params = params(kind, &named, p);
-    let artifacts: Vec<InputArtifact> = inputs
-        .iter()
-        .map(|(k, d)| InputArtifact {
-            stage: k.to_string(),
-            kind: k.to_string(),
-            dir: d.to_path_buf(),
-        })
-        .collect();
-    std::fs::create_dir_all(out).unwrap();
-    let cancel = AtomicBool::new(false);
-    let ctx = StageContext {
-        id: "test",
-        name: "test",
-        params: &params,
-        run: None,
-        inputs: &artifacts,
-        out_dir: out,
-        work_dir: out,
-        log_path: &out.join("log.txt"),
-        threads: 1,
-        progress: &NoProgress,
-        cancel: &cancel,
-    };
-    kind.run(&ctx)
-        .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+    common::run_kind(kind, inputs, p, out);
     out.to_path_buf()
 }
 
