@@ -16,23 +16,8 @@ use umdflow::registry;
 use umdflow_engine::expand::expand;
 use umdflow_engine::registry::Registry;
 use umdflow_engine::spec::load;
-
-/// SplitMix64: small, seedable, and the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+// SplitMix64: small, seedable, and the same on every machine.
+use umdflow_model::rng::SplitMix64 as Rng;
 
 /// Fragments that reach the interesting paths: structure, anchors, references, designs, and the
 /// hostile values of issue 11.
@@ -101,7 +86,7 @@ fn mutate(rng: &mut Rng, text: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
         match rng.below(7) {
             0 if !bytes.is_empty() => {
                 let i = rng.below(bytes.len());
-                bytes[i] = rng.next() as u8;
+                bytes[i] = rng.next_u64() as u8;
             }
             1 => {
                 let token = TOKENS[rng.below(TOKENS.len())].as_bytes();
@@ -202,7 +187,7 @@ fn check(file: &Path, registry: &Registry) -> Option<String> {
 #[test]
 fn mutated_pipelines_never_panic_and_every_error_has_a_location() {
     let cases = env_number("UMDFLOW_FUZZ_CASES", 3_000);
-    let mut rng = Rng(env_number("UMDFLOW_FUZZ_SEED", 11));
+    let mut rng = Rng::new(env_number("UMDFLOW_FUZZ_SEED", 11));
     let budget = Duration::from_secs(env_number("UMDFLOW_FUZZ_SECONDS", 30));
     let corpus = corpus();
     let registry = registry::builtin();
