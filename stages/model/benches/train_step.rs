@@ -150,6 +150,7 @@ fn main() {
             optim: OptimConfig::default(),
             max_steps: Some(steps as u64 + 2),
             vision_positions: Default::default(),
+            weight_init: Default::default(),
         };
         let clock = Clock(Mutex::new(Vec::new()));
         pretrain(&dataset, &plan, &settings, &Device::Cpu, threads, &clock).unwrap();

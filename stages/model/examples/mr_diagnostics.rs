@@ -283,6 +283,7 @@ fn main() {
             },
             max_steps: Some(if variant == "random-init" { 0 } else { steps }),
             vision_positions: positions,
+            weight_init: Default::default(),
         };
         let outcome =
             pretrain(&data, &the_plan, &settings, &Device::Cpu, 2, &Silent).expect("train");

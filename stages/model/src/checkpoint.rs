@@ -51,7 +51,8 @@ pub fn load_checkpoint(
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    let mut store = ParamStore::new(device, 0);
+    // Heads added on top of a loaded checkpoint (fine-tuning) are drawn like its own weights.
+    let mut store = ParamStore::new(device, 0).with_weight_init(info.model.weight_init);
     let model = UmdModel::new(&mut store, &info.model, info.feature_dims)?;
     store.load_into(&dir.join(CHECKPOINT_FILE))?;
     Ok((store, model, info))

@@ -20,6 +20,20 @@ pub enum VisionPositions {
     Sincos,
 }
 
+/// How new weight matrices are drawn (embedding tables are N(0, 0.02) under both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightInit {
+    /// N(0, 0.02) for every weight: BERT's, ViLT's and M3AE's `init_weights`, made for width 768.
+    /// At width 32 it is about 9 times smaller than 1/sqrt(width), so the patch projection's output
+    /// is drowned by the position table and the layers pass little signal at the start.
+    #[default]
+    Normal,
+    /// Xavier-uniform (bound sqrt(6 / (fan_in + fan_out))) for every linear weight and the patch
+    /// projection: MAE's initialisation, which scales with the width.
+    Xavier,
+}
+
 /// Every size of the UMD model. Saved beside each checkpoint as `model_config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +73,10 @@ pub struct ModelConfig {
     /// learned).
     #[serde(default)]
     pub vision_positions: VisionPositions,
+    /// How the weights were first drawn (absent in configs saved before the choice existed:
+    /// normal). Kept so that heads added later (fine-tuning) are drawn the same way.
+    #[serde(default)]
+    pub weight_init: WeightInit,
 }
 
 /// The named size presets.
@@ -116,6 +134,7 @@ impl ModelConfig {
             mim_layer: s[16],
             norm_eps: 1e-5,
             vision_positions: VisionPositions::Learned,
+            weight_init: WeightInit::Normal,
         };
         config.validate()?;
         Ok(config)

@@ -9,8 +9,13 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 
+use crate::config::WeightInit;
 use crate::error::{ModelError, Result};
 use crate::rng::SplitMix64;
+
+/// Standard deviation of M3AE's `normal_(0, 0.02)`: embedding tables always, weight matrices under
+/// [`WeightInit::Normal`].
+pub const INIT_STD: f64 = 0.02;
 
 /// What a parameter is; decides weight decay (none for biases and norms) and the initialiser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +38,8 @@ pub struct Param {
 pub enum Init {
     /// N(0, std²), M3AE's `normal_(0, 0.02)`.
     Normal(f64),
+    /// A weight matrix with these fans, drawn by the store's [`WeightInit`].
+    Matrix { fan_in: usize, fan_out: usize },
     Zeros,
     Ones,
 }
@@ -43,6 +50,7 @@ pub struct ParamStore {
     params: BTreeMap<String, Param>,
     device: Device,
     seed: u64,
+    weight_init: WeightInit,
 }
 
 impl ParamStore {
@@ -51,7 +59,14 @@ impl ParamStore {
             params: BTreeMap::new(),
             device: device.clone(),
             seed,
+            weight_init: WeightInit::Normal,
         }
+    }
+
+    /// The same store, drawing new weight matrices ([`Init::Matrix`]) with `weight_init`.
+    pub fn with_weight_init(mut self, weight_init: WeightInit) -> Self {
+        self.weight_init = weight_init;
+        self
     }
 
     pub fn device(&self) -> &Device {
@@ -82,6 +97,20 @@ impl ParamStore {
             Init::Normal(std) => {
                 let mut rng = SplitMix64::derived(self.seed, name);
                 (0..count).map(|_| (rng.normal() * std) as f32).collect()
+            }
+            Init::Matrix { fan_in, fan_out } => {
+                let mut rng = SplitMix64::derived(self.seed, name);
+                match self.weight_init {
+                    WeightInit::Normal => (0..count)
+                        .map(|_| (rng.normal() * INIT_STD) as f32)
+                        .collect(),
+                    WeightInit::Xavier => {
+                        let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+                        (0..count)
+                            .map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32)
+                            .collect()
+                    }
+                }
             }
         };
         let var = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;

@@ -9,7 +9,7 @@ use umdflow_data::artifact::Dataset;
 
 use crate::batch::build_batch;
 use crate::checkpoint::CheckpointInfo;
-use crate::config::{ModelConfig, VisionPositions};
+use crate::config::{ModelConfig, VisionPositions, WeightInit};
 use crate::error::{ModelError, Result};
 use crate::masking::MaskPlan;
 use crate::model::UmdModel;
@@ -31,6 +31,9 @@ pub struct TrainSettings {
     /// The ViT's position embeddings.
     #[serde(default)]
     pub vision_positions: VisionPositions,
+    /// How the weight matrices are first drawn.
+    #[serde(default)]
+    pub weight_init: WeightInit,
 }
 
 /// One row of the loss curve.
@@ -119,9 +122,10 @@ fn pretrain_here(
 ) -> Result<TrainOutcome> {
     let mut config = model_config_for(dataset, plan, &settings.preset)?;
     config.vision_positions = settings.vision_positions;
+    config.weight_init = settings.weight_init;
     config.validate()?;
     let feature_dims = settings.objective.feature_dims(&config);
-    let mut store = ParamStore::new(device, settings.seed);
+    let mut store = ParamStore::new(device, settings.seed).with_weight_init(config.weight_init);
     let model = UmdModel::new(&mut store, &config, feature_dims)?;
     let started = Instant::now();
     let run = MrRun {

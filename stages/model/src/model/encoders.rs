@@ -39,7 +39,10 @@ impl VisionEncoder {
             &format!("{p}.patch_embed.weight"),
             &[w, c.patch_dim()],
             ParamRole::Weight,
-            Init::Normal(0.02),
+            Init::Matrix {
+                fan_in: c.patch_dim(),
+                fan_out: w,
+            },
         )?;
         let class_embedding = store.get(
             &format!("{p}.class_embedding"),

@@ -5,10 +5,7 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::ops;
-use crate::store::{Init, ParamRole, ParamStore};
-
-/// Standard deviation of every newly created weight (M3AE's `normal_(0, 0.02)`).
-pub const INIT_STD: f64 = 0.02;
+use crate::store::{INIT_STD, Init, ParamRole, ParamStore};
 
 /// Additive attention bias for padding keys (BERT's convention).
 pub const MASKED_KEY_BIAS: f64 = -10_000.0;
@@ -32,7 +29,10 @@ impl Linear {
             &format!("{name}.weight"),
             &[output, input],
             ParamRole::Weight,
-            Init::Normal(INIT_STD),
+            Init::Matrix {
+                fan_in: input,
+                fan_out: output,
+            },
         )?;
         let bias = if bias {
             Some(store.get(

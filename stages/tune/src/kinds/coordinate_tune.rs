@@ -323,7 +323,7 @@ pub fn load_tuned(
             path: dir.join(TASK_FILE).display().to_string(),
             message: e.to_string(),
         })?;
-    let mut store = ParamStore::new(device, 0);
+    let mut store = ParamStore::new(device, 0).with_weight_init(info.model.weight_init);
     let model = UmdModel::new(&mut store, &info.model, info.feature_dims)?;
     let head = TaskHead::new(&mut store, &model, &tuned.task)?;
     if let Some(aux) = tuned.aux {
