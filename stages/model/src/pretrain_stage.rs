@@ -12,8 +12,8 @@ use umdflow_stages::params::{resolve_typed, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use crate::checkpoint::save_checkpoint;
-use crate::config::{VisionPositions, WeightInit};
 use crate::config::{ModelConfig, PRESETS};
+use crate::config::{VisionPositions, WeightInit};
 use crate::device::{device_name, select_device, spec_problem};
 use crate::error::ModelError;
 use crate::masking::MaskPlan;

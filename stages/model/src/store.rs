@@ -39,7 +39,10 @@ pub enum Init {
     /// N(0, std²), M3AE's `normal_(0, 0.02)`.
     Normal(f64),
     /// A weight matrix with these fans, drawn by the store's [`WeightInit`].
-    Matrix { fan_in: usize, fan_out: usize },
+    Matrix {
+        fan_in: usize,
+        fan_out: usize,
+    },
     Zeros,
     Ones,
 }
