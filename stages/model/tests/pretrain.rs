@@ -27,6 +27,7 @@ fn settings(seed: u64, max_steps: u64) -> TrainSettings {
         },
         max_steps: Some(max_steps),
         vision_positions: Default::default(),
+        weight_init: Default::default(),
     }
 }
 
