@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use umdflow_model::config::CrossModalInit;
 use umdflow_model::config::ModelConfig;
 use umdflow_model::objective::ObjectiveConfig;
 use umdflow_model::optim::OptimConfig;
@@ -150,6 +151,7 @@ fn main() {
             optim: OptimConfig::default(),
             max_steps: Some(steps as u64 + 2),
             vision_positions: Default::default(),
+            cross_modal_init: CrossModalInit::FanIn,
         };
         let clock = Clock(Mutex::new(Vec::new()));
         pretrain(&dataset, &plan, &settings, &Device::Cpu, threads, &clock).unwrap();

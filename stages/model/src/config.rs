@@ -20,6 +20,21 @@ pub enum VisionPositions {
     Sincos,
 }
 
+/// How the cross-modal weights start: the two projections into the fusion width, the co-attention
+/// layers, the poolers and the ITM head (every other weight is drawn from N(0, 0.02) either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrossModalInit {
+    /// N(0, 0.02), M3AE's `init_weights`: a per-layer gain of 0.02·√width, 0.55 at M3AE's width
+    /// 768 but 0.11 at the `tiny` width 32, where the pair-dependent part of the ITM logit (a
+    /// product through q, k, v, o, the pooler and the head) starts near 1e-5 and ITM stays at ln 2.
+    #[default]
+    M3ae,
+    /// N(0, 1/fan_in): a gain of 1 per layer at every width, so the pair-dependent part of the
+    /// ITM logit starts large enough to learn from.
+    FanIn,
+}
+
 /// Every size of the UMD model. Saved beside each checkpoint as `model_config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +74,10 @@ pub struct ModelConfig {
     /// learned).
     #[serde(default)]
     pub vision_positions: VisionPositions,
+    /// How the cross-modal weights were initialised (absent in configs saved before the choice
+    /// existed: `m3ae`).
+    #[serde(default)]
+    pub cross_modal_init: CrossModalInit,
 }
 
 /// The named size presets.
@@ -116,6 +135,7 @@ impl ModelConfig {
             mim_layer: s[16],
             norm_eps: 1e-5,
             vision_positions: VisionPositions::Learned,
+            cross_modal_init: CrossModalInit::M3ae,
         };
         config.validate()?;
         Ok(config)

@@ -12,7 +12,7 @@ use umdflow_stages::params::{resolve_typed, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use crate::checkpoint::save_checkpoint;
-use crate::config::VisionPositions;
+use crate::config::{CrossModalInit, VisionPositions};
 use crate::config::{ModelConfig, PRESETS};
 use crate::device::{device_name, select_device, spec_problem};
 use crate::error::ModelError;
@@ -37,6 +37,9 @@ pub struct PretrainParams {
     /// The ViT's position embeddings: `learned` (CLIP's, M3AE's) or `sincos` (MAE's fixed 2-D
     /// table, not trained).
     pub vision_positions: VisionPositions,
+    /// The cross-modal weights' initial scale: `fan_in` (N(0, 1/fan_in), ours, so that ITM can
+    /// learn at small widths) or `m3ae` (N(0, 0.02)).
+    pub cross_modal_init: CrossModalInit,
     /// Loss terms and feature-target choices.
     pub loss: ObjectiveConfig,
     pub optim: OptimConfig,
@@ -51,6 +54,7 @@ impl Default for PretrainParams {
             device: "auto".into(),
             max_steps: None,
             vision_positions: VisionPositions::Learned,
+            cross_modal_init: CrossModalInit::FanIn,
             loss: ObjectiveConfig::default(),
             optim: OptimConfig::default(),
         }
@@ -111,7 +115,8 @@ impl StageKind for PretrainKind {
         // 2: wall-clock times moved from metrics.json to the stage log, so identical runs give
         // identical outputs.
         // 3: model_config.json records `vision_positions`.
-        3
+        // 4: `cross_modal_init` (default `fan_in`) changes the initial weights.
+        4
     }
 
     fn summary(&self) -> &'static str {
@@ -157,6 +162,7 @@ impl StageKind for PretrainKind {
             optim: params.optim.clone(),
             max_steps: params.max_steps,
             vision_positions: params.vision_positions,
+            cross_modal_init: params.cross_modal_init,
         };
         let observer = StageObserver { ctx };
         let outcome = pretrain(&dataset, &plan, &settings, &device, ctx.threads, &observer)

@@ -9,7 +9,7 @@ use umdflow_data::artifact::Dataset;
 
 use crate::batch::build_batch;
 use crate::checkpoint::CheckpointInfo;
-use crate::config::{ModelConfig, VisionPositions};
+use crate::config::{CrossModalInit, ModelConfig, VisionPositions};
 use crate::error::{ModelError, Result};
 use crate::masking::MaskPlan;
 use crate::model::UmdModel;
@@ -31,6 +31,9 @@ pub struct TrainSettings {
     /// The ViT's position embeddings.
     #[serde(default)]
     pub vision_positions: VisionPositions,
+    /// How the cross-modal weights start.
+    #[serde(default)]
+    pub cross_modal_init: CrossModalInit,
 }
 
 /// One row of the loss curve.
@@ -119,6 +122,7 @@ fn pretrain_here(
 ) -> Result<TrainOutcome> {
     let mut config = model_config_for(dataset, plan, &settings.preset)?;
     config.vision_positions = settings.vision_positions;
+    config.cross_modal_init = settings.cross_modal_init;
     config.validate()?;
     let feature_dims = settings.objective.feature_dims(&config);
     let mut store = ParamStore::new(device, settings.seed);

@@ -6,6 +6,7 @@ mod common;
 use candle_core::Device;
 use umdflow_model::batch::build_batch;
 use umdflow_model::checkpoint::{CHECKPOINT_FILE, load_checkpoint, save_checkpoint};
+use umdflow_model::config::CrossModalInit;
 use umdflow_model::error::ModelError;
 use umdflow_model::model::UmdModel;
 use umdflow_model::negatives::NegativeSampling;
@@ -27,6 +28,7 @@ fn settings(seed: u64, max_steps: u64) -> TrainSettings {
         },
         max_steps: Some(max_steps),
         vision_positions: Default::default(),
+        cross_modal_init: CrossModalInit::FanIn,
     }
 }
 

@@ -8,12 +8,35 @@ pub mod layers;
 
 use candle_core::{Device, Tensor};
 
-use crate::config::ModelConfig;
+use crate::config::{CrossModalInit, ModelConfig};
 use crate::error::Result;
-use crate::store::ParamStore;
+use crate::store::{ParamRole, ParamStore};
 use encoders::{TextEncoder, VisionEncoder};
 use heads::{MimDecoder, MlmHead, MlpHead};
 use layers::{CoAttentionLayer, Embedding, Linear, Pooler, key_bias};
+
+/// Name prefixes of the cross-modal weights that [`CrossModalInit`] governs: the projections, the
+/// co-attention layers, the poolers (all `multi_modal_*`) and the ITM head.
+const CROSS_MODAL_PREFIXES: [&str; 2] = ["multi_modal_", "itm_head."];
+
+/// Rescales every cross-modal linear weight from N(0, INIT_STD²) to N(0, 1/fan_in). Scaling the
+/// drawn values (rather than drawing anew) keeps each parameter's random stream, so the two
+/// choices differ only in scale.
+fn rescale_cross_modal_weights(store: &ParamStore) -> Result<()> {
+    for (name, param) in store.iter() {
+        if param.role != ParamRole::Weight
+            || !CROSS_MODAL_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        let weight = param.var.as_tensor();
+        let fan_in = weight.dim(1)? as f64;
+        param
+            .var
+            .set(&(weight * (1.0 / (fan_in.sqrt() * layers::INIT_STD)))?)?;
+    }
+    Ok(())
+}
 
 /// Output widths of the feature-level heads (they predict the chosen target features).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,7 +77,8 @@ pub struct UmdModel {
 }
 
 impl UmdModel {
-    /// Creates every parameter in `store` (seeded) and the model reading them.
+    /// Creates every parameter in `store` (seeded) and the model reading them. `store` must not
+    /// hold them yet: with `cross_modal_init: fan_in` the new cross-modal weights are rescaled.
     pub fn new(
         store: &mut ParamStore,
         config: &ModelConfig,
@@ -78,7 +102,7 @@ impl UmdModel {
                 })
                 .collect::<Result<Vec<_>>>()
         };
-        Ok(UmdModel {
+        let model = UmdModel {
             vision: VisionEncoder::new(store, c)?,
             text: TextEncoder::new(store, c)?,
             vision_proj: Linear::new(store, "multi_modal_vision_proj", c.vision_width, f, true)?,
@@ -102,7 +126,11 @@ impl UmdModel {
             config: config.clone(),
             feature_dims,
             device,
-        })
+        };
+        if c.cross_modal_init == CrossModalInit::FanIn {
+            rescale_cross_modal_weights(store)?;
+        }
+        Ok(model)
     }
 
     pub fn device(&self) -> &Device {
