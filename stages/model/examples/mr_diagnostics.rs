@@ -10,14 +10,20 @@
 //! Variants: `stopgrad` (feature targets from the online encoders), `ema` (momentum 0.999),
 //! `ema-cosine` (0.99 → 0.9999), `data-only` (no feature terms), `no-itm`, `itm-only`, `pix`
 //! (norm_pix off, no feature terms),
-//! `sincos` (fixed ViT positions, no feature terms).
+//! `sincos` (fixed ViT positions, no feature terms), `m3ae-init` (stopgrad with every weight
+//! matrix from M3AE's N(0, 0.02) instead of `pretrain`'s default Xavier-uniform).
+//!
+//! For each variant it also prints the ITM loss curve (means over 50-step windows) and the ITM
+//! accuracy on the test split (training split when there is none): every text against its own
+//! image and against the next image of its batch of 32 whose finding signature differs. The batch
+//! size is 64, or `MR_BATCH`.
 
 use std::path::PathBuf;
 
 use candle_core::{D, Device, Tensor};
 use umdflow_data::artifact::Dataset;
 use umdflow_model::batch::patchify;
-use umdflow_model::config::VisionPositions;
+use umdflow_model::config::{VisionPositions, WeightInit};
 use umdflow_model::masking::{MaskPlan, PlanSettings, TokenInfo};
 use umdflow_model::model::UmdModel;
 use umdflow_model::objective::{ObjectiveConfig, TargetNetwork};
@@ -155,6 +161,70 @@ fn nearest_mean_accuracy(features: &[Vec<f64>], labels: &[u32]) -> f64 {
         / present.len() as f64
 }
 
+/// ITM accuracy on `rows`: each text against its own image (a match) and against the next image
+/// of its chunk of 32 with a different finding signature (a mismatch; skipped when none differs).
+fn itm_accuracy(model: &UmdModel, data: &Dataset, rows: &[usize]) -> f64 {
+    let c = &model.config;
+    let (mut hits, mut total) = (0usize, 0usize);
+    for chunk in rows.chunks(32) {
+        let n = chunk.len();
+        let patches = Tensor::from_vec(
+            patchify(data, chunk, c.patch_size, 2.0, -1.0).unwrap(),
+            (n, c.num_patches(), c.patch_dim()),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ids: Vec<u32> = chunk
+            .iter()
+            .flat_map(|&i| data.text_ids(i).to_vec())
+            .collect();
+        let mask: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| {
+                data.attention_mask[i * data.max_len..(i + 1) * data.max_len]
+                    .iter()
+                    .map(|&m| f32::from(m != 0))
+            })
+            .collect();
+        let ids = Tensor::from_vec(ids, (n, data.max_len), &Device::Cpu).unwrap();
+        let mask = Tensor::from_vec(mask, (n, data.max_len), &Device::Cpu).unwrap();
+        let images = model.vision.forward(&patches, None).unwrap().last;
+        let texts = model.text.forward(&ids, &mask).unwrap().last;
+        let mismatched: Vec<Option<usize>> = (0..n)
+            .map(|t| {
+                (1..n)
+                    .map(|k| (t + k) % n)
+                    .find(|&k| data.signature(chunk[k]) != data.signature(chunk[t]))
+            })
+            .collect();
+        let own: Vec<u32> = (0..n as u32).collect();
+        let other: Vec<u32> = mismatched
+            .iter()
+            .enumerate()
+            .map(|(t, k)| k.unwrap_or(t) as u32)
+            .collect();
+        for (pairing, label) in [(own, 1usize), (other, 0usize)] {
+            let index = Tensor::from_vec(pairing, n, &Device::Cpu).unwrap();
+            let paired = images.index_select(&index, 0).unwrap();
+            let fused = model.fuse(&texts, &mask, &paired, c.fusion_layers).unwrap();
+            let logits = model
+                .itm_logits(&model.pooled(&fused).unwrap())
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (t, l) in logits.iter().enumerate() {
+                if label == 0 && mismatched[t].is_none() {
+                    continue;
+                }
+                let predicted = usize::from(l[1] > l[0]);
+                hits += usize::from(predicted == label);
+                total += 1;
+            }
+        }
+    }
+    hits as f64 / total.max(1) as f64
+}
+
 /// Raw pixels, 4×4 average-pooled: the baseline any image encoder should reach.
 fn pooled_pixels(data: &Dataset, rows: &[usize]) -> Vec<Vec<f64>> {
     let s = data.size;
@@ -216,7 +286,8 @@ fn main() {
             .for_each(|y| *counts.entry(y).or_insert(0usize) += 1);
         *counts.values().max().unwrap() as f64 / (labels.len() - labels.len() / 2) as f64
     };
-    let epochs = (steps as usize * 64).div_ceil(train.len()) + 1;
+    let batch_size: usize = std::env::var("MR_BATCH").map_or(64, |s| s.parse().expect("MR_BATCH"));
+    let epochs = (steps as usize * batch_size).div_ceil(train.len()) + 1;
     let the_plan = plan(&data, &train, epochs);
     println!(
         "{} training images, {}px, majority class {:.3}, {steps} steps at lr {lr}",
@@ -224,7 +295,11 @@ fn main() {
         data.size,
         majority
     );
-    println!("variant\tsteps\titm\tfeamim\tmim\tspread\tnearest_mean_balanced_acc");
+    let held_out = {
+        let test = data.indices_of_split(2);
+        if test.is_empty() { rows.clone() } else { test }
+    };
+    println!("variant\tsteps\titm\tfeamim\tmim\tspread\tnearest_mean_balanced_acc\titm_accuracy");
     let pixels = pooled_pixels(&data, &rows);
     println!(
         "raw-pixels\t-\t-\t-\t-\t{:.4}\t{:.3}",
@@ -237,8 +312,10 @@ fn main() {
             ..ObjectiveConfig::default()
         };
         let mut positions = VisionPositions::Learned;
+        let mut weight_init = WeightInit::Xavier;
         match variant.as_str() {
             "random-init" | "stopgrad" => {}
+            "m3ae-init" => weight_init = WeightInit::Normal,
             "ema" => objective.target_network = TargetNetwork::Ema,
             "ema-cosine" => {
                 objective.target_network = TargetNetwork::Ema;
@@ -270,7 +347,7 @@ fn main() {
         }
         let settings = TrainSettings {
             preset: "tiny".into(),
-            batch_size: 64,
+            batch_size,
             seed: 0,
             objective,
             optim: OptimConfig {
@@ -283,7 +360,7 @@ fn main() {
             },
             max_steps: Some(if variant == "random-init" { 0 } else { steps }),
             vision_positions: positions,
-            weight_init: Default::default(),
+            weight_init,
         };
         let outcome =
             pretrain(&data, &the_plan, &settings, &Device::Cpu, 2, &Silent).expect("train");
@@ -303,13 +380,26 @@ fn main() {
         };
         let features = image_features(&outcome.model, &data, &rows);
         println!(
-            "{variant}\t{}\t{:.4}\t{:.4}\t{:.4}\t{:.4}\t{:.3}",
+            "{variant}\t{}\t{:.4}\t{:.4}\t{:.4}\t{:.4}\t{:.3}\t{:.3}",
             outcome.records.len(),
             tail("itm"),
             tail("feamim"),
             tail("mim"),
             spread(&features),
-            nearest_mean_accuracy(&features, &labels)
+            nearest_mean_accuracy(&features, &labels),
+            itm_accuracy(&outcome.model, &data, &held_out)
         );
+        let itm: Vec<f32> = outcome
+            .records
+            .iter()
+            .filter_map(|r| r.terms.iter().find(|(n, _)| *n == "itm").map(|(_, v)| *v))
+            .collect();
+        if !itm.is_empty() {
+            let windows: Vec<String> = itm
+                .chunks(50)
+                .map(|w| format!("{:.3}", w.iter().sum::<f32>() / w.len() as f32))
+                .collect();
+            println!("  itm loss per 50 steps: {}", windows.join(" "));
+        }
     }
 }
