@@ -3,12 +3,14 @@
 //! zero-shot classification (each image scored against one prompt per class; the class whose
 //! prompt the head finds most likely to match wins).
 //!
-//! Both read the model's own pair path ([`crate::task::pooled_features`], then
-//! [`UmdModel::itm_logits`]); the match probability is the softmax of the two logits at class 1.
+//! Both read the model's own pair path (encoders, [`UmdModel::fuse`], [`UmdModel::pooled`],
+//! [`UmdModel::itm_logits`]; for ITM through [`crate::task::pooled_features`]); the match
+//! probability is the softmax of the two logits at class 1.
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 use umdflow_data::artifact::Dataset;
+use umdflow_model::batch::patchify;
 use umdflow_model::model::UmdModel;
 use umdflow_model::negatives::{NegativeSampling, draw_negative};
 use umdflow_model::rng::SplitMix64;
@@ -144,21 +146,35 @@ pub fn zero_shot_scores(
             bad.ids.len()
         )));
     }
+    let c = &model.config;
+    // Each prompt through the text encoder once, and each image through the vision encoder once
+    // per batch: only the fusion and the heads see every (image, prompt) pair.
+    let texts = prompts
+        .iter()
+        .map(|p| {
+            let ids = Tensor::from_vec(p.ids.clone(), (1, t), device)?;
+            let mask: Vec<f32> = p.mask.iter().map(|&m| f32::from(m != 0)).collect();
+            let mask = Tensor::from_vec(mask, (1, t), device)?;
+            Ok((model.text.forward(&ids, &mask)?.last, mask))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let rows: Vec<usize> = (0..data.n).collect();
     let mut scores = vec![Vec::with_capacity(prompts.len()); data.n];
     for chunk in rows.chunks(batch.max(1)) {
-        for prompt in prompts {
-            let pairs = PairRows {
-                images: chunk.to_vec(),
-                ids: prompt.ids.repeat(chunk.len()),
-                mask: prompt.mask.repeat(chunk.len()),
-                data,
-            };
-            for (&i, p) in chunk
-                .iter()
-                .zip(match_probabilities(model, &pairs, device)?)
-            {
-                scores[i].push(p);
+        let b = chunk.len();
+        let patches = Tensor::from_vec(
+            patchify(data, chunk, c.patch_size, 2.0, -1.0)?,
+            (b, c.num_patches(), c.patch_dim()),
+            device,
+        )?;
+        let image = model.vision.forward(&patches, None)?.last;
+        for (text, mask) in &texts {
+            let text = text.broadcast_as((b, t, text.dim(2)?))?.contiguous()?;
+            let mask = mask.broadcast_as((b, t))?.contiguous()?;
+            let fused = model.fuse(&text, &mask, &image, c.fusion_layers)?;
+            let logits = model.itm_logits(&model.pooled(&fused)?)?;
+            for (&i, p) in chunk.iter().zip(probabilities(&logits)?) {
+                scores[i].push(p[1]);
             }
         }
     }
