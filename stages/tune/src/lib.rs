@@ -14,6 +14,10 @@ pub mod metrics;
 pub mod plots;
 pub mod probe;
 pub mod probe_features;
+pub mod probe_heads;
+pub mod probe_itm;
+pub mod probe_mlm;
+pub mod probe_words;
 pub mod task;
 pub mod views;
 

@@ -1,6 +1,8 @@
 //! The `probe` kind: a frozen-feature linear probe of a pre-trained or calibrated checkpoint,
-//! with the raw-pixel baseline beside it on the same split. The random-init baseline is the
-//! same kind on a `pretrain` stage with `max_steps: 0`.
+//! with the raw-pixel baseline beside it on the same split, and the checkpoint's own heads on
+//! held-out data (MLM on finding words, ITM with clean negatives, zero-shot through ITM; see
+//! [`crate::probe_heads`]). The random-init baseline is the same kind on a `pretrain` stage
+//! with `max_steps: 0`.
 
 use serde::{Deserialize, Serialize};
 use umdflow_model::checkpoint::load_checkpoint;
@@ -14,6 +16,7 @@ use super::{
 use crate::error::Result;
 use crate::probe::{Features, Findings, ProbeScores, ProbeSettings, ProbeSplit, score_probe};
 use crate::probe_features::{encoder_features, pixel_features, pool_for};
+use crate::probe_heads::{HeadReport, HeadSettings, TestRows, head_measures};
 use crate::views::{ProbeTrainImages, SplitView, Test, Train};
 
 /// Parameters of `probe`.
@@ -27,6 +30,16 @@ pub struct ProbeParams {
     pub pixels: bool,
     /// Raw pixels are average-pooled to at most this many per image side.
     pub pixel_side: usize,
+    /// Held-out MLM accuracy on finding words, beside other words and a frequency baseline.
+    pub mlm: bool,
+    /// The ITM head's accuracy on held-out matched pairs and on clean negatives.
+    pub itm: bool,
+    /// Zero-shot classification of the downstream test images through the ITM head.
+    pub zero_shot: bool,
+    /// Share of each held-out row's non-finding tokens the MLM measure masks (in (0, 1]).
+    pub mlm_other_ratio: f64,
+    /// Seed of the MLM measure's other-token draw and of the ITM measure's negatives.
+    pub measure_seed: u64,
 }
 
 impl Default for ProbeParams {
@@ -37,6 +50,11 @@ impl Default for ProbeParams {
             probe: ProbeSettings::default(),
             pixels: true,
             pixel_side: 16,
+            mlm: true,
+            itm: true,
+            zero_shot: true,
+            mlm_other_ratio: 0.15,
+            measure_seed: 0,
         }
     }
 }
@@ -58,6 +76,9 @@ pub struct ProbeReport {
     /// Side of the pooled pixel grid the pixel probe read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pixel_grid: Option<usize>,
+    /// The checkpoint's own heads: `text_source`, `mlm`, `itm`, `zero_shot`, `skipped`.
+    #[serde(flatten)]
+    pub heads: HeadReport,
 }
 
 /// `kind: probe`.
@@ -75,10 +96,10 @@ impl StageKind for ProbeKind {
         false
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn summary(&self) -> &'static str {
-        "Frozen-feature linear probe of a pretrain/calibrate checkpoint's image encoder, beside raw pixels"
+        "Frozen-feature linear probe of a pretrain/calibrate checkpoint's image encoder, beside raw pixels; its MLM/ITM heads on held-out data"
     }
     fn default_params(&self) -> std::result::Result<Params, Vec<Problem>> {
         resolve_typed::<ProbeParams>(Params::new())
@@ -102,6 +123,19 @@ impl StageKind for ProbeKind {
             problems.push(Problem::new(
                 "inputs",
                 "a `probe` stage reads one checkpoint: give it one `pretrain` or one `calibrate` stage",
+            ));
+        }
+        if decl.inputs.iter().filter(|(_, k)| k == "ingest").count() > 2 {
+            problems.push(Problem::new(
+                "inputs",
+                "a `probe` stage reads at most two `ingest` stages: the downstream split first, \
+                 then (optionally) the held-out report text, e.g. the pre-training corpus",
+            ));
+        }
+        if !(p.mlm_other_ratio > 0.0 && p.mlm_other_ratio <= 1.0) {
+            problems.push(Problem::new(
+                "params.mlm_other_ratio",
+                format!("must lie in (0, 1], got {}", p.mlm_other_ratio),
             ));
         }
         problems.extend(device_problem(&p.device));
@@ -136,6 +170,8 @@ impl StageKind for ProbeKind {
                     ctx.name
                 ))
             })?;
+        // The second `ingest` input, if any, holds the held-out report text.
+        let text_ingest = ctx.inputs.iter().filter(|i| i.kind == "ingest").nth(1);
         let device = select_device(&p.device).map_err(failed)?;
         let test = SplitView::<Test>::load(&ingest.dir).map_err(failed)?;
         // The probe's training images and labels (no texts): fitting the probe on them is its purpose.
@@ -143,12 +179,54 @@ impl StageKind for ProbeKind {
             ProbeTrainImages::from_train(SplitView::<Train>::load(&ingest.dir).map_err(failed)?);
         let (_store, model, _info) = load_checkpoint(&checkpoint.dir, &device).map_err(failed)?;
         check_fits(&model, &test, &ingest.dir).map_err(failed)?;
-        ctx.progress.set_total(1);
-        let report = with_threads(ctx.threads, || {
+        let held_out = match text_ingest {
+            Some(input) => {
+                let view = SplitView::<Test>::load(&input.dir).map_err(failed)?;
+                check_fits(&model, &view, &input.dir).map_err(failed)?;
+                Some((view, input.dir.as_path()))
+            }
+            None => None,
+        };
+        let text = match &held_out {
+            Some((view, dir)) => TestRows {
+                data: view.data(),
+                dir,
+            },
+            None => TestRows {
+                data: test.data(),
+                dir: &ingest.dir,
+            },
+        };
+        let downstream = TestRows {
+            data: test.data(),
+            dir: &ingest.dir,
+        };
+        let settings = HeadSettings {
+            mlm: p.mlm,
+            itm: p.itm,
+            zero_shot: p.zero_shot,
+            mlm_other_ratio: p.mlm_other_ratio,
+            seed: p.measure_seed,
+            batch: p.batch_size,
+        };
+        ctx.progress.set_total(2);
+        let mut report = with_threads(ctx.threads, || {
             probe_report(&checkpoint.kind, &model, &train, &test, &p, &device)
                 .map_err(|e| stage_error(ctx.id, e))
         })?;
         ctx.progress.set_position(1);
+        report.heads = with_threads(ctx.threads, || {
+            head_measures(
+                &model,
+                downstream,
+                text,
+                held_out.is_some(),
+                settings,
+                &device,
+            )
+            .map_err(|e| stage_error(ctx.id, e))
+        })?;
+        ctx.progress.set_position(2);
         write(&ctx.out_dir.join("metrics.json"), &json(&report)?)
     }
 }
@@ -202,6 +280,7 @@ fn probe_report(
         encoder,
         pixels,
         pixel_grid,
+        heads: HeadReport::default(),
     })
 }
 
