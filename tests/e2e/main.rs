@@ -10,6 +10,7 @@ mod crash;
 mod disk_full;
 mod evaluation;
 mod example;
+mod gpu_check;
 mod hostile;
 mod integrity;
 mod ml_pipeline;
