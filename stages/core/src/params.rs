@@ -14,9 +14,17 @@ use crate::api::{Params, Problem, StageError};
 pub fn resolve_typed<T: DeserializeOwned + Serialize>(
     params: Params,
 ) -> Result<Params, Vec<Problem>> {
+    resolve_with_value::<T>(params).map(|(completed, _)| completed)
+}
+
+/// [`resolve_typed`], also returning the typed value it read, for kinds whose `resolve_params`
+/// checks fields further.
+pub fn resolve_with_value<T: DeserializeOwned + Serialize>(
+    params: Params,
+) -> Result<(Params, T), Vec<Problem>> {
     let value: T = from_params(params).map_err(|problem| vec![problem])?;
     match serde_json::to_value(&value) {
-        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Object(map)) => Ok((map, value)),
         Ok(other) => Err(vec![Problem::new(
             "params",
             format!("internal: parameters serialised to {other} instead of a map"),

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use umdflow_data::artifact::{Dataset, SPLIT_TRAIN};
-use umdflow_stages::params::{resolve_typed, typed};
+use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use crate::masking::{MaskPlan, PlanSettings, TokenInfo};
@@ -114,9 +114,7 @@ impl StageKind for MaskKind {
     }
 
     fn resolve_params(&self, decl: &StageDecl<'_>, params: Params) -> Result<Params, Vec<Problem>> {
-        let resolved = resolve_typed::<MaskParams>(params)?;
-        let typed: MaskParams =
-            typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
+        let (resolved, typed) = resolve_with_value::<MaskParams>(params)?;
         let mut problems = typed.problems();
         if !decl.inputs.iter().any(|(_, kind)| kind == "ingest") {
             problems.push(Problem::new(

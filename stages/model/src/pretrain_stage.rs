@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use umdflow_data::artifact::Dataset;
-use umdflow_stages::params::{resolve_typed, typed};
+use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use crate::checkpoint::save_checkpoint;
@@ -128,9 +128,7 @@ impl StageKind for PretrainKind {
     }
 
     fn resolve_params(&self, decl: &StageDecl<'_>, params: Params) -> Result<Params, Vec<Problem>> {
-        let resolved = resolve_typed::<PretrainParams>(params)?;
-        let typed: PretrainParams =
-            typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
+        let (resolved, typed) = resolve_with_value::<PretrainParams>(params)?;
         let mut problems = typed.problems();
         for needed in ["ingest", "mask"] {
             if !decl.inputs.iter().any(|(_, kind)| kind == needed) {

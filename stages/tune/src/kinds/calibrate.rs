@@ -6,7 +6,7 @@ use umdflow_model::checkpoint::save_checkpoint;
 use umdflow_model::objective::ObjectiveConfig;
 use umdflow_model::optim::OptimConfig;
 use umdflow_model::train::{StepRecord, TrainObserver};
-use umdflow_stages::params::{resolve_typed, typed};
+use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use super::{
@@ -100,9 +100,7 @@ impl StageKind for CalibrateKind {
         decl: &StageDecl<'_>,
         params: Params,
     ) -> std::result::Result<Params, Vec<Problem>> {
-        let resolved = resolve_typed::<CalibrateParams>(params)?;
-        let p: CalibrateParams =
-            typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
+        let (resolved, p) = resolve_with_value::<CalibrateParams>(params)?;
         let mut problems = needs_inputs(decl, "calibrate", &[&["ingest"], &["pretrain"]]);
         problems.extend(training_problems(&p.device, p.batch_size, &p.optim));
         problems.extend(loss_problems(&p));

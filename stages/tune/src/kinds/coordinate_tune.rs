@@ -12,7 +12,7 @@ use umdflow_model::model::UmdModel;
 use umdflow_model::model::layers::Linear;
 use umdflow_model::optim::OptimConfig;
 use umdflow_model::store::ParamStore;
-use umdflow_stages::params::{resolve_typed, typed};
+use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use super::{
@@ -134,9 +134,7 @@ impl StageKind for CoordinateTuneKind {
         decl: &StageDecl<'_>,
         params: Params,
     ) -> std::result::Result<Params, Vec<Problem>> {
-        let resolved = resolve_typed::<CoordinateTuneParams>(params)?;
-        let p: CoordinateTuneParams =
-            typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
+        let (resolved, p) = resolve_with_value::<CoordinateTuneParams>(params)?;
         let mut problems = needs_inputs(
             decl,
             "coordinate-tune",

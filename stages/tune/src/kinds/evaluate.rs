@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use umdflow_model::device::select_device;
-use umdflow_stages::params::{resolve_typed, typed};
+use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use super::coordinate_tune::load_tuned;
@@ -69,9 +69,7 @@ impl StageKind for EvaluateKind {
         decl: &StageDecl<'_>,
         params: Params,
     ) -> std::result::Result<Params, Vec<Problem>> {
-        let resolved = resolve_typed::<EvaluateParams>(params)?;
-        let p: EvaluateParams =
-            typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
+        let (resolved, p) = resolve_with_value::<EvaluateParams>(params)?;
         let mut problems = needs_inputs(decl, "evaluate", &[&["ingest"], &["coordinate-tune"]]);
         problems.extend(device_problem(&p.device));
         for (field, value) in [

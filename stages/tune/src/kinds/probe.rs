@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use umdflow_model::checkpoint::load_checkpoint;
 use umdflow_model::device::select_device;
-use umdflow_stages::params::{resolve_typed, typed};
+use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use super::{
@@ -110,9 +110,7 @@ impl StageKind for ProbeKind {
         decl: &StageDecl<'_>,
         params: Params,
     ) -> std::result::Result<Params, Vec<Problem>> {
-        let resolved = resolve_typed::<ProbeParams>(params)?;
-        let p: ProbeParams =
-            typed(&resolved).map_err(|e| vec![Problem::new("params", e.to_string())])?;
+        let (resolved, p) = resolve_with_value::<ProbeParams>(params)?;
         let mut problems = needs_inputs(decl, "probe", &[&["ingest"], &CHECKPOINT_KINDS]);
         let checkpoints = decl
             .inputs
