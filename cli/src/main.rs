@@ -11,6 +11,9 @@ use umdflow_engine::diagnostics::Invalid;
 use umdflow_engine::exit::Exit;
 use umdflow_engine::registry::Registry;
 use umdflow_engine::scheduler::{RunOptions, Status, cache_dir};
+use umdflow_engine::slurm::SlurmOptions;
+use umdflow_engine::slurm::worker::{self, Report};
+use umdflow_engine::spec::ExecutorKind;
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +86,41 @@ enum Command {
         /// Write no lock file.
         #[arg(long, conflicts_with = "lock_file")]
         no_lock_file: bool,
+        /// Where the stages run (default: the file's `executor.kind`, else local). `slurm`
+        /// submits one job per missing instance (docs/scaling.md).
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorKind>,
+    },
+    /// Run one instance and exit: what each Slurm job runs (`run --executor slurm`).
+    #[command(hide = true)]
+    Worker {
+        #[command(flatten)]
+        pipeline: Pipeline,
+        /// The instance id.
+        #[arg(long)]
+        instance: String,
+        /// Recompute it even if cached.
+        #[arg(long)]
+        force: bool,
+        /// Threads the stage may use (default: $SLURM_CPUS_PER_TASK, else 1).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Where to write what happened, as JSON, for the driver.
+        #[arg(long, value_name = "PATH")]
+        report: Option<PathBuf>,
+    },
+    /// The Slurm jobs of the pipeline's runs (`run --executor slurm`) that are queued or running.
+    Status {
+        #[command(flatten)]
+        pipeline: Pipeline,
+        /// Also the jobs that ended (of runs whose job folder is kept: those with a failure).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Cancel the pipeline's queued and running Slurm jobs; what they committed stays cached.
+    Cancel {
+        #[command(flatten)]
+        pipeline: Pipeline,
     },
     /// Say what `run` would execute and why, running nothing.
     Plan {
@@ -198,6 +236,21 @@ fn install_ctrl_c() {
     });
 }
 
+/// Slurm ends a job (scancel, time limit) with SIGTERM, then SIGKILL after `KillWait`: stop the
+/// stage the way Ctrl-C does, so that its staging folder is cleaned up and nothing is committed.
+fn cancel_on_sigterm() {
+    extern "C" fn on_sigterm(_: libc::c_int) {
+        CANCEL.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+}
+
 /// Exit code 2 for an invalid pipeline, with every problem listed.
 fn load(pipeline: &Pipeline, registry: &Registry) -> Result<Loaded, Invalid> {
     commands::load_pipeline(&pipeline.args(), registry)
@@ -262,8 +315,21 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             lock_file,
             no_lock_file,
+            executor,
         } => {
             let loaded = load(&pipeline, &registry)?;
+            let executor = executor.unwrap_or_else(|| {
+                let block = loaded.source.raw.executor.as_ref();
+                block.map(|e| e.kind).unwrap_or_default()
+            });
+            let slurm = match executor {
+                ExecutorKind::Local => None,
+                ExecutorKind::Slurm => Some(SlurmOptions::from_source(
+                    &loaded.source,
+                    std::env::current_exe()?,
+                    threads_per_stage,
+                )?),
+            };
             let jobs = jobs.unwrap_or(cores).max(1);
             let options = RunOptions {
                 jobs,
@@ -278,14 +344,76 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 (false, Some(path)) => LockFile::At(path),
                 (false, None) => LockFile::BesidePipeline,
             };
-            let result = commands::run(&loaded, &options, &force, json, cli.quiet, &lock, &CANCEL)?;
+            let result = commands::run(
+                &loaded,
+                &options,
+                &force,
+                json,
+                cli.quiet,
+                &lock,
+                slurm.as_ref(),
+                &CANCEL,
+            )?;
             Ok(if result.interrupted {
                 Exit::Interrupted.into()
-            } else if result.outcomes.iter().any(|o| o.status == Status::Failed) {
+            } else if result
+                .outcomes
+                .iter()
+                // Skipped: after a failure, or (Slurm) a job cancelled from outside the run.
+                .any(|o| matches!(o.status, Status::Failed | Status::Skipped))
+            {
                 Exit::Failed.into()
             } else {
                 Exit::Ok.into()
             })
+        }
+        Command::Worker {
+            pipeline,
+            instance,
+            force,
+            threads,
+            report,
+        } => {
+            let loaded = load(&pipeline, &registry)?;
+            let threads = threads
+                .or_else(|| std::env::var("SLURM_CPUS_PER_TASK").ok()?.parse().ok())
+                .unwrap_or(1)
+                .max(1);
+            let options = RunOptions {
+                jobs: 1,
+                keep_going: false,
+                threads_per_stage: threads,
+                umdflow_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            limit_candle_threads(threads);
+            install_ctrl_c();
+            cancel_on_sigterm();
+            let outcome = worker::run_instance(&loaded, &instance, &options, force, &CANCEL)?;
+            if let Some(path) = &report {
+                Report::of(&outcome).write(path)?;
+            }
+            eprintln!("umdflow worker: {instance}: {}", outcome.reason);
+            if let Some(tail) = &outcome.log_tail {
+                eprintln!("--- last lines of the log of {instance} ---\n{tail}\n---");
+            }
+            Ok(match outcome.status {
+                Status::Executed | Status::Cached => Exit::Ok.into(),
+                Status::Failed | Status::Skipped => Exit::Failed.into(),
+            })
+        }
+        Command::Status { pipeline, all } => {
+            let loaded = load(&pipeline, &registry)?;
+            commands::slurm_status(&loaded, all)?;
+            Ok(Exit::Ok.into())
+        }
+        Command::Cancel { pipeline } => {
+            let loaded = load(&pipeline, &registry)?;
+            let cancelled = commands::slurm_cancel(&loaded)?;
+            println!(
+                "cancelled {cancelled} Slurm jobs of {}",
+                loaded.expanded.name
+            );
+            Ok(Exit::Ok.into())
         }
         Command::Plan {
             pipeline,

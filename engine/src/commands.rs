@@ -14,6 +14,7 @@ use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::resolve::{DepDigests, Resolution, resolve_all};
 use crate::scheduler::{self, Outcome, RunOptions, Status, cache_dir};
+use crate::slurm::SlurmOptions;
 use crate::spec::{Source, load};
 use crate::summary::{self, StageLine, short_key, table};
 
@@ -120,21 +121,27 @@ pub fn run(
     json: bool,
     quiet: bool,
     lock: &LockFile,
+    slurm: Option<&SlurmOptions>,
     cancel: &AtomicBool,
 ) -> Result<RunResult> {
     let cache = open_cache(&loaded.cache_dir)?;
     let expanded = &loaded.expanded;
     let progress = Progress::new(expanded.instances.len() as u64, !json && !quiet);
     let forced = forced_matcher(expanded, force)?;
-    let outcomes = scheduler::run(
-        expanded,
-        &cache,
-        &loaded.deps,
-        options,
-        &forced,
-        &progress,
-        cancel,
-    )?;
+    let outcomes = match slurm {
+        None => scheduler::run(
+            expanded,
+            &cache,
+            &loaded.deps,
+            options,
+            &forced,
+            &progress,
+            cancel,
+        )?,
+        Some(slurm) => {
+            crate::slurm::run(loaded, &cache, options, slurm, &forced, &progress, cancel)?
+        }
+    };
     progress.finish();
     let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
     let lock_path = match lock {
@@ -489,4 +496,40 @@ pub fn kind_defaults(kind: &dyn umdflow_stages::StageKind) -> String {
         .map(|line| format!("    {line}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `status`: the Slurm jobs of the pipeline's runs on its cache (`all`: finished ones too); returns
+/// how many are queued or running.
+pub fn slurm_status(loaded: &Loaded, all: bool) -> Result<usize> {
+    let jobs = crate::slurm::runs::jobs(&loaded.cache_dir, &loaded.expanded.name)?;
+    let active = jobs.iter().filter(|line| line.active).count();
+    let mut rows = vec![vec![
+        "job".to_string(),
+        "stage".into(),
+        "state".into(),
+        "detail".into(),
+    ]];
+    for line in jobs.iter().filter(|line| all || line.active) {
+        rows.push(vec![
+            line.job.clone(),
+            line.instance.clone(),
+            line.state.clone(),
+            line.detail.clone(),
+        ]);
+    }
+    if rows.len() > 1 {
+        print!("{}", table(&rows));
+    }
+    println!(
+        "{active} Slurm jobs of {} queued or running ({} recorded in {})",
+        loaded.expanded.name,
+        jobs.len(),
+        loaded.cache_dir.display()
+    );
+    Ok(active)
+}
+
+/// `cancel`: cancels the queued and running Slurm jobs of the pipeline; how many.
+pub fn slurm_cancel(loaded: &Loaded) -> Result<usize> {
+    crate::slurm::runs::cancel(&loaded.cache_dir, &loaded.expanded.name)
 }

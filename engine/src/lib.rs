@@ -15,5 +15,6 @@ pub mod registry;
 pub mod report;
 pub mod resolve;
 pub mod scheduler;
+pub mod slurm;
 pub mod spec;
 pub mod summary;

@@ -78,6 +78,38 @@ enum JobResult {
     },
 }
 
+impl JobResult {
+    /// `reason` says why the instance ran (kept for an executed one).
+    fn into_outcome(self, reason: String, seconds: f64) -> Outcome {
+        match self {
+            JobResult::Executed(record) => Outcome {
+                status: Status::Executed,
+                key: Some(record.key.clone()),
+                reason,
+                seconds,
+                record: Some(record),
+                log_tail: None,
+            },
+            JobResult::CachedElsewhere(record) => Outcome {
+                status: Status::Cached,
+                key: Some(record.key.clone()),
+                reason: "computed by another umdflow process meanwhile".into(),
+                seconds,
+                record: Some(record),
+                log_tail: None,
+            },
+            JobResult::Failed { message, log_tail } => Outcome {
+                status: Status::Failed,
+                key: None,
+                reason: message,
+                seconds,
+                record: None,
+                log_tail,
+            },
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -86,7 +118,7 @@ fn now_ms() -> u64 {
 }
 
 /// The last lines of a log, to show with a failure.
-fn tail(path: &Path, lines: usize) -> Option<String> {
+pub(crate) fn tail(path: &Path, lines: usize) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
@@ -483,40 +515,19 @@ pub fn run(
             running -= 1;
             let id = &expanded.instances[index].id;
             tracing::debug!(instance = %id, seconds, "finished");
-            let outcome = match result {
-                JobResult::Executed(record) => Outcome {
-                    status: Status::Executed,
-                    key: Some(record.key.clone()),
-                    reason: std::mem::take(&mut reasons[index]),
-                    seconds,
-                    record: Some(record),
-                    log_tail: None,
-                },
-                JobResult::CachedElsewhere(record) => Outcome {
-                    status: Status::Cached,
-                    key: Some(record.key.clone()),
-                    reason: "computed by another umdflow process meanwhile".into(),
-                    seconds,
-                    record: Some(record),
-                    log_tail: None,
-                },
-                JobResult::Failed { message, log_tail } => {
-                    if cancel.load(Ordering::Relaxed) {
-                        stopping.get_or_insert_with(|| "not started: interrupted (Ctrl-C)".into());
-                    } else if !options.keep_going {
-                        stopping.get_or_insert_with(|| format!("not started: {id} failed (use --keep-going to run independent stages)"));
-                    }
-                    progress.note(&format!("stage {id} failed: {message}"));
-                    Outcome {
-                        status: Status::Failed,
-                        key: None,
-                        reason: message,
-                        seconds,
-                        record: None,
-                        log_tail,
-                    }
+            if let JobResult::Failed { message, .. } = &result {
+                if cancel.load(Ordering::Relaxed) {
+                    stopping.get_or_insert_with(|| "not started: interrupted (Ctrl-C)".into());
+                } else if !options.keep_going {
+                    stopping.get_or_insert_with(|| {
+                        format!(
+                            "not started: {id} failed (use --keep-going to run independent stages)"
+                        )
+                    });
                 }
-            };
+                progress.note(&format!("stage {id} failed: {message}"));
+            }
+            let outcome = result.into_outcome(std::mem::take(&mut reasons[index]), seconds);
             match outcome.status {
                 Status::Executed => ran += 1,
                 Status::Failed => failed_count += 1,
@@ -552,6 +563,44 @@ pub fn run(
         .collect())
 }
 
+/// One instance whose inputs are all cached, through the same path as every job of [`run`]:
+/// take the key's lease, look the key up again (another process may have committed it), build
+/// the input views, run the kind, commit. What the Slurm worker runs on a compute node.
+/// `inputs` are the records of the instance's inputs, in input order.
+#[allow(clippy::too_many_arguments)]
+pub fn execute_one(
+    expanded: &Expanded,
+    cache: &Cache,
+    deps: &DepDigests,
+    options: &RunOptions,
+    progress: &Progress,
+    cancel: &AtomicBool,
+    index: usize,
+    inputs: Vec<Record>,
+    forced: bool,
+    reason: String,
+) -> Outcome {
+    let digests: Vec<&str> = inputs.iter().map(|r| r.output_digest.as_str()).collect();
+    let components = components(expanded, index, deps, &digests);
+    let job = Job {
+        index,
+        key: components.key(),
+        components,
+        inputs,
+        forced,
+    };
+    let executor = Executor {
+        expanded,
+        cache,
+        options,
+        progress,
+        cancel,
+    };
+    let clock = Instant::now();
+    let result = executor.execute(&job);
+    result.into_outcome(reason, clock.elapsed().as_secs_f64())
+}
+
 /// An instance is done: dependents whose inputs are now all done become ready.
 fn release_dependents(
     done: usize,
@@ -568,7 +617,8 @@ fn release_dependents(
     }
 }
 
-fn skip_descendants(
+/// A failed instance: every descendant not yet decided is skipped, saying why.
+pub(crate) fn skip_descendants(
     failed: usize,
     dependents: &[Vec<usize>],
     outcomes: &mut [Option<Outcome>],

@@ -128,6 +128,45 @@ impl RawReport {
     }
 }
 
+/// Where `umdflow run` runs the stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// On this machine, `--jobs` at a time.
+    #[default]
+    Local,
+    /// As Slurm jobs, one per instance, through `sbatch` (docs/scaling.md).
+    Slurm,
+}
+
+/// `executor:`: the default executor of `umdflow run` and the Slurm settings. Never part of a
+/// key: where a stage runs does not change what it computes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExecutor {
+    /// The executor `run` uses when `--executor` is not given.
+    #[serde(default)]
+    pub kind: ExecutorKind,
+    /// `sbatch --partition`.
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// `sbatch --account`.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// `sbatch --qos`.
+    #[serde(default)]
+    pub qos: Option<String>,
+    /// `sbatch --constraint`.
+    #[serde(default)]
+    pub constraint: Option<String>,
+    /// More `sbatch` arguments, passed as given (`["--time=02:00:00", "--mem=8G"]`).
+    #[serde(default)]
+    pub sbatch_args: Vec<String>,
+    /// Seconds between two looks at the queue (one `squeue` each).
+    #[serde(default)]
+    pub poll_seconds: Option<f64>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPipeline {
@@ -145,6 +184,8 @@ pub struct RawPipeline {
     pub stages: Ordered<RawStage>,
     #[serde(default)]
     pub report: Option<RawReport>,
+    #[serde(default)]
+    pub executor: Option<RawExecutor>,
 }
 
 /// A pipeline file as read, before validation.
@@ -164,7 +205,7 @@ impl Source {
     }
 }
 
-const TOP_LEVEL: [&str; 8] = [
+const TOP_LEVEL: [&str; 9] = [
     "name",
     "description",
     "seeds",
@@ -173,6 +214,7 @@ const TOP_LEVEL: [&str; 8] = [
     "baseline",
     "stages",
     "report",
+    "executor",
 ];
 
 /// `--set preset=NAME` applies the overrides listed under `presets: NAME:` in the file.

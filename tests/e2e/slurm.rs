@@ -1,0 +1,482 @@
+//! The Slurm executor against a real cluster (`scripts/slurm-ci.sh up` starts a one-node one;
+//! `.ci/run` does that first). Without a cluster that answers, the cluster tests print a skip
+//! line; with `UMDFLOW_REQUIRE_SLURM=1` (CI sets it) they fail instead, so CI never passes by
+//! skipping. The worker tests at the end need no cluster.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+
+/// Whether a Slurm cluster answers here; prints why not (or panics when CI requires one).
+fn cluster(test: &str) -> bool {
+    let answer = Command::new("sinfo")
+        .args(["--noheader", "--format=%a"])
+        .output();
+    let why_not = match answer {
+        Err(err) => format!("`sinfo` cannot run ({err})"),
+        Ok(out) if !out.status.success() => format!(
+            "`sinfo` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Ok(out) if !String::from_utf8_lossy(&out.stdout).contains("up") => {
+            "no partition is up".to_string()
+        }
+        Ok(_) => return true,
+    };
+    if std::env::var("UMDFLOW_REQUIRE_SLURM").is_ok_and(|v| v == "1") {
+        panic!(
+            "{test}: UMDFLOW_REQUIRE_SLURM=1 but no Slurm cluster answers: {why_not} (run scripts/slurm-ci.sh up)"
+        );
+    }
+    println!(
+        "skip {test}: no Slurm cluster answers: {why_not} (scripts/slurm-ci.sh up starts one)"
+    );
+    false
+}
+
+/// How many jobs whose name starts with `prefix` Slurm lists, finished ones included.
+fn jobs_named(prefix: &str) -> usize {
+    let out = Command::new("squeue")
+        .args(["--noheader", "--states=all", "--format=%j"])
+        .output()
+        .expect("squeue");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+/// A pipeline name no earlier test run used, so that job counts by name are this run's alone.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{nanos}-{}", std::process::id())
+}
+
+/// Look at the queue often: the tests wait on it.
+const FAST_POLL: &str = "executor:\n  poll_seconds: 0.2\n";
+
+#[test]
+fn the_example_pipeline_through_slurm_writes_the_local_lock_file_and_reruns_submit_nothing() {
+    if !cluster("example_through_slurm") {
+        return;
+    }
+    let project = Project::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/example");
+    for entry in std::fs::read_dir(&example).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.ends_with(".py") {
+            std::fs::copy(&path, project.path(&name)).unwrap();
+        }
+    }
+    let name = unique("slurm-example");
+    let text = std::fs::read_to_string(example.join("example.yaml"))
+        .unwrap()
+        .replace("name: example", &format!("name: {name}"));
+    project.write("example.yaml", &format!("{text}\n{FAST_POLL}"));
+    let run = |executor: &str, cache: &str, lock: &str| {
+        project.json(
+            &[
+                "run",
+                "example.yaml",
+                "--executor",
+                executor,
+                "--cache",
+                cache,
+                "--lock-file",
+                lock,
+                "--threads-per-stage",
+                "1",
+                "--set",
+                "seeds=[0, 1]",
+                "--set",
+                "sweep.lam=[0.1,1000]",
+            ],
+            0,
+        )
+    };
+    let local = run("local", "local-cache", "local.lock.json");
+    let slurm = run("slurm", "slurm-cache", "slurm.lock.json");
+    // generate, 2 splits, 4 fits, 4 evaluations
+    assert_eq!(local["executed"], 11, "{local}");
+    assert_eq!(slurm["executed"], 11, "{slurm}");
+    assert_eq!(jobs_named(&format!("{name}/")), 11);
+    let local_lock = std::fs::read_to_string(project.path("local.lock.json")).unwrap();
+    let slurm_lock = std::fs::read_to_string(project.path("slurm.lock.json")).unwrap();
+    assert!(local_lock.contains("\"output_digest\""), "{local_lock}");
+    assert_eq!(
+        local_lock, slurm_lock,
+        "a Slurm run writes the same lock file as a local run"
+    );
+
+    let again = run("slurm", "slurm-cache", "slurm.lock.json");
+    assert_eq!(again["cached"], 11, "{again}");
+    assert_eq!(again["executed"], 0, "{again}");
+    assert_eq!(
+        jobs_named(&format!("{name}/")),
+        11,
+        "a second run submits nothing"
+    );
+    assert!(
+        !project.path("slurm-cache/slurm").exists()
+            || std::fs::read_dir(project.path("slurm-cache/slurm"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "a run that succeeded leaves no job folder behind"
+    );
+}
+
+#[test]
+fn a_failing_job_shows_its_log_and_stops_only_its_descendants() {
+    if !cluster("failing_job") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-failing");
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: {name}
+stages:
+  a: {{kind: cmd, run: 'echo a > "$UMDFLOW_OUT/a.txt"'}}
+  bad: {{kind: cmd, inputs: [a], run: 'echo boom-from-bad; exit 3'}}
+  after_bad: {{kind: cmd, inputs: [bad], run: 'echo x > "$UMDFLOW_OUT/x.txt"'}}
+  good: {{kind: cmd, inputs: [a], run: 'sleep 1; echo g > "$UMDFLOW_OUT/g.txt"'}}
+  after_good: {{kind: cmd, inputs: [good], run: 'echo y > "$UMDFLOW_OUT/y.txt"'}}
+{FAST_POLL}"#
+        ),
+    );
+    let output = project.umdflow(&[
+        "run",
+        "p.yaml",
+        "--executor",
+        "slurm",
+        "--keep-going",
+        "--json",
+        "--no-lock-file",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut found = statuses(&run);
+    found.sort();
+    let expected = [
+        ("a", "executed"),
+        ("after_bad", "skipped"),
+        ("after_good", "executed"),
+        ("bad", "failed"),
+        ("good", "executed"),
+    ]
+    .map(|(id, status)| (id.to_string(), status.to_string()));
+    assert_eq!(found, expected, "{run}");
+    let err = stderr(&output);
+    assert!(
+        err.contains("last lines of the log of bad") && err.contains("boom-from-bad"),
+        "the failed job's log is shown: {err}"
+    );
+    // The failed job's Slurm log stays for the user.
+    let bad = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "bad")
+        .unwrap();
+    let reason = bad["reason"].as_str().unwrap();
+    assert!(reason.contains("job log: "), "{reason}");
+    let log = reason
+        .rsplit("job log: ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')');
+    assert!(
+        std::fs::read_to_string(log)
+            .unwrap()
+            .contains("boom-from-bad"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_local_and_a_slurm_run_on_one_cache_compute_no_stage_twice() {
+    if !cluster("local_and_slurm") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-shared");
+    let mut text = format!("name: {name}\nseeds: 4\nstages:\n");
+    text.push_str(&format!(
+        "  shared:\n    kind: cmd\n    run: 'sleep 0.5; {RECORD}'\n"
+    ));
+    text.push_str(&format!(
+        "  work:\n    kind: cmd\n    inputs: [shared]\n    run: 'sleep 0.5; {RECORD}'\n    params: {{seed: \"${{seed}}\"}}\n"
+    ));
+    text.push_str(FAST_POLL);
+    project.write("p.yaml", &text);
+    let spawn = |executor: &str| {
+        project
+            .command(&[
+                "run",
+                "p.yaml",
+                "--json",
+                "--jobs",
+                "2",
+                "--no-lock-file",
+                "--executor",
+                executor,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let slurm = spawn("slurm");
+    let local = spawn("local");
+    for output in [
+        slurm.wait_with_output().unwrap(),
+        local.wait_with_output().unwrap(),
+    ] {
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            run["executed"].as_u64().unwrap() + run["cached"].as_u64().unwrap(),
+            5,
+            "{run}"
+        );
+    }
+    let mut journal = project.journal();
+    journal.sort();
+    assert_eq!(
+        journal,
+        [
+            "shared",
+            "work[seed=0]",
+            "work[seed=1]",
+            "work[seed=2]",
+            "work[seed=3]"
+        ],
+        "every stage ran exactly once across the local run and the Slurm jobs"
+    );
+}
+
+#[test]
+fn two_hundred_trivial_instances_are_submitted_and_finish() {
+    if !cluster("two_hundred") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-many");
+    project.write(
+        "p.yaml",
+        &format!(
+            "name: {name}\nseeds: 200\nstages:\n  work:\n    kind: cmd\n    run: '{RECORD}'\n    params: {{seed: \"${{seed}}\"}}\n{FAST_POLL}"
+        ),
+    );
+    let args = ["run", "p.yaml", "--executor", "slurm", "--no-lock-file"];
+    let run = project.json(&args, 0);
+    assert_eq!(run["executed"], 200, "{run}");
+    assert_eq!(jobs_named(&format!("{name}/")), 200);
+    let mut journal = project.journal();
+    journal.sort();
+    journal.dedup();
+    assert_eq!(journal.len(), 200, "each instance ran once");
+    let again = project.json(&args, 0);
+    assert_eq!(again["cached"], 200, "{again}");
+    assert_eq!(jobs_named(&format!("{name}/")), 200, "nothing resubmitted");
+}
+
+// ---- the worker alone (no cluster needed)
+
+const CHAIN: &str = r#"name: chain
+stages:
+  first: {kind: cmd, run: 'echo "$UMDFLOW_INSTANCE" >> "$JOURNAL"; echo 1 > "$UMDFLOW_OUT/one.txt"'}
+  second: {kind: cmd, inputs: [first], run: 'echo "$UMDFLOW_INSTANCE" >> "$JOURNAL"; cat "$UMDFLOW_INPUT_FIRST/one.txt" > "$UMDFLOW_OUT/two.txt"'}
+"#;
+
+#[test]
+fn a_worker_runs_its_instance_once_and_a_run_then_finds_it_cached() {
+    let project = Project::new();
+    project.write("p.yaml", CHAIN);
+    let worker = |id: &str, report: &str| {
+        project.umdflow(&["worker", "p.yaml", "--instance", id, "--report", report])
+    };
+    let report = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(project.path(name)).unwrap()).unwrap()
+    };
+
+    // An instance whose input is not cached cannot run: a clear error, nothing computed.
+    let early = worker("second", "early.json");
+    assert_eq!(early.status.code(), Some(1));
+    assert!(
+        stderr(&early).contains("second cannot run yet: its input first is not in the cache"),
+        "{}",
+        stderr(&early)
+    );
+    assert!(project.journal().is_empty());
+
+    let first = worker("first", "first.json");
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(report("first.json")["status"], "executed");
+    let second = worker("second", "second.json");
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    assert_eq!(report("second.json")["status"], "executed");
+    assert_eq!(project.journal(), ["first", "second"]);
+
+    // Already committed: the worker exits at once without running the stage.
+    let again = worker("second", "again.json");
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(report("again.json")["status"], "cached");
+    assert_eq!(report("again.json")["key"], report("second.json")["key"]);
+    assert_eq!(project.journal(), ["first", "second"]);
+
+    // What the workers committed is what a local run looks for.
+    let run = project.json(&["run", "p.yaml", "--no-lock-file"], 0);
+    assert_eq!(run["cached"], 2, "{run}");
+    assert_eq!(project.journal(), ["first", "second"]);
+}
+
+#[test]
+fn a_worker_names_an_unknown_instance() {
+    let project = Project::new();
+    project.write("p.yaml", CHAIN);
+    let output = project.umdflow(&["worker", "p.yaml", "--instance", "third"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no instance `third`"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// `a`, then `b` (slow when `$SLOW` is set; it writes `started` first), then `c`.
+fn slow_chain(name: &str) -> String {
+    format!(
+        r#"name: {name}
+stages:
+  a: {{kind: cmd, run: 'echo a > "$UMDFLOW_OUT/a.txt"'}}
+  b: {{kind: cmd, inputs: [a], run: 'touch started; if [ -n "$SLOW" ]; then sleep 120; fi; echo b > "$UMDFLOW_OUT/b.txt"'}}
+  c: {{kind: cmd, inputs: [b], run: 'echo c > "$UMDFLOW_OUT/c.txt"'}}
+{FAST_POLL}"#
+    )
+}
+
+/// Waits until the slow stage has started in its Slurm job.
+fn wait_started(project: &Project, child: &mut std::process::Child) {
+    let clock = std::time::Instant::now();
+    while !project.path("started").exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before the slow stage started");
+        }
+        assert!(
+            clock.elapsed() < std::time::Duration::from_secs(60),
+            "the slow stage's job did not start within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// How many of the pipeline's jobs are still queued or running.
+fn active_jobs(prefix: &str) -> usize {
+    let out = Command::new("squeue")
+        .args(["--noheader", "--format=%j"])
+        .output()
+        .expect("squeue");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn ctrl_c_cancels_the_jobs_and_keeps_what_is_committed() {
+    if !cluster("ctrl_c") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-ctrl-c");
+    project.write("p.yaml", &slow_chain(&name));
+    let args = ["run", "p.yaml", "--executor", "slurm", "--no-lock-file"];
+    let mut child = project
+        .command(&[&args[..], &["--json"]].concat())
+        .env("SLOW", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_started(&project, &mut child);
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(run["interrupted"], true, "{run}");
+    assert_eq!(with_status(&run, "executed"), ["a"], "{run}");
+    assert_eq!(with_status(&run, "skipped").last().unwrap(), "c", "{run}");
+    assert_eq!(active_jobs(&format!("{name}/")), 0, "no job is left queued");
+
+    let again = project.json(&args, 0);
+    assert_eq!(with_status(&again, "cached"), ["a"], "{again}");
+    assert_eq!(with_status(&again, "executed"), ["b", "c"], "{again}");
+}
+
+#[test]
+fn status_lists_a_running_pipeline_s_jobs_and_cancel_cancels_them() {
+    if !cluster("status_cancel") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-status");
+    project.write("p.yaml", &slow_chain(&name));
+    let mut child = project
+        .command(&[
+            "run",
+            "p.yaml",
+            "--executor",
+            "slurm",
+            "--json",
+            "--no-lock-file",
+        ])
+        .env("SLOW", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_started(&project, &mut child);
+    let status = project.umdflow(&["status", "p.yaml"]);
+    let shown = String::from_utf8_lossy(&status.stdout).to_string();
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    assert!(
+        shown.contains("RUNNING") && shown.contains("PENDING"),
+        "b runs and c waits for it: {shown}"
+    );
+    assert!(
+        shown.contains(&format!("2 Slurm jobs of {name} queued or running")),
+        "{shown}"
+    );
+
+    let cancel = project.umdflow(&["cancel", "p.yaml"]);
+    assert_eq!(cancel.status.code(), Some(0), "{}", stderr(&cancel));
+    assert!(
+        String::from_utf8_lossy(&cancel.stdout).contains("cancelled 2 Slurm jobs"),
+        "{}",
+        String::from_utf8_lossy(&cancel.stdout)
+    );
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(with_status(&run, "executed"), ["a"], "{run}");
+    assert_eq!(with_status(&run, "skipped").last().unwrap(), "c", "{run}");
+    assert_eq!(active_jobs(&format!("{name}/")), 0);
+    let after = project.umdflow(&["status", "p.yaml"]);
+    assert!(
+        String::from_utf8_lossy(&after.stdout).contains(&format!("0 Slurm jobs of {name}")),
+        "{}",
+        String::from_utf8_lossy(&after.stdout)
+    );
+}
