@@ -337,7 +337,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads_per_stage: threads_per_stage.unwrap_or((cores / jobs).max(1)),
                 umdflow_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            limit_candle_threads(options.threads_per_stage);
+            // Slurm jobs inherit this environment: each worker sets its own budget instead.
+            if slurm.is_none() {
+                limit_candle_threads(options.threads_per_stage);
+            }
             install_ctrl_c();
             let lock = match (no_lock_file, lock_file) {
                 (true, _) => LockFile::Off,

@@ -132,6 +132,52 @@ fn the_example_pipeline_through_slurm_writes_the_local_lock_file_and_reruns_subm
 }
 
 #[test]
+fn the_ablation_ci_preset_through_slurm_writes_the_local_lock_file() {
+    if !cluster("ablation_through_slurm") {
+        return;
+    }
+    let project = Project::new();
+    let ablation = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/ablation.yaml");
+    let run = |executor: &str, cache: &str, lock: &str| {
+        let cache = project.path(cache);
+        let lock = project.path(lock);
+        project.json(
+            &[
+                "run",
+                ablation.to_str().unwrap(),
+                "--set",
+                "preset=ci",
+                "--set",
+                "executor.poll_seconds=0.5",
+                "--executor",
+                executor,
+                "--cache",
+                cache.to_str().unwrap(),
+                "--lock-file",
+                lock.to_str().unwrap(),
+                // The ML stages are bit-identical for a given thread count.
+                "--threads-per-stage",
+                "1",
+            ],
+            0,
+        )
+    };
+    let local = run("local", "local-cache", "local.lock.json");
+    let slurm = run("slurm", "slurm-cache", "slurm.lock.json");
+    assert_eq!(local["failed"], 0, "{local}");
+    assert_eq!(slurm["executed"], local["executed"], "{slurm}");
+    let local_lock = std::fs::read_to_string(project.path("local.lock.json")).unwrap();
+    let slurm_lock = std::fs::read_to_string(project.path("slurm.lock.json")).unwrap();
+    assert!(local_lock.contains("\"metrics_digest\""), "{local_lock}");
+    assert!(
+        local_lock == slurm_lock,
+        "the ablation's ci preset through Slurm writes the local run's lock file; diff {} {}",
+        project.path("local.lock.json").display(),
+        project.path("slurm.lock.json").display()
+    );
+}
+
+#[test]
 fn a_failing_job_shows_its_log_and_stops_only_its_descendants() {
     if !cluster("failing_job") {
         return;
