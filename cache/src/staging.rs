@@ -9,6 +9,8 @@ use crate::error::CacheError;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 const LOCK: &str = ".owner.lock";
+/// Name prefix of a staging folder being set up (see [`Staging::create`]).
+const SETUP_PREFIX: &str = ".setup-";
 
 /// A staging folder: `out/` for the stage's output, `log.txt` for its log, and `inputs/` for the
 /// views of its inputs. It is deleted when dropped unless committed (the commit moves its files).
@@ -31,11 +33,16 @@ impl Staging {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let dir = root.join(name);
-        fs::create_dir_all(dir.join("out")).map_err(CacheError::io(&dir))?;
+        let dir = root.join(&name);
+        // Set up under a name `remove_abandoned` leaves alone while young, then renamed: between
+        // creating the lock file and locking it, another process opening the cache would take
+        // the folder for a dead process's and delete it under the running stage.
+        let setup = root.join(format!("{SETUP_PREFIX}{name}"));
+        fs::create_dir_all(setup.join("out")).map_err(CacheError::io(&setup))?;
         // Held while this process lives; a folder whose lock is free belongs to a dead process.
-        let owner = File::create(dir.join(LOCK)).map_err(CacheError::io(&dir))?;
-        owner.lock().map_err(CacheError::io(&dir))?;
+        let owner = File::create(setup.join(LOCK)).map_err(CacheError::io(&setup))?;
+        owner.lock().map_err(CacheError::io(&setup))?;
+        fs::rename(&setup, &dir).map_err(CacheError::io(&dir))?;
         Ok(Staging { dir, _owner: owner })
     }
 
@@ -164,8 +171,13 @@ pub(crate) fn remove_abandoned(root: &Path) -> u64 {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age.as_secs() < 10);
+        let setting_up = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SETUP_PREFIX);
         let abandoned = match File::open(dir.join(LOCK)) {
-            Ok(lock) => lock.try_lock().is_ok(),
+            // A folder being set up may hold its lock file before the lock.
+            Ok(lock) => lock.try_lock().is_ok() && !(setting_up && young),
             Err(_) => !young,
         };
         if abandoned {
@@ -175,4 +187,31 @@ pub(crate) fn remove_abandoned(root: &Path) -> u64 {
         }
     }
     freed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_being_set_up_is_not_abandoned_but_a_dead_owner_s_is() {
+        let root = tempfile::tempdir().unwrap();
+        // Mid-setup: the lock file exists but is not locked yet.
+        let setting_up = root.path().join(format!("{SETUP_PREFIX}1-2-3"));
+        fs::create_dir_all(setting_up.join("out")).unwrap();
+        File::create(setting_up.join(LOCK)).unwrap();
+        // A finished folder whose owner is gone: its lock is free.
+        let dead = root.path().join("4-5-6");
+        fs::create_dir_all(dead.join("out")).unwrap();
+        File::create(dead.join(LOCK)).unwrap();
+        // A live one.
+        let live = Staging::create(root.path()).unwrap();
+        remove_abandoned(root.path());
+        assert!(
+            setting_up.exists(),
+            "a young folder being set up is left alone"
+        );
+        assert!(!dead.exists(), "a dead owner's folder is removed");
+        assert!(live.out_dir().exists(), "a live folder is kept");
+    }
 }
