@@ -194,18 +194,12 @@ stages:
   after_bad: {{kind: cmd, inputs: [bad], run: 'echo x > "$UMDFLOW_OUT/x.txt"'}}
   good: {{kind: cmd, inputs: [a], run: 'sleep 1; echo g > "$UMDFLOW_OUT/g.txt"'}}
   after_good: {{kind: cmd, inputs: [good], run: 'echo y > "$UMDFLOW_OUT/y.txt"'}}
-{FAST_POLL}"#
+executor: {{kind: slurm, poll_seconds: 0.2}}
+"#
         ),
     );
-    let output = project.umdflow(&[
-        "run",
-        "p.yaml",
-        "--executor",
-        "slurm",
-        "--keep-going",
-        "--json",
-        "--no-lock-file",
-    ]);
+    // No --executor: the file's `executor.kind` chooses Slurm.
+    let output = project.umdflow(&["run", "p.yaml", "--keep-going", "--json", "--no-lock-file"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let mut found = statuses(&run);
@@ -524,5 +518,25 @@ fn status_lists_a_running_pipeline_s_jobs_and_cancel_cancels_them() {
         String::from_utf8_lossy(&after.stdout).contains(&format!("0 Slurm jobs of {name}")),
         "{}",
         String::from_utf8_lossy(&after.stdout)
+    );
+}
+
+#[test]
+fn an_executor_block_that_would_break_the_driver_is_refused_with_its_line() {
+    let project = Project::new();
+    project.write(
+        "p.yaml",
+        "name: p\nstages:\n  a: {kind: cmd, run: 'true'}\nexecutor:\n  kind: slurm\n  sbatch_args: [\"--time=10\", \"--dependency=afterany:1\"]\n  poll_seconds: 0\n",
+    );
+    let output = project.umdflow(&["run", "p.yaml"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("p.yaml:6") && err.contains("--dependency=afterany:1"),
+        "the reserved argument is named with its line: {err}"
+    );
+    assert!(
+        err.contains("p.yaml:7") && err.contains("executor.poll_seconds"),
+        "{err}"
     );
 }
