@@ -241,6 +241,51 @@ executor: {{kind: slurm, poll_seconds: 0.2}}
 }
 
 #[test]
+fn without_keep_going_a_failure_cancels_the_pending_jobs_and_running_ones_finish() {
+    if !cluster("no_keep_going") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-stop");
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: {name}
+stages:
+  bad: {{kind: cmd, run: 'exit 3'}}
+  other: {{kind: cmd, run: 'sleep 8; echo o > "$UMDFLOW_OUT/o.txt"'}}
+  after_other: {{kind: cmd, inputs: [other], run: 'echo a > "$UMDFLOW_OUT/a.txt"'}}
+{FAST_POLL}"#
+        ),
+    );
+    let output = project.umdflow(&[
+        "run",
+        "p.yaml",
+        "--executor",
+        "slurm",
+        "--json",
+        "--no-lock-file",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(with_status(&run, "failed"), ["bad"], "{run}");
+    assert_eq!(
+        with_status(&run, "executed"),
+        ["other"],
+        "running jobs finish: {run}"
+    );
+    assert_eq!(with_status(&run, "skipped"), ["after_other"], "{run}");
+    let after_other = &run["stages"].as_array().unwrap()[2];
+    assert!(
+        after_other["reason"]
+            .as_str()
+            .unwrap()
+            .contains("bad failed (use --keep-going"),
+        "{after_other}"
+    );
+}
+
+#[test]
 fn a_local_and_a_slurm_run_on_one_cache_compute_no_stage_twice() {
     if !cluster("local_and_slurm") {
         return;

@@ -356,7 +356,9 @@ fn finish(
         return failed(format!("{ended} without a result from its worker"));
     };
     let status = match report.status {
-        Done::Failed => return failed_with(report.reason, report.log_tail),
+        // Slurm's state says why a stage was stopped (TIMEOUT, CANCELLED) where the worker only
+        // saw a SIGTERM.
+        Done::Failed => return failed_with(format!("{}; {ended}", report.reason), report.log_tail),
         Done::Executed => Status::Executed,
         Done::Cached => Status::Cached,
     };
