@@ -122,8 +122,15 @@ pub fn run(
     lock: &LockFile,
     cancel: &AtomicBool,
 ) -> Result<RunResult> {
-    let cache = open_cache(&loaded.cache_dir)?;
     let expanded = &loaded.expanded;
+    // Checked before anything runs: a stage that can never fit the budget is an error, not a hang.
+    let requests = crate::resources::requests(
+        &loaded.source,
+        expanded,
+        &options.budget,
+        options.threads_per_stage,
+    )?;
+    let cache = open_cache(&loaded.cache_dir)?;
     let progress = Progress::new(expanded.instances.len() as u64, !json && !quiet);
     let forced = forced_matcher(expanded, force)?;
     let outcomes = scheduler::run(
@@ -131,6 +138,7 @@ pub fn run(
         &cache,
         &loaded.deps,
         options,
+        &requests,
         &forced,
         &progress,
         cancel,
