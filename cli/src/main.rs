@@ -10,10 +10,12 @@ use umdflow_engine::commands::{self, DagFormat, Loaded, LockFile, PipelineArgs};
 use umdflow_engine::diagnostics::Invalid;
 use umdflow_engine::exit::Exit;
 use umdflow_engine::registry::Registry;
+use umdflow_engine::resources::{Budget, parse_gpus};
 use umdflow_engine::scheduler::{RunOptions, Status, cache_dir};
 use umdflow_engine::slurm::SlurmOptions;
 use umdflow_engine::slurm::worker::{self, Report};
 use umdflow_engine::spec::ExecutorKind;
+use umdflow_stages::Gpu;
 
 #[derive(Parser)]
 #[command(
@@ -74,9 +76,17 @@ enum Command {
         /// Recompute these stages (a stage name, an instance id, or `all`) even if cached.
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
-        /// Threads each stage may use (default: cores / jobs).
+        /// Threads each stage may use unless its `resources:` say (default: threads / jobs).
         #[arg(long)]
         threads_per_stage: Option<usize>,
+        /// Threads all running stages may hold together (default: the number of cores, or
+        /// --threads-per-stage if that is more).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// GPUs to hand out: a count (`4`: ids 0 to 3) or ids (`0,1,3`). Without it umdflow
+        /// assigns no GPU and the kinds pick their device themselves.
+        #[arg(long, value_name = "N|IDS", value_parser = gpus_arg)]
+        gpus: Option<GpuIds>,
         /// Print one JSON document on stdout.
         #[arg(long)]
         json: bool,
@@ -222,6 +232,15 @@ fn limit_candle_threads(threads_per_stage: usize) {
     }
 }
 
+/// The parsed `--gpus` (one value, so clap must not take it for a list of values).
+#[derive(Clone)]
+struct GpuIds(Vec<Gpu>);
+
+/// `--gpus`, mapped through umdflow's own `CUDA_VISIBLE_DEVICES` when it has one.
+fn gpus_arg(text: &str) -> Result<GpuIds, String> {
+    parse_gpus(text, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref()).map(GpuIds)
+}
+
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
 fn install_ctrl_c() {
@@ -312,6 +331,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_going,
             force,
             threads_per_stage,
+            threads,
+            gpus,
             json,
             lock_file,
             no_lock_file,
@@ -331,10 +352,18 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 )?),
             };
             let jobs = jobs.unwrap_or(cores).max(1);
+            // An explicit --threads-per-stage above the core count oversubscribes on purpose.
+            let threads = threads
+                .unwrap_or(cores.max(threads_per_stage.unwrap_or(0)))
+                .max(1);
             let options = RunOptions {
                 jobs,
                 keep_going,
-                threads_per_stage: threads_per_stage.unwrap_or((cores / jobs).max(1)),
+                threads_per_stage: threads_per_stage.unwrap_or((threads / jobs).max(1)),
+                budget: Budget {
+                    threads,
+                    gpus: gpus.map(|GpuIds(gpus)| gpus),
+                },
                 umdflow_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             // Slurm jobs inherit this environment: each worker sets its own budget instead.
@@ -386,6 +415,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 jobs: 1,
                 keep_going: false,
                 threads_per_stage: threads,
+                budget: Budget {
+                    threads,
+                    gpus: None,
+                },
                 umdflow_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             limit_candle_threads(threads);

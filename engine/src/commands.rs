@@ -124,8 +124,19 @@ pub fn run(
     slurm: Option<&SlurmOptions>,
     cancel: &AtomicBool,
 ) -> Result<RunResult> {
-    let cache = open_cache(&loaded.cache_dir)?;
     let expanded = &loaded.expanded;
+    // Checked before anything runs: a stage that can never fit the budget is an error, not a hang.
+    let requests = match slurm {
+        None => crate::resources::requests(
+            &loaded.source,
+            expanded,
+            &options.budget,
+            options.threads_per_stage,
+        )?,
+        // Each Slurm job runs in its own allocation, not in this machine's budget.
+        Some(_) => Vec::new(),
+    };
+    let cache = open_cache(&loaded.cache_dir)?;
     let progress = Progress::new(expanded.instances.len() as u64, !json && !quiet);
     let forced = forced_matcher(expanded, force)?;
     let outcomes = match slurm {
@@ -134,6 +145,7 @@ pub fn run(
             &cache,
             &loaded.deps,
             options,
+            &requests,
             &forced,
             &progress,
             cancel,

@@ -14,6 +14,7 @@ pub mod progress;
 pub mod registry;
 pub mod report;
 pub mod resolve;
+pub mod resources;
 pub mod scheduler;
 pub mod slurm;
 pub mod spec;

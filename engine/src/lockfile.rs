@@ -27,7 +27,8 @@ struct LockInstance<'a> {
     metrics: Option<&'a Value>,
     /// Threads the stage was given when it computed the cached result (not this invocation's).
     threads: Option<usize>,
-    /// The device it computed on, when the stage reports one.
+    /// The device it computed on: the GPU(s) the run gave it (`cuda:1`) or what the stage
+    /// reported (`cpu`); none for a stage given no GPU that reports nothing.
     device: Option<&'a str>,
 }
 

@@ -19,6 +19,7 @@ use crate::expand::Expanded;
 use crate::keys::KeyComponents;
 use crate::progress::Progress;
 use crate::resolve::{DepDigests, Explainer, Resolution, components, resolve_all, usable};
+use crate::resources::{Allocation, Budget, Packer, Request, progress_label, record_device};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,7 +56,10 @@ pub struct Outcome {
 pub struct RunOptions {
     pub jobs: usize,
     pub keep_going: bool,
+    /// Threads of a stage whose `resources:` give none.
     pub threads_per_stage: usize,
+    /// What running instances may hold at once (`--threads`, `--gpus`).
+    pub budget: Budget,
     pub umdflow_version: String,
 }
 
@@ -66,6 +70,8 @@ struct Job {
     inputs: Vec<Record>,
     /// `--force`: compute even if the key is cached.
     forced: bool,
+    /// The threads and GPUs it holds while it runs.
+    allocation: Allocation,
 }
 
 enum JobResult {
@@ -145,6 +151,8 @@ struct Executor<'a> {
     options: &'a RunOptions,
     progress: &'a Progress,
     cancel: &'a AtomicBool,
+    /// Whether the run hands out GPUs (`--gpus`); then a stage uses only those it was given.
+    manages_gpus: bool,
 }
 
 impl Executor<'_> {
@@ -204,7 +212,8 @@ impl Executor<'_> {
         let log_path = staging.log_path();
         let work_dir =
             std::fs::canonicalize(&self.expanded.dir).unwrap_or_else(|_| self.expanded.dir.clone());
-        let bar = self.progress.stage(&instance.id);
+        let gpus = &job.allocation.gpus;
+        let bar = self.progress.stage(&progress_label(&instance.id, gpus));
         let started_at_ms = now_ms();
         let clock = Instant::now();
         let ctx = StageContext {
@@ -216,7 +225,8 @@ impl Executor<'_> {
             out_dir: &out_dir,
             work_dir: &work_dir,
             log_path: &log_path,
-            threads: self.options.threads_per_stage,
+            threads: job.allocation.threads,
+            gpus: self.manages_gpus.then_some(gpus.as_slice()),
             progress: &bar,
             cancel: self.cancel,
         };
@@ -239,11 +249,12 @@ impl Executor<'_> {
         let failure = match outcome {
             Ok(()) => match read_metrics(&out_dir) {
                 Ok(metrics) => {
-                    let device = metrics
+                    let reported = metrics
                         .as_ref()
                         .and_then(|m| m.get("device"))
                         .and_then(Value::as_str)
                         .map(str::to_string);
+                    let device = record_device(reported, gpus);
                     let record = Record {
                         key: job.key.clone(),
                         pipeline: self.expanded.name.clone(),
@@ -251,7 +262,7 @@ impl Executor<'_> {
                         instance: instance.id.clone(),
                         components: job.components.to_value(),
                         input_digests: job.inputs.iter().map(|r| r.output_digest.clone()).collect(),
-                        threads: Some(self.options.threads_per_stage),
+                        threads: Some(job.allocation.threads),
                         device,
                         files: Vec::new(),
                         output_digest: String::new(),
@@ -340,12 +351,15 @@ fn read_metrics(out_dir: &Path) -> Result<Option<Value>, String> {
     }
 }
 
-/// Runs the pipeline; returns one outcome per instance (in instance order).
+/// Runs the pipeline; returns one outcome per instance (in instance order). `requests` holds
+/// each instance's resources (`resources::requests`), already checked against the budget.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     expanded: &Expanded,
     cache: &Cache,
     deps: &DepDigests,
     options: &RunOptions,
+    requests: &[Request],
     forced: &dyn Fn(usize) -> bool,
     progress: &Progress,
     cancel: &AtomicBool,
@@ -396,12 +410,17 @@ pub fn run(
         .filter(|&i| outcomes[i].is_none() && waiting_on[i] == 0)
         .collect();
 
+    // A big instance may be overtaken by as many small ones as can run at once, then it waits
+    // for room (docs/decisions.md).
+    let mut packer = Packer::new(&options.budget, options.jobs.max(1));
+    let mut held: Vec<Option<Allocation>> = vec![None; count];
     let executor = Executor {
         expanded,
         cache,
         options,
         progress,
         cancel,
+        manages_gpus: packer.manages_gpus(),
     };
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = Arc::new(Mutex::new(job_rx));
@@ -443,7 +462,7 @@ pub fn run(
             }
             // Start what is ready.
             while stopping.is_none() && running < options.jobs.max(1) {
-                let Some(index) = ready.pop_front() else {
+                let Some((index, allocation)) = packer.next(&mut ready, requests) else {
                     break;
                 };
                 let instance = &expanded.instances[index];
@@ -470,6 +489,7 @@ pub fn run(
                                     record: Some(record),
                                     log_tail: None,
                                 });
+                                packer.release(allocation);
                                 progress.advance("");
                                 release_dependents(
                                     index,
@@ -488,8 +508,9 @@ pub fn run(
                         reasons[index] = format!("{} ({explained})", reasons[index]);
                     }
                 }
-                tracing::debug!(instance = %instance.id, key = %key, reason = %reasons[index], "starting");
+                tracing::debug!(instance = %instance.id, key = %key, reason = %reasons[index], threads = allocation.threads, gpus = ?allocation.gpus, "starting");
                 running += 1;
+                held[index] = Some(allocation.clone());
                 if job_tx
                     .send(Job {
                         index,
@@ -497,12 +518,21 @@ pub fn run(
                         components,
                         inputs,
                         forced: forced(index),
+                        allocation,
                     })
                     .is_err()
                 {
                     running -= 1;
+                    if let Some(allocation) = held[index].take() {
+                        packer.release(allocation);
+                    }
                     break;
                 }
+            }
+            if running == 0 && !ready.is_empty() && stopping.is_none() {
+                // Unreachable once `resources::requests` checked every request against the
+                // budget; without it an instance that never fits would hang the run.
+                stopping = Some("not started: needs more threads or GPUs than the run has".into());
             }
             if running == 0 && (ready.is_empty() || stopping.is_some()) {
                 break;
@@ -513,6 +543,9 @@ pub fn run(
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
             running -= 1;
+            if let Some(allocation) = held[index].take() {
+                packer.release(allocation);
+            }
             let id = &expanded.instances[index].id;
             tracing::debug!(instance = %id, seconds, "finished");
             if let JobResult::Failed { message, .. } = &result {
@@ -588,6 +621,11 @@ pub fn execute_one(
         components,
         inputs,
         forced,
+        // The job's own allocation (Slurm's) bounds it; GPUs, if any, come from the cluster.
+        allocation: Allocation {
+            threads: options.threads_per_stage,
+            gpus: Vec::new(),
+        },
     };
     let executor = Executor {
         expanded,
@@ -595,6 +633,7 @@ pub fn execute_one(
         options,
         progress,
         cancel,
+        manages_gpus: false,
     };
     let clock = Instant::now();
     let result = executor.execute(&job);

@@ -77,6 +77,9 @@ pub struct RawStage {
     pub deps: Vec<String>,
     #[serde(default)]
     pub params: Map<String, Value>,
+    /// What an instance needs while it runs (not in its key).
+    #[serde(default)]
+    pub resources: Option<crate::resources::RawResources>,
 }
 
 /// One loss curve (or any per-step series) to plot from a stage's CSV output.
@@ -482,6 +485,9 @@ fn describe_type_error(path: &str, inner: &str) -> String {
         " (`run:` is a shell string or a list of arguments)"
     } else if path == "seeds" {
         " (`seeds:` is a count such as 3, or a list such as [0, 1, 2])"
+    } else if path.contains(".resources") {
+        " (`resources:` takes `gpus` and `threads` as whole numbers, `memory` such as `16G` and \
+         `time` such as `2:00:00`)"
     } else if path.starts_with("sweep") {
         " (each axis under `sweep:` is a list of values)"
     } else {

@@ -16,6 +16,7 @@ mod integrity;
 mod ml_pipeline;
 mod observed;
 mod report;
+mod resources;
 mod sharing;
 mod shipped_pipelines;
 mod slurm;

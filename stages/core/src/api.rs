@@ -81,6 +81,40 @@ impl ProgressSink for NoProgress {
     fn set_message(&self, _message: &str) {}
 }
 
+/// A GPU the scheduler gave a running instance (`umdflow run --gpus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpu {
+    /// The CUDA device number as umdflow itself sees it: an in-process kind opens `cuda:<id>`.
+    pub id: usize,
+    /// What a child process's `CUDA_VISIBLE_DEVICES` must say to show it this GPU: the id, or,
+    /// when umdflow runs under a `CUDA_VISIBLE_DEVICES` of its own, that list's entry at `id`.
+    pub visible: String,
+}
+
+/// What an instance asks of the run's GPUs when its `resources:` give no `gpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuDemand {
+    /// Runs on the CPU.
+    None,
+    /// One GPU, whichever is free (`device: auto`).
+    Any,
+    /// This CUDA device (`device: cuda:N`).
+    Device(usize),
+}
+
+impl GpuDemand {
+    /// The demand of a `device` param: `auto`, `cuda:N` or anything else (the CPU).
+    pub fn of_device(spec: &str) -> GpuDemand {
+        match spec {
+            "auto" => GpuDemand::Any,
+            _ => spec
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map_or(GpuDemand::None, GpuDemand::Device),
+        }
+    }
+}
+
 /// Everything a stage gets while it runs.
 pub struct StageContext<'a> {
     /// Readable instance id, e.g. `train[ratio=0.5,seed=1]`.
@@ -101,6 +135,9 @@ pub struct StageContext<'a> {
     pub log_path: &'a Path,
     /// How many threads the stage may use.
     pub threads: usize,
+    /// The GPUs this instance was given, when the run manages GPUs (`--gpus`): then a kind uses
+    /// only these (none: the CPU). `None` when the run manages none (the kind's own choice).
+    pub gpus: Option<&'a [Gpu]>,
     /// Progress reporting.
     pub progress: &'a dyn ProgressSink,
     /// Set when the user pressed Ctrl-C: stop soon and return [`StageError::Cancelled`].
@@ -208,6 +245,16 @@ pub trait StageKind: Send + Sync {
     fn reads(&self, params: &Params) -> Vec<ReadPath> {
         let _ = params;
         Vec::new()
+    }
+
+    /// The GPUs an instance wants when its `resources:` do not say. By default a kind's `device`
+    /// param decides (`auto`: any one GPU, `cuda:N`: that one, else none), which is what every
+    /// kind with such a param means by it; a kind whose params are free-form overrides this.
+    fn gpu_demand(&self, params: &Params) -> GpuDemand {
+        params
+            .get("device")
+            .and_then(Value::as_str)
+            .map_or(GpuDemand::None, GpuDemand::of_device)
     }
 }
 

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::api::{Params, Problem, RunSpec, StageContext, StageDecl, StageError, StageKind};
+use crate::api::{
+    GpuDemand, Params, Problem, RunSpec, StageContext, StageDecl, StageError, StageKind,
+};
 
 pub struct CmdKind;
 
@@ -57,6 +59,12 @@ impl StageKind for CmdKind {
         Ok(Params::new())
     }
 
+    /// Free-form params: a `device` param means nothing to umdflow here; a command asks for GPUs
+    /// with `resources: {gpus: N}`.
+    fn gpu_demand(&self, _params: &Params) -> GpuDemand {
+        GpuDemand::None
+    }
+
     fn resolve_params(&self, decl: &StageDecl<'_>, params: Params) -> Result<Params, Vec<Problem>> {
         match decl.run {
             None => Err(vec![Problem::new(
@@ -89,9 +97,9 @@ impl StageKind for CmdKind {
                 command
             }
         };
-        // Everything set here except the output folder's location is in the key (the stage name
-        // and instance id because `sees_names` is true); the thread budget is not keyed, so it
-        // is not passed: a command that wants a thread count takes it as a param.
+        // Everything set here except the output folder's location and the GPU (below) is in the
+        // key (the stage name and instance id because `sees_names` is true); the thread budget is
+        // not keyed, so it is not passed: a command that wants a thread count takes it as a param.
         command.current_dir(ctx.work_dir);
         command.env("UMDFLOW_OUT", ctx.out_dir);
         command.env("UMDFLOW_STAGE", ctx.name);
@@ -112,6 +120,18 @@ impl StageKind for CmdKind {
             "UMDFLOW_PARAMS",
             Value::Object(ctx.params.clone()).to_string(),
         );
+        // Which GPU is not in the key (a run on GPU 1 and on GPU 3 is the same computation).
+        // When the run manages GPUs, a command sees only its own, and one given none sees none.
+        if let Some(gpus) = ctx.gpus {
+            let visible: Vec<&str> = gpus.iter().map(|gpu| gpu.visible.as_str()).collect();
+            command.env("CUDA_VISIBLE_DEVICES", visible.join(","));
+            if gpus.is_empty() {
+                command.env_remove("UMDFLOW_GPU");
+            } else {
+                let ids: Vec<String> = gpus.iter().map(|gpu| gpu.id.to_string()).collect();
+                command.env("UMDFLOW_GPU", ids.join(","));
+            }
+        }
         // Its own process group, so that cancelling the stage ends every process it started.
         command.process_group(0);
         command
@@ -298,6 +318,7 @@ mod tests {
             work_dir: dir.path(),
             log_path: &log,
             threads: 1,
+            gpus: None,
             progress: &NoProgress,
             cancel: &cancel,
         };
@@ -338,6 +359,7 @@ mod tests {
             work_dir: dir,
             log_path: log,
             threads: 1,
+            gpus: None,
             progress: &NoProgress,
             cancel: &cancel,
         };

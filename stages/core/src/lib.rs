@@ -8,7 +8,7 @@ pub mod cmd;
 pub mod params;
 
 pub use api::{
-    InputArtifact, NoProgress, Params, Problem, ProgressSink, ReadPath, RunSpec, StageContext,
-    StageDecl, StageError, StageKind,
+    Gpu, GpuDemand, InputArtifact, NoProgress, Params, Problem, ProgressSink, ReadPath, RunSpec,
+    StageContext, StageDecl, StageError, StageKind,
 };
 pub use cmd::CmdKind;

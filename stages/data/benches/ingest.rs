@@ -42,6 +42,7 @@ fn main() {
             work_dir: &dir,
             log_path: &log,
             threads: 2,
+            gpus: None,
             progress: &NoProgress,
             cancel: &cancel,
         };

@@ -304,6 +304,7 @@ fn an_interrupted_ingest_reports_cancelled() {
         work_dir: dir.path(),
         log_path: &log,
         threads: 1,
+        gpus: None,
         progress: &NoProgress,
         cancel: &cancel,
     };

@@ -1,6 +1,7 @@
 //! Turns the pipeline's `device: auto|cpu|cuda:N` into a candle device.
 
 use candle_core::Device;
+use umdflow_stages::Gpu;
 
 use crate::error::{ModelError, Result};
 
@@ -21,15 +22,28 @@ pub fn spec_problem(spec: &str) -> Option<String> {
     }
 }
 
-/// Selects the device named by `spec` (see [`spec_problem`]). `auto` picks the first CUDA device
-/// when this build has CUDA support and a device answers, and the CPU otherwise; it never panics.
-pub fn select_device(spec: &str) -> Result<Device> {
+/// The CUDA device `auto` tries, given the GPUs the run assigned (`StageContext::gpus`): the
+/// first assigned one; none when the run manages GPUs and gave this instance none; device 0 when
+/// the run manages no GPUs.
+pub fn auto_ordinal(assigned: Option<&[Gpu]>) -> Option<usize> {
+    match assigned {
+        None => Some(0),
+        Some(gpus) => gpus.first().map(|gpu| gpu.id),
+    }
+}
+
+/// Selects the device named by `spec` (see [`spec_problem`]). `auto` picks the CUDA device of
+/// [`auto_ordinal`] when this build has CUDA support and it answers, and the CPU otherwise; it
+/// never panics. `cuda:N` opens device N (with `--gpus`, the scheduler reserved that one for it).
+pub fn select_device(spec: &str, assigned: Option<&[Gpu]>) -> Result<Device> {
     if let Some(problem) = spec_problem(spec) {
         return Err(device_error(spec, &problem));
     }
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(try_cuda(0).unwrap_or(Device::Cpu)),
+        "auto" => Ok(auto_ordinal(assigned)
+            .and_then(try_cuda)
+            .unwrap_or(Device::Cpu)),
         _ => {
             let ordinal: usize = spec
                 .strip_prefix("cuda:")
@@ -92,22 +106,35 @@ mod tests {
 
     #[test]
     fn cpu_and_auto_work_and_bad_specs_are_explained() {
-        assert!(select_device("cpu").unwrap().is_cpu());
-        select_device("auto").unwrap();
-        let err = select_device("gpu0").unwrap_err().to_string();
+        assert!(select_device("cpu", None).unwrap().is_cpu());
+        select_device("auto", None).unwrap();
+        let err = select_device("gpu0", None).unwrap_err().to_string();
         assert!(err.contains("expected `auto`, `cpu` or `cuda:N`"), "{err}");
-        let err = select_device("cuda:x").unwrap_err().to_string();
+        let err = select_device("cuda:x", None).unwrap_err().to_string();
         assert!(err.contains("device number"), "{err}");
         // One rule: a bare `cuda` is refused here as at plan time.
         assert!(spec_problem("cuda").is_some());
-        assert!(select_device("cuda").is_err());
+        assert!(select_device("cuda", None).is_err());
         assert_eq!(spec_problem("cuda:1"), None);
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_on_a_cpu_build_is_a_clear_error() {
-        let err = select_device("cuda:0").unwrap_err().to_string();
+        let err = select_device("cuda:0", None).unwrap_err().to_string();
         assert!(err.contains("no CUDA support"), "{err}");
+    }
+
+    #[test]
+    fn auto_takes_the_assigned_gpu_and_none_when_the_run_gave_none() {
+        let gpu = |id: usize| Gpu {
+            id,
+            visible: id.to_string(),
+        };
+        assert_eq!(auto_ordinal(Some(&[gpu(3), gpu(1)])), Some(3));
+        assert_eq!(auto_ordinal(Some(&[])), None);
+        assert_eq!(auto_ordinal(None), Some(0));
+        // Given no GPU by a run that manages them, `auto` stays off every GPU.
+        assert!(select_device("auto", Some(&[])).unwrap().is_cpu());
     }
 }

@@ -151,7 +151,7 @@ impl StageKind for PretrainKind {
         let mask = ctx.require_input("mask")?;
         let dataset = Dataset::load(&ingest.dir).map_err(|e| StageError::failed(e.to_string()))?;
         let plan = MaskPlan::load(&mask.dir).map_err(failed)?;
-        let device = select_device(&params.device).map_err(failed)?;
+        let device = select_device(&params.device, ctx.gpus).map_err(failed)?;
         let settings = TrainSettings {
             preset: params.preset.clone(),
             batch_size: params.batch_size,

@@ -43,6 +43,7 @@ pub fn run_ingest(
         work_dir,
         log_path: &log,
         threads,
+        gpus: None,
         progress: &NoProgress,
         cancel: &cancel,
     };

@@ -51,6 +51,7 @@ pub fn run_stage(
         work_dir: out,
         log_path: &log,
         threads: 2,
+        gpus: None,
         progress,
         cancel,
     };

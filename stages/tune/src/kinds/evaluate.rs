@@ -95,7 +95,7 @@ impl StageKind for EvaluateKind {
         let p: EvaluateParams = typed(ctx.params)?;
         let ingest = ctx.require_input("ingest")?;
         let tuned_dir = &ctx.require_input("coordinate-tune")?.dir;
-        let device = select_device(&p.device).map_err(failed)?;
+        let device = select_device(&p.device, ctx.gpus).map_err(failed)?;
         let test = SplitView::<Test>::load(&ingest.dir).map_err(failed)?;
         // The probe's training images (no texts): fitting the probe on them is its purpose.
         let probe_train = if p.tuned_probe {

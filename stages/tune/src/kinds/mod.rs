@@ -79,7 +79,7 @@ impl TrainingSetup {
         checkpoint_dir: &Path,
     ) -> std::result::Result<Self, StageError> {
         let ingest = ctx.require_input("ingest")?;
-        let device = select_device(device).map_err(failed)?;
+        let device = select_device(device, ctx.gpus).map_err(failed)?;
         let view = SplitView::<Train>::load(&ingest.dir).map_err(failed)?;
         let (store, model, info) = load_checkpoint(checkpoint_dir, &device).map_err(failed)?;
         check_fits(&model, &view, &ingest.dir).map_err(failed)?;

@@ -170,7 +170,7 @@ impl StageKind for ProbeKind {
             })?;
         // The second `ingest` input, if any, holds the held-out report text.
         let text_ingest = ctx.inputs.iter().filter(|i| i.kind == "ingest").nth(1);
-        let device = select_device(&p.device).map_err(failed)?;
+        let device = select_device(&p.device, ctx.gpus).map_err(failed)?;
         let test = SplitView::<Test>::load(&ingest.dir).map_err(failed)?;
         // The probe's training images and labels (no texts): fitting the probe on them is its purpose.
         let train =

@@ -44,6 +44,7 @@ pub fn run_kind(kind: &dyn StageKind, inputs: &[(&str, &Path)], p: Value, out: &
         work_dir: out,
         log_path: &out.join("log.txt"),
         threads: 1,
+        gpus: None,
         progress: &NoProgress,
         cancel: &cancel,
     };
