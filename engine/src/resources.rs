@@ -110,7 +110,7 @@ pub fn parse_gpus(text: &str, cuda_visible: Option<&str>) -> Result<Vec<Gpu>, St
 }
 
 /// `16G` -> 16384 (MiB); a bare number is MiB.
-fn parse_memory_mib(value: &Value) -> Option<u64> {
+pub(crate) fn parse_memory_mib(value: &Value) -> Option<u64> {
     if let Some(n) = value.as_u64() {
         return Some(n);
     }
@@ -132,7 +132,7 @@ fn parse_memory_mib(value: &Value) -> Option<u64> {
 
 /// Slurm's time forms -> seconds: `90` (minutes), `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
 /// `D-HH:MM:SS`.
-fn parse_time_s(value: &Value) -> Option<u64> {
+pub(crate) fn parse_time_s(value: &Value) -> Option<u64> {
     if let Some(minutes) = value.as_u64() {
         return minutes.checked_mul(60);
     }

@@ -585,3 +585,52 @@ fn an_executor_block_that_would_break_the_driver_is_refused_with_its_line() {
         "{err}"
     );
 }
+
+#[test]
+fn a_stage_s_resources_become_its_job_s_request_and_its_thread_count() {
+    if !cluster("resources") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-resources");
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: {name}
+stages:
+  wide:
+    kind: cmd
+    run: 'echo "cpus=$SLURM_CPUS_PER_TASK mem=$SLURM_MEM_PER_NODE" >> "$JOURNAL"; echo w > "$UMDFLOW_OUT/w.txt"'
+    resources: {{threads: 3, memory: 100M, time: "00:02:00"}}
+  narrow:
+    kind: cmd
+    run: 'echo "cpus=$SLURM_CPUS_PER_TASK" >> "$JOURNAL"; echo n > "$UMDFLOW_OUT/n.txt"'
+{FAST_POLL}"#
+        ),
+    );
+    let run = project.json(
+        &[
+            "run",
+            "p.yaml",
+            "--executor",
+            "slurm",
+            "--lock-file",
+            "p.lock.json",
+        ],
+        0,
+    );
+    assert_eq!(run["executed"], 2, "{run}");
+    let mut journal = project.journal();
+    journal.sort();
+    assert_eq!(journal, ["cpus=", "cpus=3 mem=100"], "{run}");
+    // The worker gave the stage the threads it asked for; the lock file records them.
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(project.path("p.lock.json")).unwrap()).unwrap();
+    let threads: Vec<&serde_json::Value> = lock["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["threads"])
+        .collect();
+    assert_eq!(threads, [3, 1], "{lock}");
+}

@@ -110,6 +110,12 @@ pub fn run(
         if forced(index) {
             command.push("--force".into());
         }
+        let resources = &slurm.resources[instance.stage];
+        // As locally: the stage's `resources.threads`, else `--threads-per-stage`; without
+        // either, the worker takes Slurm's $SLURM_CPUS_PER_TASK, else 1.
+        if let Some(threads) = resources.threads.map(|t| t as usize).or(slurm.threads) {
+            command.extend(["--threads".into(), threads.to_string()]);
+        }
         let name = format!("{}/{}", expanded.name, instance.id);
         let args = sbatch::arguments(
             &slurm.executor,
@@ -119,6 +125,7 @@ pub fn run(
                 workdir: &workdir,
                 after: &after,
                 command: &command,
+                resources,
             },
         );
         match queue::submit(&args) {
@@ -405,9 +412,6 @@ fn worker_command(loaded: &Loaded, cache: &Cache, slurm: &SlurmOptions) -> Resul
     ];
     for set in &loaded.sets {
         command.extend(["--set".into(), set.clone()]);
-    }
-    if let Some(threads) = slurm.threads {
-        command.extend(["--threads".into(), threads.to_string()]);
     }
     Ok(command)
 }

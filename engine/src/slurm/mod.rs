@@ -19,7 +19,10 @@ use std::time::Duration;
 
 pub use driver::run;
 
+pub use sbatch::JobResources;
+
 use crate::diagnostics::Invalid;
+use crate::resources::{parse_memory_mib, parse_time_s};
 use crate::spec::{RawExecutor, Source};
 
 /// How often the driver looks at the queue unless `executor.poll_seconds` says otherwise.
@@ -41,6 +44,8 @@ const RESERVED: [&str; 10] = [
 
 /// Everything the driver needs besides the pipeline.
 pub struct SlurmOptions {
+    /// Per stage (in the file's order): what its jobs ask for, from `resources:`.
+    pub resources: Vec<JobResources>,
     /// The `umdflow` binary the jobs run (this one: the compute nodes must see the same path).
     pub program: PathBuf,
     /// `--threads-per-stage`, if given: passed to every worker.
@@ -85,8 +90,40 @@ impl SlurmOptions {
                 );
             }
         }
+        let mut resources = Vec::with_capacity(source.raw.stages.0.len());
+        for (name, stage) in &source.raw.stages.0 {
+            let raw = stage.resources.clone().unwrap_or_default();
+            let field = |key: &str| format!("stages.{name}.resources.{key}");
+            let memory_mib = raw.memory.as_ref().and_then(|value| {
+                let parsed = parse_memory_mib(value);
+                if parsed.is_none() {
+                    reporter.at_value(
+                        &field("memory"),
+                        format!("stage `{name}`: `resources.memory` {value}: expected `16G`, `512M` or MiB"),
+                    );
+                }
+                parsed
+            });
+            let time_s = raw.time.as_ref().and_then(|value| {
+                let parsed = parse_time_s(value);
+                if parsed.is_none() {
+                    reporter.at_value(
+                        &field("time"),
+                        format!("stage `{name}`: `resources.time` {value}: expected minutes or `HH:MM:SS`"),
+                    );
+                }
+                parsed
+            });
+            resources.push(JobResources {
+                threads: raw.threads,
+                memory_mib,
+                time_s,
+                gpus: raw.gpus,
+            });
+        }
         reporter.finish()?;
         Ok(SlurmOptions {
+            resources,
             program,
             threads,
             executor,

@@ -4,6 +4,35 @@ use std::path::Path;
 
 use crate::spec::RawExecutor;
 
+/// What one job asks Slurm for: its stage's `resources:` block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobResources {
+    pub threads: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub time_s: Option<u64>,
+    pub gpus: Option<u32>,
+}
+
+impl JobResources {
+    /// `--cpus-per-task`, `--mem`, `--time` (whole minutes, rounded up), `--gres=gpu:N`.
+    fn arguments(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(threads) = self.threads {
+            args.push(format!("--cpus-per-task={threads}"));
+        }
+        if let Some(mib) = self.memory_mib {
+            args.push(format!("--mem={mib}M"));
+        }
+        if let Some(seconds) = self.time_s {
+            args.push(format!("--time={}", seconds.div_ceil(60).max(1)));
+        }
+        if let Some(gpus) = self.gpus.filter(|&n| n > 0) {
+            args.push(format!("--gres=gpu:{gpus}"));
+        }
+        args
+    }
+}
+
 /// One instance's job.
 pub struct Submission<'a> {
     /// `--job-name`.
@@ -16,6 +45,7 @@ pub struct Submission<'a> {
     pub after: &'a [String],
     /// The command the job runs (`umdflow worker ...`), one argument per item.
     pub command: &'a [String],
+    pub resources: &'a JobResources,
 }
 
 /// The arguments of `sbatch` for one job: what umdflow needs, then the executor block's settings,
@@ -46,6 +76,7 @@ pub fn arguments(executor: &RawExecutor, submission: &Submission) -> Vec<String>
             args.push(format!("{flag}={value}"));
         }
     }
+    args.extend(submission.resources.arguments());
     args.extend(executor.sbatch_args.iter().cloned());
     let command: Vec<String> = submission.command.iter().map(|a| shell_quote(a)).collect();
     // `exec`: the worker itself receives Slurm's signals (scancel, time limit).
@@ -86,6 +117,13 @@ pub fn parse_job_id(stdout: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    const NO_RESOURCES: JobResources = JobResources {
+        threads: None,
+        memory_mib: None,
+        time_s: None,
+        gpus: None,
+    };
+
     fn submission<'a>(after: &'a [String], command: &'a [String]) -> Submission<'a> {
         Submission {
             name: "p/train[seed=1]",
@@ -93,7 +131,46 @@ mod tests {
             workdir: Path::new("/work"),
             after,
             command,
+            resources: &NO_RESOURCES,
         }
+    }
+
+    #[test]
+    fn a_stage_s_resources_become_its_job_s_request() {
+        let resources = JobResources {
+            threads: Some(4),
+            memory_mib: Some(16384),
+            time_s: Some(90 * 60 + 1),
+            gpus: Some(2),
+        };
+        let command = ["umdflow".to_string()];
+        let args = arguments(
+            &RawExecutor {
+                sbatch_args: vec!["--time=10".into()],
+                ..RawExecutor::default()
+            },
+            &Submission {
+                resources: &resources,
+                ..submission(&[], &command)
+            },
+        );
+        let requested: Vec<&str> = args[4..args.len() - 1].iter().map(String::as_str).collect();
+        // The executor's sbatch_args come last, so they win where both say something.
+        assert_eq!(
+            requested,
+            [
+                "--cpus-per-task=4",
+                "--mem=16384M",
+                "--time=91",
+                "--gres=gpu:2",
+                "--time=10"
+            ]
+        );
+        let none = JobResources {
+            gpus: Some(0),
+            ..NO_RESOURCES
+        };
+        assert!(none.arguments().is_empty(), "no GPU asked: no --gres");
     }
 
     #[test]
