@@ -634,3 +634,48 @@ stages:
         .collect();
     assert_eq!(threads, [3, 1], "{lock}");
 }
+
+#[test]
+fn a_job_past_its_time_limit_is_reported_as_timed_out_with_its_log() {
+    if !cluster("time_limit") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-timeout");
+    // Slurm's smallest limit is one minute; it ends the job about a minute later.
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: {name}
+stages:
+  slow:
+    kind: cmd
+    run: 'echo slow-started; sleep 300; echo s > "$UMDFLOW_OUT/s.txt"'
+    resources: {{time: 1}}
+  after: {{kind: cmd, inputs: [slow], run: 'echo a > "$UMDFLOW_OUT/a.txt"'}}
+{FAST_POLL}"#
+        ),
+    );
+    let output = project.umdflow(&[
+        "run",
+        "p.yaml",
+        "--executor",
+        "slurm",
+        "--json",
+        "--no-lock-file",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(with_status(&run, "failed"), ["slow"], "{run}");
+    assert_eq!(with_status(&run, "skipped"), ["after"], "{run}");
+    let slow = &run["stages"].as_array().unwrap()[0];
+    assert!(
+        slow["reason"].as_str().unwrap().contains("ended TIMEOUT"),
+        "{slow}"
+    );
+    assert!(
+        stderr(&output).contains("slow-started"),
+        "{}",
+        stderr(&output)
+    );
+}
