@@ -75,10 +75,13 @@ mod html;
 mod input;
 mod latex;
 mod markdown;
+mod mlflow;
 mod slug;
 mod stats;
 pub mod student_t;
 mod summary;
+mod tensorboard;
+mod tracked;
 
 use std::path::{Path, PathBuf};
 
@@ -88,8 +91,11 @@ pub use error::ReportError;
 pub use input::{CurveSet, Replicate, ReportInput, Row, Series};
 pub use latex::{escape as escape_latex, to_latex};
 pub use markdown::to_markdown;
+pub use mlflow::write_mlflow;
 pub use stats::{CONFIDENCE, Estimate, Interval};
 pub use summary::{Cell, Difference, RowSummary, Summary, summarize};
+pub use tensorboard::write_tensorboard;
+pub use tracked::{Artifact, Curve, TrackedRun};
 
 /// The files [`render`] wrote, all inside its `out_dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
