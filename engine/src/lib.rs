@@ -17,3 +17,4 @@ pub mod resolve;
 pub mod scheduler;
 pub mod spec;
 pub mod summary;
+pub mod tracking;
