@@ -21,6 +21,10 @@
 //! interval is never marked significant. Output is deterministic: the same input gives
 //! byte-identical files (the bootstrap is seeded).
 //!
+//! For the tracking tools, [`write_tensorboard`] and [`write_mlflow`] write finished runs
+//! ([`TrackedRun`]: params, final metrics, per-step curves, artifacts) as TensorBoard event files
+//! and as an MLflow file store.
+//!
 //! ```no_run
 //! use std::collections::BTreeMap;
 //! use umdflow_report::{render, Replicate, ReportInput, Row};

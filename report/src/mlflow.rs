@@ -79,6 +79,10 @@ fn write_run(
         std::fs::remove_dir_all(&dir).map_err(|e| ReportError::io(&dir, e))?;
     }
     files.write(&dir.join("meta.yaml"), &run_meta(experiment_id, &dir, run))?;
+    // MLflow creates all four with the run and does not recognise a run folder lacking one.
+    for folder in ["metrics", "params", "tags", "artifacts"] {
+        files.dir(&dir.join(folder))?;
+    }
     for (name, value) in &run.params {
         files.write(&dir.join("params").join(safe_name(name)), value)?;
     }
@@ -101,7 +105,6 @@ fn write_run(
         files.write(&dir.join("metrics").join(safe_name(&curve.name)), &lines)?;
     }
     let artifacts = dir.join("artifacts");
-    files.dir(&artifacts)?;
     for artifact in &run.artifacts {
         let relative = Path::new(&artifact.path);
         if relative.is_absolute()
@@ -318,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn an_artifact_path_leaving_the_run_is_refused() {
+    fn an_artifact_path_leaving_the_run_is_refused_and_an_empty_run_has_every_folder() {
         let dir = tempfile::tempdir().unwrap();
         let run = TrackedRun {
             name: "x".into(),
@@ -335,7 +338,22 @@ mod tests {
             started_at_ms: 0,
             finished_at_ms: 0,
         };
-        let error = write_mlflow("demo", &[run], dir.path()).unwrap_err();
+        let error = write_mlflow("demo", &[run.clone()], dir.path()).unwrap_err();
         assert!(error.to_string().contains("../escape"), "{error}");
+
+        // A run with nothing logged still has every folder MLflow looks for.
+        let empty = TrackedRun {
+            artifacts: vec![],
+            ..run
+        };
+        write_mlflow("demo", &[empty.clone()], dir.path()).unwrap();
+        let run_dir = dir
+            .path()
+            .join("mlruns")
+            .join(experiment_id("demo"))
+            .join(&empty.id);
+        for folder in ["metrics", "params", "tags", "artifacts"] {
+            assert!(run_dir.join(folder).is_dir(), "{folder}");
+        }
     }
 }

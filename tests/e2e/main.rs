@@ -18,4 +18,5 @@ mod observed;
 mod report;
 mod sharing;
 mod shipped_pipelines;
+mod tracking;
 mod validation;
