@@ -299,7 +299,7 @@ mod tests {
             finished_at_ms: 3_000,
         };
         let out = dir.path().join("export");
-        write_mlflow("demo", &[run.clone()], &out).unwrap();
+        write_mlflow("demo", std::slice::from_ref(&run), &out).unwrap();
         let run_dir = out.join("mlruns").join(experiment_id("demo")).join(&run.id);
         let read = |path: &str| std::fs::read_to_string(run_dir.join(path)).unwrap();
         assert_eq!(read("params/optim.lr"), "0.001");
@@ -338,7 +338,7 @@ mod tests {
             started_at_ms: 0,
             finished_at_ms: 0,
         };
-        let error = write_mlflow("demo", &[run.clone()], dir.path()).unwrap_err();
+        let error = write_mlflow("demo", std::slice::from_ref(&run), dir.path()).unwrap_err();
         assert!(error.to_string().contains("../escape"), "{error}");
 
         // A run with nothing logged still has every folder MLflow looks for.
@@ -346,7 +346,7 @@ mod tests {
             artifacts: vec![],
             ..run
         };
-        write_mlflow("demo", &[empty.clone()], dir.path()).unwrap();
+        write_mlflow("demo", std::slice::from_ref(&empty), dir.path()).unwrap();
         let run_dir = dir
             .path()
             .join("mlruns")
