@@ -4,7 +4,8 @@
 //! The format is small enough to write directly: a sequence of TFRecords (little-endian u64
 //! length, masked CRC-32C of the length, the data, masked CRC-32C of the data), each holding one
 //! `tensorflow.Event` protobuf. The first event carries `file_version: "brain.Event:2"`; every
-//! other one a `Summary` with one `simple_value` (a 32-bit float, as TensorBoard stores scalars).
+//! other one a step's `Summary`, one `simple_value` per tag (a 32-bit float, as TensorBoard
+//! stores scalars), in step order.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,7 @@ const FILE_VERSION: &str = "brain.Event:2";
 const FILE_SUFFIX: &str = "umdflow";
 
 /// Writes `out/<run.dir_name>/events.out.tfevents.<finished seconds>.umdflow` for every run: its
-/// curves at their steps, then its final metrics at step 0, all stamped with the run's finish
+/// final metrics at step 0 and its curves at their steps, all stamped with the run's finish
 /// time. Event files already in those folders are replaced (a recomputed run must not show its
 /// old curves beside the new ones); other files are left alone. Returns the files written.
 pub fn write_tensorboard(runs: &[TrackedRun], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
@@ -54,21 +55,34 @@ fn remove_event_files(dir: &Path) -> Result<(), ReportError> {
     Ok(())
 }
 
-/// The whole event file of one run.
+/// The whole event file of one run: one event per step, in step order, holding every value
+/// logged at that step (the final metrics at step 0, then the curves). TensorBoard drops values
+/// that arrive at a step below the last one it saw, so the order matters.
 fn event_file(run: &TrackedRun) -> Vec<u8> {
     let wall_time = run.finished_at_ms as f64 / 1000.0;
+    let mut values: Vec<(i64, &str, f64)> = run
+        .metrics
+        .iter()
+        .map(|(name, value)| (0, name.as_str(), *value))
+        .collect();
+    for curve in &run.curves {
+        values.extend(
+            curve
+                .points
+                .iter()
+                .map(|&(step, value)| (step, curve.name.as_str(), value)),
+        );
+    }
+    // Stable: within a step, values keep the order above.
+    values.sort_by_key(|&(step, _, _)| step);
     let mut file = Vec::new();
     append_record(&mut file, &file_version_event(wall_time));
-    for curve in &run.curves {
-        for &(step, value) in &curve.points {
-            append_record(
-                &mut file,
-                &scalar_event(wall_time, step, &curve.name, value),
-            );
-        }
-    }
-    for (name, value) in &run.metrics {
-        append_record(&mut file, &scalar_event(wall_time, 0, name, *value));
+    for same_step in values.chunk_by(|a, b| a.0 == b.0) {
+        let scalars: Vec<(&str, f64)> = same_step.iter().map(|&(_, tag, v)| (tag, v)).collect();
+        append_record(
+            &mut file,
+            &scalars_event(wall_time, same_step[0].0, &scalars),
+        );
     }
     file
 }
@@ -139,13 +153,15 @@ fn file_version_event(wall_time: f64) -> Vec<u8> {
     event
 }
 
-fn scalar_event(wall_time: f64, step: i64, tag: &str, value: f64) -> Vec<u8> {
-    let mut summary_value = Vec::new();
-    put_bytes(&mut summary_value, VALUE_TAG, tag.as_bytes());
-    put_key(&mut summary_value, VALUE_SIMPLE_VALUE, FIXED32);
-    summary_value.extend_from_slice(&(value as f32).to_le_bytes());
+fn scalars_event(wall_time: f64, step: i64, scalars: &[(&str, f64)]) -> Vec<u8> {
     let mut summary = Vec::new();
-    put_bytes(&mut summary, SUMMARY_VALUE, &summary_value);
+    for &(tag, value) in scalars {
+        let mut summary_value = Vec::new();
+        put_bytes(&mut summary_value, VALUE_TAG, tag.as_bytes());
+        put_key(&mut summary_value, VALUE_SIMPLE_VALUE, FIXED32);
+        summary_value.extend_from_slice(&(value as f32).to_le_bytes());
+        put_bytes(&mut summary, SUMMARY_VALUE, &summary_value);
+    }
 
     let mut event = Vec::new();
     put_key(&mut event, EVENT_WALL_TIME, FIXED64);
@@ -219,12 +235,16 @@ mod tests {
         scalar.extend_from_slice(b"gmcoord/rho");
         scalar.extend_from_slice(&[21, 0, 0, 128, 62]);
         assert_eq!(
-            scalar_event(1_700_000_000.5, 7, "gmcoord/rho", 0.25),
+            scalars_event(1_700_000_000.5, 7, &[("gmcoord/rho", 0.25)]),
             scalar
         );
         assert_eq!(
-            hex(&scalar_event(1.0, -1, "a", -2.0)),
+            hex(&scalars_event(1.0, -1, &[("a", -2.0)])),
             "09000000000000f03f10ffffffffffffffffff012a0a0a080a016115000000c0"
+        );
+        assert_eq!(
+            hex(&scalars_event(2.0, 3, &[("a", 1.0), ("bc", 0.5)])),
+            "09000000000000004010032a150a080a0161150000803f0a090a026263150000003f"
         );
     }
 
@@ -238,9 +258,10 @@ mod tests {
             tags: vec![],
             params: vec![],
             metrics: vec![("accuracy".into(), 0.5)],
+            // Logged out of step order: the file must be in step order.
             curves: vec![crate::tracked::Curve {
                 name: "gmcoord/rho".into(),
-                points: vec![(0, 1.0), (1, 2.0)],
+                points: vec![(1, 2.0), (0, 1.0)],
             }],
             artifacts: vec![],
             started_at_ms: 1_000,
@@ -259,7 +280,7 @@ mod tests {
         );
         assert!(!stale.exists(), "a recomputed run's old events are gone");
         let bytes = std::fs::read(&written[0]).unwrap();
-        // Walk the records: the version event, two curve points, one metric.
+        // Walk the records: the version event, then one event per step.
         let mut offset = 0;
         let mut events = Vec::new();
         while offset < bytes.len() {
@@ -268,13 +289,15 @@ mod tests {
             offset += 16 + length;
         }
         assert_eq!(offset, bytes.len());
-        assert_eq!(events.len(), 4);
-        assert_eq!(events[0], file_version_event(1_700_000_000.5));
+        let wall_time = 1_700_000_000.5;
         assert_eq!(
-            events[2],
-            scalar_event(1_700_000_000.5, 1, "gmcoord/rho", 2.0)
+            events,
+            [
+                file_version_event(wall_time),
+                scalars_event(wall_time, 0, &[("accuracy", 0.5), ("gmcoord/rho", 1.0)]),
+                scalars_event(wall_time, 1, &[("gmcoord/rho", 2.0)]),
+            ]
         );
-        assert_eq!(events[3], scalar_event(1_700_000_000.5, 0, "accuracy", 0.5));
     }
 
     fn hex(bytes: &[u8]) -> String {
