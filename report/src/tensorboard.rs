@@ -56,8 +56,8 @@ fn remove_event_files(dir: &Path) -> Result<(), ReportError> {
 }
 
 /// The whole event file of one run: one event per step, in step order, holding every value
-/// logged at that step (the final metrics at step 0, then the curves). TensorBoard drops values
-/// that arrive at a step below the last one it saw, so the order matters.
+/// logged at that step (the final metrics at step 0, then the curves), as a training loop writes
+/// them: to TensorBoard's loaders a tag whose step goes backwards is a restarted run.
 fn event_file(run: &TrackedRun) -> Vec<u8> {
     let wall_time = run.finished_at_ms as f64 / 1000.0;
     let mut values: Vec<(i64, &str, f64)> = run
