@@ -150,8 +150,7 @@ enum Command {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
-        /// `bundle` (the reviewer's folder), `tensorboard` (event files, one folder per instance)
-        /// or `mlflow` (an MLflow file store in `OUT/mlruns`).
+        /// What to write.
         #[arg(long, value_enum, default_value = "bundle")]
         format: umdflow_engine::report::ExportFormat,
     },
