@@ -18,3 +18,4 @@ pub mod resources;
 pub mod scheduler;
 pub mod spec;
 pub mod summary;
+pub mod tracking;

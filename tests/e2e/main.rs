@@ -19,4 +19,5 @@ mod report;
 mod resources;
 mod sharing;
 mod shipped_pipelines;
+mod tracking;
 mod validation;
