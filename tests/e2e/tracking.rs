@@ -76,13 +76,21 @@ fn same(a: f64, b: f64) -> bool {
     (a - b).abs() <= 4.0 * f64::EPSILON * a.abs().max(b.abs())
 }
 
-/// Whether `python3` can import `module`; if not, prints the skip line.
+/// Whether `python3` can import `module`; if not, prints the skip line. With
+/// `UMDFLOW_REQUIRE_TRACKING=1` (CI sets it, after installing the packages) a missing package fails
+/// the test instead, so that CI never skips it.
 fn python_has(module: &str, test: &str) -> bool {
     let found = Command::new("python3")
         .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
+        let required = std::env::var("UMDFLOW_REQUIRE_TRACKING").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "{test}: UMDFLOW_REQUIRE_TRACKING=1 but the Python package `{module}` is not installed \
+             (pip install tensorboard mlflow-skinny)"
+        );
         eprintln!("skipping {test}: the Python package `{module}` is not installed");
     }
     found
