@@ -190,13 +190,17 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// A folder with the pipeline, its lock file, every metric and the report, for a reviewer.
+    /// A folder with the pipeline, its lock file, every metric and the report, for a reviewer;
+    /// or every cached instance as a TensorBoard or MLflow run.
     Export {
         #[command(flatten)]
         pipeline: Pipeline,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
+        /// What to write.
+        #[arg(long, value_enum, default_value = "bundle")]
+        format: umdflow_engine::report::ExportFormat,
     },
     /// List the stage kinds (with `--defaults`, every parameter with its default value).
     Kinds {
@@ -561,9 +565,13 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(Exit::Ok.into())
         }
-        Command::Export { pipeline, out } => {
+        Command::Export {
+            pipeline,
+            out,
+            format,
+        } => {
             let loaded = load(&pipeline, &registry)?;
-            let files = umdflow_engine::report::export(&loaded, &out)?;
+            let files = umdflow_engine::report::export(&loaded, &out, format)?;
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(Exit::Ok.into())
         }

@@ -19,3 +19,4 @@ pub mod scheduler;
 pub mod slurm;
 pub mod spec;
 pub mod summary;
+pub mod tracking;

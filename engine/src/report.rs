@@ -1,4 +1,4 @@
-//! `umdflow report` and `umdflow export`: gather cached results (never run anything) into the
+//! `umdflow report` and `umdflow export` (its tracking-tool formats are in `tracking.rs`): gather cached results (never run anything) into the
 //! report crate's input: one row per sweep point without the seed, seeds as replicates.
 
 use std::collections::BTreeMap;
@@ -412,8 +412,29 @@ pub fn report(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
     Ok(written.files().into_iter().map(Path::to_path_buf).collect())
 }
 
-/// `umdflow export`: a folder with the pipeline, its lock file, every metric and the report.
-pub fn export(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
+/// What `umdflow export` writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The pipeline, its lock file, every metric and the report, for a reviewer.
+    #[default]
+    Bundle,
+    /// One TensorBoard run per cached instance (`tensorboard --logdir DIR`).
+    Tensorboard,
+    /// An MLflow file store, `DIR/mlruns/` (`mlflow ui --backend-store-uri DIR/mlruns`).
+    Mlflow,
+}
+
+/// `umdflow export`: writes `format` into `out`; returns the files written.
+pub fn export(loaded: &Loaded, out: &Path, format: ExportFormat) -> Result<Vec<PathBuf>> {
+    match format {
+        ExportFormat::Bundle => export_bundle(loaded, out),
+        ExportFormat::Tensorboard => crate::tracking::export_tensorboard(loaded, out),
+        ExportFormat::Mlflow => crate::tracking::export_mlflow(loaded, out),
+    }
+}
+
+/// A folder with the pipeline, its lock file, every metric and the report.
+fn export_bundle(loaded: &Loaded, out: &Path) -> Result<Vec<PathBuf>> {
     let cache = crate::commands::open_cache(&loaded.cache_dir)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let expanded = &loaded.expanded;

@@ -46,6 +46,29 @@ pub enum ReportError {
         x: f64,
         y: f64,
     },
+    #[error(
+        "tracking export: runs {first:?} and {second:?} have the same {what} {value:?} (expected one per run)"
+    )]
+    DuplicateRun {
+        what: &'static str,
+        value: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "tracking export: run {run:?} has the id {id:?}, expected 32 lower-case hexadecimal digits"
+    )]
+    BadRunId { run: String, id: String },
+    #[error(
+        "tracking export: run {run:?} has the artifact path {path:?}, expected a relative path inside the run"
+    )]
+    ArtifactPath { run: String, path: String },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -61,6 +84,13 @@ pub enum ReportError {
 impl ReportError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         ReportError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn read(path: &std::path::Path, source: std::io::Error) -> Self {
+        ReportError::Read {
             path: path.to_path_buf(),
             source,
         }

@@ -21,6 +21,10 @@
 //! interval is never marked significant. Output is deterministic: the same input gives
 //! byte-identical files (the bootstrap is seeded).
 //!
+//! For the tracking tools, [`write_tensorboard`] and [`write_mlflow`] write finished runs
+//! ([`TrackedRun`]: params, final metrics, per-step curves, artifacts) as TensorBoard event files
+//! and as an MLflow file store.
+//!
 //! ```no_run
 //! use std::collections::BTreeMap;
 //! use umdflow_report::{render, Replicate, ReportInput, Row};
@@ -75,10 +79,13 @@ mod html;
 mod input;
 mod latex;
 mod markdown;
+mod mlflow;
 mod slug;
 mod stats;
 pub mod student_t;
 mod summary;
+mod tensorboard;
+mod tracked;
 
 use std::path::{Path, PathBuf};
 
@@ -88,8 +95,11 @@ pub use error::ReportError;
 pub use input::{CurveSet, Replicate, ReportInput, Row, Series};
 pub use latex::{escape as escape_latex, to_latex};
 pub use markdown::to_markdown;
+pub use mlflow::write_mlflow;
 pub use stats::{CONFIDENCE, Estimate, Interval};
 pub use summary::{Cell, Difference, RowSummary, Summary, summarize};
+pub use tensorboard::write_tensorboard;
+pub use tracked::{Artifact, Curve, TrackedRun};
 
 /// The files [`render`] wrote, all inside its `out_dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,4 +20,5 @@ mod resources;
 mod sharing;
 mod shipped_pipelines;
 mod slurm;
+mod tracking;
 mod validation;
