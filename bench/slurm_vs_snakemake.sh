@@ -10,8 +10,10 @@
 #   fan-out  one root stage and FANOUT (default 200) leaves that each read the root's output
 # For each engine and workload, in a fresh folder (fresh cache / fresh outputs): the time from start
 # to all done (`umdflow run --executor slurm`; `snakemake --executor slurm --jobs JOBS`), then the
-# no-op rerun (nothing submitted). Each run is checked: every output present with the expected
-# content, and the rerun ran nothing. Prints a table (markdown) and the load average.
+# no-op rerun (nothing submitted). Checks: umdflow's `--json` reports every instance executed and
+# none failed; Snakemake submitted one Slurm job per job of the workload and left every output (the
+# chain's last file and the first and last leaf compared with their expected content); each rerun
+# ran nothing. Prints a table (markdown) and the load average.
 #
 # Snakemake and the plugin are installed into the git-ignored venv bench/out/snake-venv on first use
 # (SNAKEMAKE_SPEC, SLURM_PLUGIN_SPEC override the pip specs). Settings, chosen so that neither
@@ -26,7 +28,7 @@
 # stage, so each Snakemake first run is limited to LIMIT seconds (default 240): one that is still
 # going is interrupted and reported as "> LIMIT s, k of N jobs done" (a lower bound, never an
 # estimate); its outputs are then completed with Snakemake's local executor so that the no-op rerun
-# through Slurm can still be timed. Set LIMIT high enough to measure the whole chain (~25 min).
+# through Slurm can still be timed. LIMIT=1500 measures the whole chain (about 20 min here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
