@@ -110,7 +110,7 @@ pub fn parse_gpus(text: &str, cuda_visible: Option<&str>) -> Result<Vec<Gpu>, St
 }
 
 /// `16G` -> 16384 (MiB); a bare number is MiB.
-pub(crate) fn parse_memory_mib(value: &Value) -> Option<u64> {
+fn parse_memory_mib(value: &Value) -> Option<u64> {
     if let Some(n) = value.as_u64() {
         return Some(n);
     }
@@ -132,7 +132,7 @@ pub(crate) fn parse_memory_mib(value: &Value) -> Option<u64> {
 
 /// Slurm's time forms -> seconds: `90` (minutes), `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
 /// `D-HH:MM:SS`.
-pub(crate) fn parse_time_s(value: &Value) -> Option<u64> {
+fn parse_time_s(value: &Value) -> Option<u64> {
     if let Some(minutes) = value.as_u64() {
         return minutes.checked_mul(60);
     }
@@ -223,32 +223,7 @@ pub fn requests(
             budget.gpus.as_deref(),
         );
 
-        let memory_mib = raw.memory.as_ref().and_then(|value| {
-            let parsed = parse_memory_mib(value);
-            if parsed.is_none() {
-                reporter.at_value(
-                    &field("memory"),
-                    format!(
-                        "stage `{name}`: `resources.memory` must be a size such as `16G`, `512M` \
-                         or a number of MiB, got {value}"
-                    ),
-                );
-            }
-            parsed
-        });
-        let time_s = raw.time.as_ref().and_then(|value| {
-            let parsed = parse_time_s(value);
-            if parsed.is_none() {
-                reporter.at_value(
-                    &field("time"),
-                    format!(
-                        "stage `{name}`: `resources.time` must be minutes (`90`) or `HH:MM:SS` \
-                         (also `D-HH:MM:SS`, `MM:SS`), got {value}"
-                    ),
-                );
-            }
-            parsed
-        });
+        let (memory_mib, time_s) = memory_and_time(&mut reporter, name, &raw);
         requests.push(Request {
             threads,
             gpus,
@@ -259,6 +234,43 @@ pub fn requests(
     }
     reporter.finish()?;
     Ok(requests)
+}
+
+/// A stage's `resources.memory` in MiB and `resources.time` in seconds; a value that is neither a
+/// size nor a duration is reported at its line. One place for both executors' reading of them.
+pub(crate) fn memory_and_time(
+    reporter: &mut Reporter<'_>,
+    name: &str,
+    raw: &RawResources,
+) -> (Option<u64>, Option<u64>) {
+    let field = |key: &str| format!("stages.{name}.resources.{key}");
+    let memory_mib = raw.memory.as_ref().and_then(|value| {
+        let parsed = parse_memory_mib(value);
+        if parsed.is_none() {
+            reporter.at_value(
+                &field("memory"),
+                format!(
+                    "stage `{name}`: `resources.memory` must be a size such as `16G`, `512M` \
+                     or a number of MiB, got {value}"
+                ),
+            );
+        }
+        parsed
+    });
+    let time_s = raw.time.as_ref().and_then(|value| {
+        let parsed = parse_time_s(value);
+        if parsed.is_none() {
+            reporter.at_value(
+                &field("time"),
+                format!(
+                    "stage `{name}`: `resources.time` must be minutes (`90`) or `HH:MM:SS` \
+                     (also `D-HH:MM:SS`, `MM:SS`), got {value}"
+                ),
+            );
+        }
+        parsed
+    });
+    (memory_mib, time_s)
 }
 
 /// How many GPUs an instance gets and which one it is pinned to: `resources.gpus` if given, else

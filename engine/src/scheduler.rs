@@ -53,6 +53,20 @@ pub struct Outcome {
     pub log_tail: Option<String>,
 }
 
+impl Outcome {
+    /// An instance whose result is (or just became) a committed record: nothing to run.
+    pub(crate) fn cached(record: Record, reason: impl Into<String>, seconds: f64) -> Outcome {
+        Outcome {
+            status: Status::Cached,
+            key: Some(record.key.clone()),
+            reason: reason.into(),
+            seconds,
+            record: Some(record),
+            log_tail: None,
+        }
+    }
+}
+
 pub struct RunOptions {
     pub jobs: usize,
     pub keep_going: bool,
@@ -96,14 +110,11 @@ impl JobResult {
                 record: Some(record),
                 log_tail: None,
             },
-            JobResult::CachedElsewhere(record) => Outcome {
-                status: Status::Cached,
-                key: Some(record.key.clone()),
-                reason: "computed by another umdflow process meanwhile".into(),
+            JobResult::CachedElsewhere(record) => Outcome::cached(
+                record,
+                "computed by another umdflow process meanwhile",
                 seconds,
-                record: Some(record),
-                log_tail: None,
-            },
+            ),
             JobResult::Failed { message, log_tail } => Outcome {
                 status: Status::Failed,
                 key: None,
@@ -372,14 +383,7 @@ pub fn run(
     for (index, resolution) in resolutions.into_iter().enumerate() {
         match resolution {
             Resolution::Cached(record) => {
-                outcomes[index] = Some(Outcome {
-                    status: Status::Cached,
-                    key: Some(record.key.clone()),
-                    reason: "cached".into(),
-                    seconds: 0.0,
-                    record: Some(*record),
-                    log_tail: None,
-                });
+                outcomes[index] = Some(Outcome::cached(*record, "cached", 0.0));
                 progress.advance("");
             }
             Resolution::Run { key, reason } => {
@@ -479,16 +483,11 @@ pub fn run(
                     if let Some(found) = cache.lookup(&[&key])?.remove(&key) {
                         match usable(cache, found) {
                             Ok(record) => {
-                                outcomes[index] = Some(Outcome {
-                                    status: Status::Cached,
-                                    key: Some(key),
-                                    reason:
-                                        "cached (its inputs reran and produced identical outputs)"
-                                            .into(),
-                                    seconds: 0.0,
-                                    record: Some(record),
-                                    log_tail: None,
-                                });
+                                outcomes[index] = Some(Outcome::cached(
+                                    record,
+                                    "cached (its inputs reran and produced identical outputs)",
+                                    0.0,
+                                ));
                                 packer.release(allocation);
                                 progress.advance("");
                                 release_dependents(

@@ -5,19 +5,6 @@ use std::path::Path;
 
 use crate::support::*;
 
-const SMALL: [&str; 10] = [
-    "--set",
-    "corpus.params.count=64",
-    "--set",
-    "downstream.params.count=64",
-    "--set",
-    "pretrain.params.max_steps=2",
-    "--set",
-    "calibrate.params.max_steps=2",
-    "--set",
-    "tune.params.epochs=1",
-];
-
 fn run(project: &Project, extra: &[&str]) -> serde_json::Value {
     let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/quickstart.yaml");
     let cache = project.path("cache");
@@ -28,7 +15,7 @@ fn run(project: &Project, extra: &[&str]) -> serde_json::Value {
         cache.to_str().unwrap(),
         "--no-lock-file",
     ];
-    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(&QUICKSTART_SMALL);
     args.extend_from_slice(extra);
     project.json(&args, 0)
 }

@@ -258,16 +258,10 @@ stages:
 {FAST_POLL}"#
         ),
     );
-    let output = project.umdflow(&[
-        "run",
-        "p.yaml",
-        "--executor",
-        "slurm",
-        "--json",
-        "--no-lock-file",
-    ]);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let run = project.json(
+        &["run", "p.yaml", "--executor", "slurm", "--no-lock-file"],
+        1,
+    );
     assert_eq!(with_status(&run, "failed"), ["bad"], "{run}");
     assert_eq!(
         with_status(&run, "executed"),

@@ -140,3 +140,17 @@ stages:
         record_sq = RECORD.replace('\'', "''"),
     )
 }
+
+/// The quickstart (every kind that writes a training curve), shrunk to seconds.
+pub const QUICKSTART_SMALL: [&str; 10] = [
+    "--set",
+    "corpus.params.count=64",
+    "--set",
+    "downstream.params.count=64",
+    "--set",
+    "pretrain.params.max_steps=2",
+    "--set",
+    "calibrate.params.max_steps=2",
+    "--set",
+    "tune.params.epochs=1",
+];

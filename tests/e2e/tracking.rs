@@ -13,20 +13,6 @@ use umdflow_engine::scheduler::file_safe;
 
 use crate::support::*;
 
-/// The quickstart (every kind that writes a training curve), shrunk to seconds.
-const QUICKSTART_SMALL: [&str; 10] = [
-    "--set",
-    "corpus.params.count=64",
-    "--set",
-    "downstream.params.count=64",
-    "--set",
-    "pretrain.params.max_steps=2",
-    "--set",
-    "calibrate.params.max_steps=2",
-    "--set",
-    "tune.params.epochs=1",
-];
-
 fn quickstart_args(command: &str, project: &Project, extra: &[&str]) -> Vec<String> {
     let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/quickstart.yaml");
     let mut args: Vec<String> = vec![

@@ -54,14 +54,7 @@ pub fn run(
     for (index, resolution) in resolutions.into_iter().enumerate() {
         match resolution {
             Resolution::Cached(record) => {
-                outcomes[index] = Some(Outcome {
-                    status: Status::Cached,
-                    key: Some(record.key.clone()),
-                    reason: "cached".into(),
-                    seconds: 0.0,
-                    record: Some(*record),
-                    log_tail: None,
-                });
+                outcomes[index] = Some(Outcome::cached(*record, "cached", 0.0));
                 progress.advance("");
             }
             Resolution::Run { reason, .. } => reasons[index] = reason,

@@ -22,7 +22,7 @@ pub use driver::run;
 pub use sbatch::JobResources;
 
 use crate::diagnostics::Invalid;
-use crate::resources::{parse_memory_mib, parse_time_s};
+use crate::resources::memory_and_time;
 use crate::spec::{RawExecutor, Source};
 
 /// How often the driver looks at the queue unless `executor.poll_seconds` says otherwise.
@@ -93,27 +93,7 @@ impl SlurmOptions {
         let mut resources = Vec::with_capacity(source.raw.stages.0.len());
         for (name, stage) in &source.raw.stages.0 {
             let raw = stage.resources.clone().unwrap_or_default();
-            let field = |key: &str| format!("stages.{name}.resources.{key}");
-            let memory_mib = raw.memory.as_ref().and_then(|value| {
-                let parsed = parse_memory_mib(value);
-                if parsed.is_none() {
-                    reporter.at_value(
-                        &field("memory"),
-                        format!("stage `{name}`: `resources.memory` {value}: expected `16G`, `512M` or MiB"),
-                    );
-                }
-                parsed
-            });
-            let time_s = raw.time.as_ref().and_then(|value| {
-                let parsed = parse_time_s(value);
-                if parsed.is_none() {
-                    reporter.at_value(
-                        &field("time"),
-                        format!("stage `{name}`: `resources.time` {value}: expected minutes or `HH:MM:SS`"),
-                    );
-                }
-                parsed
-            });
+            let (memory_mib, time_s) = memory_and_time(&mut reporter, name, &raw);
             resources.push(JobResources {
                 threads: raw.threads,
                 memory_mib,

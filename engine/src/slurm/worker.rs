@@ -84,14 +84,11 @@ pub fn run_instance(
     let resolutions = resolve_all(expanded, &cache, &loaded.deps, &|i| force && i == index)?;
     let reason = match &resolutions[index] {
         Resolution::Cached(record) => {
-            return Ok(Outcome {
-                status: Status::Cached,
-                key: Some(record.key.clone()),
-                reason: "already in the cache when its job started".into(),
-                seconds: 0.0,
-                record: Some((**record).clone()),
-                log_tail: None,
-            });
+            return Ok(Outcome::cached(
+                (**record).clone(),
+                "already in the cache when its job started",
+                0.0,
+            ));
         }
         Resolution::Run { key: None, .. } => {
             let missing: Vec<&str> = expanded.instances[index]
