@@ -247,13 +247,16 @@ fn without_keep_going_a_failure_cancels_the_pending_jobs_and_running_ones_finish
     }
     let project = Project::new();
     let name = unique("slurm-stop");
+    // `bad` fails only once `other` runs: on a busy node `other` could still be pending when
+    // `bad` ends, and pending jobs are rightly cancelled (exit 4 means it never started).
+    let started = project.path("other-started").display().to_string();
     project.write(
         "p.yaml",
         &format!(
             r#"name: {name}
 stages:
-  bad: {{kind: cmd, run: 'exit 3'}}
-  other: {{kind: cmd, run: 'sleep 8; echo o > "$UMDFLOW_OUT/o.txt"'}}
+  bad: {{kind: cmd, run: 'for i in $(seq 600); do [ -e {started} ] && exit 3; sleep 0.2; done; exit 4'}}
+  other: {{kind: cmd, run: 'touch {started}; sleep 4; echo o > "$UMDFLOW_OUT/o.txt"'}}
   after_other: {{kind: cmd, inputs: [other], run: 'echo a > "$UMDFLOW_OUT/a.txt"'}}
 {FAST_POLL}"#
         ),
