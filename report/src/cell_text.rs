@@ -28,6 +28,52 @@ impl CellText {
             CellText::Missing { note } | CellText::Value { note, .. } => *note,
         }
     }
+
+    /// The cell in one format's markup.
+    pub(crate) fn render(&self, markup: &CellMarkup) -> String {
+        let footnote = |note: &Option<usize>| note.map(markup.footnote).unwrap_or_default();
+        match self {
+            CellText::Missing { note } => format!("{}{}", markup.missing, footnote(note)),
+            CellText::Value {
+                mean,
+                half_width,
+                n,
+                excludes_zero,
+                note,
+            } => {
+                let mut estimate = mean.clone();
+                if let Some(hw) = half_width {
+                    estimate.push_str(markup.plus_minus);
+                    estimate.push_str(hw);
+                }
+                let count = n.map(markup.count).unwrap_or_default();
+                let star = if *excludes_zero { markup.star } else { "" };
+                // In math mode the star is a superscript of the estimate, so it goes before `n`.
+                let body = if markup.math {
+                    format!("${estimate}{star}${count}")
+                } else {
+                    format!("{estimate}{count}{star}")
+                };
+                body + &footnote(note)
+            }
+        }
+    }
+}
+
+/// How one output format writes the pieces of a cell.
+pub(crate) struct CellMarkup {
+    /// What stands in an empty cell.
+    pub missing: &'static str,
+    /// Between the mean and the half-width, spaces included.
+    pub plus_minus: &'static str,
+    /// Marks a difference whose interval excludes zero.
+    pub star: &'static str,
+    /// The estimate and its star are typeset as math (`$…$`).
+    pub math: bool,
+    /// The value count, e.g. ` (n=2)`.
+    pub count: fn(usize) -> String,
+    /// A reference to footnote `n`.
+    pub footnote: fn(usize) -> String,
 }
 
 /// The cell of the means table.

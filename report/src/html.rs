@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::cell_text::{CellText, difference_cell, mean_cell};
+use crate::cell_text::{CellMarkup, CellText, difference_cell, mean_cell};
 use crate::markdown::percent;
 use crate::summary::Summary;
 
@@ -117,43 +117,21 @@ fn table(
             let _ = write!(out, "<td>{text}</td>");
         }
         for cell in cells {
-            let _ = write!(out, "<td>{}</td>", cell_html(cell));
+            let _ = write!(out, "<td>{}</td>", cell.render(&MARKUP));
         }
         let _ = writeln!(out, "</tr>");
     }
     let _ = writeln!(out, "</tbody>\n</table>");
 }
 
-fn cell_html(text: &CellText) -> String {
-    match text {
-        CellText::Missing { note } => format!("—{}", footnote(*note)),
-        CellText::Value {
-            mean,
-            half_width,
-            n,
-            excludes_zero,
-            note,
-        } => {
-            let mut cell = mean.clone();
-            if let Some(hw) = half_width {
-                let _ = write!(cell, " ± {hw}");
-            }
-            if let Some(n) = n {
-                let _ = write!(cell, " (<i>n</i>={n})");
-            }
-            if *excludes_zero {
-                cell.push_str(" <b>*</b>");
-            }
-            cell.push_str(&footnote(*note));
-            cell
-        }
-    }
-}
-
-fn footnote(note: Option<usize>) -> String {
-    note.map(|n| format!("<sup><a href=\"#note-{n}\">{n}</a></sup>"))
-        .unwrap_or_default()
-}
+const MARKUP: CellMarkup = CellMarkup {
+    missing: "—",
+    plus_minus: " ± ",
+    star: " <b>*</b>",
+    math: false,
+    count: |n| format!(" (<i>n</i>={n})"),
+    footnote: |n| format!("<sup><a href=\"#note-{n}\">{n}</a></sup>"),
+};
 
 /// An SVG document as an element of the page: without the XML declaration, and without the
 /// namespace attribute, which HTML5 implies for `<svg>` (and which is the page's only URL).

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use crate::cell_text::{CellText, difference_cell, mean_cell};
+use crate::cell_text::{CellMarkup, CellText, difference_cell, mean_cell};
 use crate::markdown::percent;
 use crate::slug::slug;
 use crate::summary::Summary;
@@ -108,7 +108,7 @@ impl Table<'_> {
         for (start, cells) in body {
             let mut line = start.clone();
             for cell in cells {
-                let _ = write!(line, " & {}", cell_latex(cell));
+                let _ = write!(line, " & {}", cell.render(&MARKUP));
                 cited.extend(cell.note());
             }
             let _ = writeln!(out, "{line} \\\\");
@@ -131,37 +131,14 @@ impl Table<'_> {
     }
 }
 
-fn cell_latex(text: &CellText) -> String {
-    match text {
-        CellText::Missing { note } => format!("---{}", footnote(*note)),
-        CellText::Value {
-            mean,
-            half_width,
-            n,
-            excludes_zero,
-            note,
-        } => {
-            let mut cell = format!("${mean}");
-            if let Some(hw) = half_width {
-                let _ = write!(cell, " \\pm {hw}");
-            }
-            if *excludes_zero {
-                cell.push_str("^{*}");
-            }
-            cell.push('$');
-            if let Some(n) = n {
-                let _ = write!(cell, "\\,(n={n})");
-            }
-            cell.push_str(&footnote(*note));
-            cell
-        }
-    }
-}
-
-fn footnote(note: Option<usize>) -> String {
-    note.map(|n| format!("\\textsuperscript{{{n}}}"))
-        .unwrap_or_default()
-}
+const MARKUP: CellMarkup = CellMarkup {
+    missing: "---",
+    plus_minus: " \\pm ",
+    star: "^{*}",
+    math: true,
+    count: |n| format!("\\,(n={n})"),
+    footnote: |n| format!("\\textsuperscript{{{n}}}"),
+};
 
 /// A comment line must not break: newlines would end the comment early.
 fn one_line(text: &str) -> String {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::cell_text::{CellText, difference_cell, mean_cell};
+use crate::cell_text::{CellMarkup, difference_cell, mean_cell};
 use crate::summary::Summary;
 
 /// The whole Markdown document.
@@ -21,7 +21,7 @@ pub fn to_markdown(summary: &Summary) -> String {
     for row in &summary.rows {
         let mut line = format!("| {} | {} |", escape(&row.label), row.seeds);
         for cell in &row.cells {
-            let _ = write!(line, " {} |", cell_markdown(&mean_cell(row, cell)));
+            let _ = write!(line, " {} |", mean_cell(row, cell).render(&MARKUP));
         }
         let _ = writeln!(out, "{line}");
     }
@@ -41,7 +41,7 @@ pub fn to_markdown(summary: &Summary) -> String {
         for row in summary.rows.iter().filter(|row| !row.is_baseline) {
             let mut line = format!("| {} |", escape(&row.label));
             for cell in &row.cells {
-                let text = difference_cell(row, cell).map(|text| cell_markdown(&text));
+                let text = difference_cell(row, cell).map(|text| text.render(&MARKUP));
                 let _ = write!(line, " {} |", text.unwrap_or_default());
             }
             let _ = writeln!(out, "{line}");
@@ -112,35 +112,14 @@ fn header(out: &mut String, metrics: &[String], with_seeds: bool) {
     let _ = writeln!(out, "{names}\n{rule}");
 }
 
-fn cell_markdown(text: &CellText) -> String {
-    match text {
-        CellText::Missing { note } => format!("—{}", footnote(*note)),
-        CellText::Value {
-            mean,
-            half_width,
-            n,
-            excludes_zero,
-            note,
-        } => {
-            let mut cell = mean.clone();
-            if let Some(hw) = half_width {
-                let _ = write!(cell, " ± {hw}");
-            }
-            if let Some(n) = n {
-                let _ = write!(cell, " (n={n})");
-            }
-            if *excludes_zero {
-                cell.push_str(" \\*");
-            }
-            cell.push_str(&footnote(*note));
-            cell
-        }
-    }
-}
-
-fn footnote(note: Option<usize>) -> String {
-    note.map(|n| format!("[^{n}]")).unwrap_or_default()
-}
+const MARKUP: CellMarkup = CellMarkup {
+    missing: "—",
+    plus_minus: " ± ",
+    star: " \\*",
+    math: false,
+    count: |n| format!(" (n={n})"),
+    footnote: |n| format!("[^{n}]"),
+};
 
 pub(crate) fn percent(confidence: f64) -> String {
     format!("{}", (confidence * 100.0).round())

@@ -115,6 +115,9 @@ fn table_only_report_without_axis_or_curves() {
         "<li id=\"note-1\">Not available: plus, seed 3: evaluate[arm=plus,seed=3] has not run.</li>"
     ));
     assert!(html.contains("0.755 ± 0.064 (<i>n</i>=2)<sup><a href=\"#note-1\">1</a></sup>"));
+    assert!(html.contains(
+        "<td>+0.095 ± 0.064 (<i>n</i>=2) <b>*</b><sup><a href=\"#note-2\">2</a></sup></td>"
+    ));
 }
 
 #[test]
