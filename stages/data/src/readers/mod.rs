@@ -134,6 +134,11 @@ pub fn field_str<'a>(
     })
 }
 
+/// An optional string field of a JSON record, or `default` when it is absent or not a string.
+pub fn optional_str<'a>(record: &'a serde_json::Value, name: &str, default: &'a str) -> &'a str {
+    record.get(name).and_then(|v| v.as_str()).unwrap_or(default)
+}
+
 /// The `answer` of a JSON record as text (numbers cast like Python's `str()`).
 pub fn json_answer(
     path: &Path,

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::normalize::{answer_text, normalize_answer};
 use super::{
     ImageRef, RawQuestion, RawRecord, RawSource, ReadOptions, closed_answer_type, field_str,
-    json_answer, read_json_list,
+    json_answer, optional_str, read_json_list,
 };
 use crate::error::DataError;
 
@@ -36,7 +36,7 @@ pub fn read(dir: &Path, options: &ReadOptions) -> Result<RawSource, DataError> {
     let mut grouped: BTreeMap<(u8, String), (String, String, Vec<RawQuestion>)> = BTreeMap::new();
     for (path, split) in files {
         for (index, record) in read_json_list(&path)?.iter().enumerate() {
-            if record.get("q_lang").and_then(|v| v.as_str()) != Some("en") {
+            if optional_str(record, "q_lang", "") != "en" {
                 continue;
             }
             let image = field_str(&path, record, index, "img_name")?;
@@ -47,10 +47,7 @@ pub fn read(dir: &Path, options: &ReadOptions) -> Result<RawSource, DataError> {
                 index,
                 field_str(&path, record, index, "answer_type")?,
             )?;
-            let qtype = record
-                .get("content_type")
-                .and_then(|v| v.as_str())
-                .unwrap_or("other")
+            let qtype = optional_str(record, "content_type", "other")
                 .trim()
                 .to_ascii_lowercase();
             let label = record
@@ -59,16 +56,8 @@ pub fn read(dir: &Path, options: &ReadOptions) -> Result<RawSource, DataError> {
                 .unwrap_or_else(|| "unknown".into())
                 .trim()
                 .to_ascii_lowercase();
-            let modality = record
-                .get("modality")
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            let location = record
-                .get("location")
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
+            let modality = optional_str(record, "modality", "").trim().to_string();
+            let location = optional_str(record, "location", "")
                 .trim()
                 .to_ascii_lowercase();
             let text = format!("{modality} image of the {location}")

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::normalize::normalize_answer;
 use super::{
     ImageRef, RawQuestion, RawRecord, RawSource, closed_answer_type, field_str, json_answer,
-    read_json_list,
+    optional_str, read_json_list,
 };
 use crate::error::DataError;
 
@@ -49,15 +49,9 @@ pub fn read(dir: &Path) -> Result<RawSource, DataError> {
             let image = field_str(&path, record, index, "image_name")?;
             let question = field_str(&path, record, index, "question")?;
             let answer = json_answer(&path, record, index)?;
-            let answer_type = record
-                .get("answer_type")
-                .and_then(|v| v.as_str())
-                .unwrap_or("OPEN");
+            let answer_type = optional_str(record, "answer_type", "OPEN");
             let closed = closed_answer_type(&path, index, answer_type)?;
-            let qtype = record
-                .get("question_type")
-                .and_then(|v| v.as_str())
-                .unwrap_or("OTHER");
+            let qtype = optional_str(record, "question_type", "OTHER");
             // Combined types ("PRES, POS") count under their first type.
             let qtype = qtype
                 .split(',')
@@ -65,17 +59,11 @@ pub fn read(dir: &Path) -> Result<RawSource, DataError> {
                 .unwrap_or("OTHER")
                 .trim()
                 .to_ascii_lowercase();
-            let organ = record
-                .get("image_organ")
-                .and_then(|v| v.as_str())
-                .unwrap_or("unknown")
+            let organ = optional_str(record, "image_organ", "unknown")
                 .trim()
                 .to_ascii_lowercase();
             let split = file_split.unwrap_or_else(|| {
-                let phrase = record
-                    .get("phrase_type")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("");
+                let phrase = optional_str(record, "phrase_type", "");
                 if phrase.starts_with("test") { 2 } else { 0 }
             });
             let entry = grouped
