@@ -14,33 +14,37 @@ use crate::expand::{Expanded, SEED_AXIS, display_value};
 use crate::resolve::{Resolution, resolve_all};
 use crate::spec::{Design, RawCurve};
 
+/// Calls `visit` with every leaf of a JSON document and its dotted name (`vqa.overall`): nested
+/// objects are walked, anything else (an empty object too) is a leaf.
+pub fn visit_leaves(prefix: &str, value: &Value, visit: &mut impl FnMut(&str, &Value)) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, item) in map {
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                visit_leaves(&name, item, visit);
+            }
+        }
+        leaf => visit(prefix, leaf),
+    }
+}
+
 /// Numeric leaves of a metrics document, nested names joined with dots (`vqa.overall`).
 pub fn flatten_metrics(value: &Value) -> BTreeMap<String, f64> {
-    fn walk(prefix: &str, value: &Value, out: &mut BTreeMap<String, f64>) {
-        match value {
-            Value::Number(n) => {
-                if let Some(x) = n.as_f64() {
-                    out.insert(prefix.to_string(), x);
-                }
-            }
-            Value::Bool(b) => {
-                out.insert(prefix.to_string(), if *b { 1.0 } else { 0.0 });
-            }
-            Value::Object(map) => {
-                for (key, item) in map {
-                    let name = if prefix.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{prefix}.{key}")
-                    };
-                    walk(&name, item, out);
-                }
-            }
-            _ => {}
-        }
-    }
     let mut out = BTreeMap::new();
-    walk("", value, &mut out);
+    visit_leaves("", value, &mut |name, leaf| {
+        let number = match leaf {
+            Value::Number(n) => n.as_f64(),
+            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+            _ => None,
+        };
+        if let Some(x) = number {
+            out.insert(name.to_string(), x);
+        }
+    });
     out
 }
 

@@ -15,7 +15,7 @@ use umdflow_report::{Artifact, Curve, TrackedRun};
 
 use crate::commands::Loaded;
 use crate::expand::{Instance, SEED_AXIS, display_value};
-use crate::report::flatten_metrics;
+use crate::report::{flatten_metrics, visit_leaves};
 use crate::resolve::{Resolution, resolve_all};
 use crate::scheduler::file_safe;
 
@@ -135,25 +135,15 @@ fn run_id(key: &str, instance: &str) -> String {
 
 /// Params with nested names joined by dots (`optim.lr`); strings as written, other values as JSON.
 fn flatten_params(params: &Map<String, Value>) -> Vec<(String, String)> {
-    fn walk(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
-        match value {
-            Value::Object(map) if !map.is_empty() => {
-                for (key, item) in map {
-                    let name = if prefix.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{prefix}.{key}")
-                    };
-                    walk(&name, item, out);
-                }
-            }
-            Value::String(text) => out.push((prefix.to_string(), text.clone())),
-            other => out.push((prefix.to_string(), other.to_string())),
-        }
-    }
     let mut out = Vec::new();
     for (key, value) in params {
-        walk(key, value, &mut out);
+        visit_leaves(key, value, &mut |name, leaf| {
+            let text = match leaf {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            out.push((name.to_string(), text));
+        });
     }
     out
 }
