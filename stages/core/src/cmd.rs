@@ -1,7 +1,8 @@
 //! The `cmd` kind: runs a shell string or an argument vector as a stage.
 //!
 //! The command sees its inputs, params and output folder through environment variables
-//! (`UMDFLOW_OUT`, `UMDFLOW_INPUT_<STAGE>`, `UMDFLOW_PARAM_<NAME>`, `UMDFLOW_PARAMS`) and runs in
+//! (`UMDFLOW_OUT`, `UMDFLOW_INPUT_<STAGE>`, `UMDFLOW_PARAM_<NAME>`, `UMDFLOW_PARAMS`, and
+//! `UMDFLOW_RESUME_DIR`, a folder kept across failed attempts) and runs in
 //! the folder that holds the pipeline file, in a process group of its own. Its stdout and stderr
 //! go to the stage's log.
 
@@ -120,6 +121,11 @@ impl StageKind for CmdKind {
             "UMDFLOW_PARAMS",
             Value::Object(ctx.params.clone()).to_string(),
         );
+        // Kept across failed attempts at this key, so a command can checkpoint there and resume.
+        match ctx.resume {
+            Some(resume) => command.env("UMDFLOW_RESUME_DIR", resume.dir),
+            None => command.env_remove("UMDFLOW_RESUME_DIR"),
+        };
         // Which GPU is not in the key (a run on GPU 1 and on GPU 3 is the same computation).
         // When the run manages GPUs, a command sees only its own, and one given none sees none.
         if let Some(gpus) = ctx.gpus {
@@ -321,6 +327,7 @@ mod tests {
             gpus: None,
             progress: &NoProgress,
             cancel: &cancel,
+            resume: None,
         };
         (CmdKind.run(&ctx), dir)
     }
@@ -362,6 +369,7 @@ mod tests {
             gpus: None,
             progress: &NoProgress,
             cancel: &cancel,
+            resume: None,
         };
         let result = CmdKind.run(&ctx);
         cancel.store(true, Ordering::SeqCst);
