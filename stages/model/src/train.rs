@@ -280,6 +280,13 @@ pub fn run_mr_steps(
     }
     let resumed_at = step;
     let mut saved_at = (step, Instant::now());
+    let saver = run.checkpoints.map(|checkpoints| Saver {
+        checkpoints,
+        store,
+        ema: ema.as_ref(),
+        total,
+        observer,
+    });
     // Batch k of the run is the same batch whether or not the run resumed: epochs and their
     // order come from the seed, so resuming skips the first `resumed_at` batches.
     let mut batch_index = 0u64;
@@ -300,22 +307,11 @@ pub fn run_mr_steps(
             }
             if observer.cancelled() {
                 // Killed by a time limit or Ctrl-C: keep what was done since the last checkpoint.
-                if let Some(checkpoints) = run.checkpoints
-                    && checkpoints.interval != umdflow_stages::Interval::Off
+                if let Some(saver) = &saver
+                    && saver.checkpoints.interval != umdflow_stages::Interval::Off
                     && step > saved_at.0
                 {
-                    save(
-                        checkpoints,
-                        store,
-                        &mut optimiser,
-                        ema.as_ref(),
-                        total,
-                        step,
-                        samples_seen,
-                        &itm_rng,
-                        &records,
-                        observer,
-                    );
+                    saver.save(&mut optimiser, step, samples_seen, &itm_rng, &records);
                 }
                 return Err(ModelError::Cancelled);
             }
@@ -372,22 +368,11 @@ pub fn run_mr_steps(
             records.push(record);
             samples_seen += positions.len() as u64;
             step += 1;
-            if let Some(checkpoints) = run.checkpoints
+            if let Some(saver) = &saver
                 && step < total
-                && checkpoints.interval.due(step, saved_at.1.elapsed())
+                && saver.checkpoints.interval.due(step, saved_at.1.elapsed())
             {
-                save(
-                    checkpoints,
-                    store,
-                    &mut optimiser,
-                    ema.as_ref(),
-                    total,
-                    step,
-                    samples_seen,
-                    &itm_rng,
-                    &records,
-                    observer,
-                );
+                saver.save(&mut optimiser, step, samples_seen, &itm_rng, &records);
                 saved_at = (step, Instant::now());
             }
         }
@@ -395,35 +380,44 @@ pub fn run_mr_steps(
     Ok((records, samples_seen))
 }
 
-/// Writes a checkpoint after `step` steps. A failure to write one costs only the resume, so it is
-/// logged and training goes on.
-#[allow(clippy::too_many_arguments)]
-fn save(
-    checkpoints: &Checkpointer,
-    store: &ParamStore,
-    optimiser: &mut Optimiser,
-    ema: Option<&EmaTarget>,
+/// What writing a checkpoint of a run needs besides its progress.
+struct Saver<'a> {
+    checkpoints: &'a Checkpointer,
+    store: &'a ParamStore,
+    ema: Option<&'a EmaTarget>,
     total: u64,
-    step: u64,
-    samples_seen: u64,
-    itm_rng: &SplitMix64,
-    records: &[StepRecord],
-    observer: &(dyn TrainObserver + Sync),
-) {
-    let training = Training {
-        store,
-        optimiser,
-        ema,
-        total_steps: total,
-    };
-    let progress = Progress {
-        step,
-        samples_seen,
-        itm_rng: itm_rng.state(),
-        records: records.to_vec(),
-    };
-    match checkpoints.save(&training, &progress) {
-        Ok(()) => tracing::debug!(step, path = %checkpoints.path.display(), "checkpoint written"),
-        Err(e) => observer.note(&format!("could not write a checkpoint at step {step}: {e}")),
+    observer: &'a (dyn TrainObserver + Sync),
+}
+
+impl Saver<'_> {
+    /// Writes a checkpoint after `step` steps. A failure to write one costs only the resume, so
+    /// it is logged and training goes on.
+    fn save(
+        &self,
+        optimiser: &mut Optimiser,
+        step: u64,
+        samples_seen: u64,
+        itm_rng: &SplitMix64,
+        records: &[StepRecord],
+    ) {
+        let training = Training {
+            store: self.store,
+            optimiser,
+            ema: self.ema,
+            total_steps: self.total,
+        };
+        let progress = Progress {
+            step,
+            samples_seen,
+            itm_rng: itm_rng.state(),
+            records: records.to_vec(),
+        };
+        let path = &self.checkpoints.path;
+        match self.checkpoints.save(&training, &progress) {
+            Ok(()) => tracing::debug!(step, path = %path.display(), "checkpoint written"),
+            Err(e) => self
+                .observer
+                .note(&format!("could not write a checkpoint at step {step}: {e}")),
+        }
     }
 }
