@@ -365,10 +365,7 @@ impl Exclusive<'_> {
         report.bytes_freed += staging::remove_abandoned(&cache.root.join("staging"));
         lease::remove_free(&cache.root.join("leases"));
         report.bytes_freed += remove_unfinished_indexes(&cache.root);
-        let committed = |keys: &[&str]| -> Result<BTreeSet<String>, CacheError> {
-            Ok(cache.index.lookup(keys)?.into_keys().collect())
-        };
-        let (resume, freed) = resume::collect(&cache.root, &committed, pending)?;
+        let (resume, freed) = resume::collect(&cache.root, &cache.index, pending)?;
         report.resume = resume;
         report.bytes_freed += freed;
         Ok(report)

@@ -8,6 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::CacheError;
+use crate::index::Index;
 use crate::staging::dir_size;
 
 pub(crate) const DIR: &str = "resume";
@@ -43,7 +44,7 @@ pub(crate) fn remove(root: &Path, key: &str) -> Result<(), CacheError> {
 /// Only with the cache held exclusively: then no lease is held and no stage writes to them.
 pub(crate) fn collect(
     root: &Path,
-    committed: &dyn Fn(&[&str]) -> Result<BTreeSet<String>, CacheError>,
+    index: &Index,
     pending: Option<&BTreeSet<String>>,
 ) -> Result<(ResumeGc, u64), CacheError> {
     let dir = root.join(DIR);
@@ -60,13 +61,13 @@ pub(crate) fn collect(
         })
         .collect();
     let keys: Vec<&str> = folders.iter().map(|(key, _)| key.as_str()).collect();
-    let committed = committed(&keys)?;
+    let committed = index.lookup(&keys)?;
     let mut report = ResumeGc::default();
     let mut freed = 0;
     for (key, path) in &folders {
         let size = dir_size(path);
         let wanted = pending.is_none_or(|pending| pending.contains(key));
-        if committed.contains(key) || !wanted {
+        if committed.contains_key(key) || !wanted {
             fs::remove_dir_all(path).map_err(CacheError::io(path))?;
             report.removed += 1;
             freed += size;

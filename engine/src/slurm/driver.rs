@@ -297,7 +297,7 @@ fn watch(
                 reasons,
             };
             if stopping.is_none()
-                && resubmits.handle(index, &job, state.as_ref(), &mut graph, progress)?
+                && resubmits.handle(index, &job, state.as_ref(), &mut graph, progress)
             {
                 continue;
             }

@@ -68,12 +68,12 @@ impl<'a> Resubmits<'a> {
         state: Option<&JobState>,
         graph: &mut Graph<'_>,
         progress: &Progress,
-    ) -> Result<bool> {
+    ) -> bool {
         if self.max == 0 {
-            return Ok(false); // today's behaviour: every end is final
+            return false; // today's behaviour: every end is final
         }
         let Some(state) = state else {
-            return Ok(false);
+            return false;
         };
         let inputs = &graph.expanded.instances[index].inputs;
         if state.state == "CANCELLED"
@@ -81,17 +81,24 @@ impl<'a> Resubmits<'a> {
             && inputs.iter().any(|&input| graph.outcomes[input].is_none())
         {
             self.parked.insert(index, job.clone());
-            return Ok(true);
+            return true;
         }
         let reported_success = Report::read(&job.report).is_some_and(|r| r.status != Done::Failed);
         let count = self.counts.get(&index).copied().unwrap_or(0);
         if !CUT_SHORT.contains(&state.state.as_str()) || reported_success || count >= self.max {
-            return Ok(false);
+            return false;
         }
+        let id = &graph.expanded.instances[index].id;
+        let again = match self.resubmit(index, job, graph) {
+            Ok(again) => again,
+            Err(err) => {
+                // Reported as the failure it is; a rerun submits it again and it still resumes.
+                progress.note(&format!("{id}: could not resubmit job {}: {err:#}", job.id));
+                return false;
+            }
+        };
         self.counts.insert(index, count + 1);
         self.total += 1;
-        let id = &graph.expanded.instances[index].id;
-        let again = self.resubmit(index, job, graph)?;
         progress.note(&format!(
             "{id}: Slurm job {} ended {}; resubmitted as job {again} ({} of at most {}), resuming \
              from its checkpoint if it left one",
@@ -107,7 +114,7 @@ impl<'a> Resubmits<'a> {
             None if reason.is_empty() => note,
             None => format!("{reason}; {note}"),
         };
-        Ok(true)
+        true
     }
 
     /// Submits `index` again, then every undecided descendant whose job Slurm cancelled or will

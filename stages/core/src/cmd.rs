@@ -98,9 +98,10 @@ impl StageKind for CmdKind {
                 command
             }
         };
-        // Everything set here except the output folder's location and the GPU (below) is in the
-        // key (the stage name and instance id because `sees_names` is true); the thread budget is
-        // not keyed, so it is not passed: a command that wants a thread count takes it as a param.
+        // Everything set here except the output and resume folders' locations and the GPU (below)
+        // is in the key (the stage name and instance id because `sees_names` is true); the thread
+        // budget is not keyed, so it is not passed: a command that wants a thread count takes it
+        // as a param.
         command.current_dir(ctx.work_dir);
         command.env("UMDFLOW_OUT", ctx.out_dir);
         command.env("UMDFLOW_STAGE", ctx.name);
