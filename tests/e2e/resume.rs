@@ -93,6 +93,12 @@ fn killed_then_resumed(pipeline: &str, stage: &str) {
     child.kill().unwrap(); // SIGKILL: no chance to write anything more
     child.wait().unwrap();
     assert!(checkpoint.is_file(), "a kill keeps the checkpoint");
+    // `gc` keeps what the pipeline still has to compute, so the next run can resume.
+    let gc = project.umdflow(&["gc", "p.yaml", "--cache", "work"]);
+    let said = String::from_utf8_lossy(&gc.stdout);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert!(said.contains("kept 1 resume folders"), "{said}");
+    assert!(checkpoint.is_file(), "gc removed a pending checkpoint");
 
     let resumed = run_to_end(&project, "work");
     let log = project.umdflow(&["log", "p.yaml", "--cache", "work", stage]);
