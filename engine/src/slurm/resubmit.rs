@@ -69,8 +69,10 @@ impl<'a> Resubmits<'a> {
         graph: &mut Graph<'_>,
         progress: &Progress,
     ) -> bool {
-        if self.max == 0 {
-            return false; // today's behaviour: every end is final
+        // `max_resubmits: 0` is today's behaviour: every end is final. A job submitted by another
+        // driver (adopted) has no recorded arguments to submit again.
+        if self.max == 0 || job.args.is_empty() {
+            return false;
         }
         let Some(state) = state else {
             return false;
