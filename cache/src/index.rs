@@ -38,6 +38,8 @@ pub struct GcReport {
     pub records_removed: usize,
     pub blobs_removed: usize,
     pub bytes_freed: u64,
+    /// Resume folders removed and kept.
+    pub resume: crate::resume::ResumeGc,
 }
 
 #[derive(Debug, Default, Clone)]

@@ -5,6 +5,8 @@
 //! - `index.redb`: one record per stage key (output manifest, metrics, timings, key components);
 //! - `staging/`: private folders where running stages write, turned into blobs on commit;
 //! - `leases/`: one lock file per key being computed, so concurrent runs never compute a key twice;
+//! - `resume/<key>/`: what an interrupted stage left to resume from (a checkpoint), kept until the
+//!   key commits (see [`Cache::resume_dir`]);
 //! - `lock`: held shared by every process using the cache, exclusive by `gc` (see [`Exclusive`]).
 //!
 //! Commit order (see [`Cache::commit`]): hash, fsync and rename every file into `blobs/`, fsync the
@@ -19,6 +21,7 @@ mod index;
 mod lease;
 mod lock;
 mod record;
+mod resume;
 mod staging;
 
 pub use blobs::{BlobStat, hash_file};
@@ -27,6 +30,7 @@ pub use failpoint::FAILPOINTS;
 pub use index::{GcReport, Reader, VerifyReport};
 pub use lease::{Lease, LeaseAttempt};
 pub use record::{FileEntry, Record, output_digest};
+pub use resume::ResumeGc;
 pub use staging::Staging;
 
 use std::collections::{BTreeSet, HashMap};
@@ -208,6 +212,18 @@ impl Cache {
         Lease::try_take(&self.root.join("leases"), key)
     }
 
+    /// The resume folder of `key`: kept across failed attempts at the key, so a stage can
+    /// checkpoint there and continue on its next attempt; removed by [`Cache::remove_resume`]
+    /// once the key commits. Call it only while holding the key's lease.
+    pub fn resume_dir(&self, key: &str) -> Result<PathBuf, CacheError> {
+        resume::folder(&self.root, key)
+    }
+
+    /// Removes the resume folder of a committed key.
+    pub fn remove_resume(&self, key: &str) -> Result<(), CacheError> {
+        resume::remove(&self.root, key)
+    }
+
     /// A fresh private folder for a stage to write into.
     pub fn staging(&self) -> Result<Staging, CacheError> {
         Staging::create(&self.root.join("staging"))
@@ -329,9 +345,14 @@ impl Cache {
 
 impl Exclusive<'_> {
     /// Removes every record whose key is not in `keep` (when given), then every blob no remaining
-    /// record references, abandoned staging folders, free leases and index files left by a crash
-    /// while the index was being created. Exclusive, so no run holds anything.
-    pub fn gc(&self, keep: Option<&BTreeSet<String>>) -> Result<GcReport, CacheError> {
+    /// record references, abandoned staging folders, free leases, index files left by a crash
+    /// while the index was being created, and the resume folders of committed keys and (when
+    /// `pending` is given) of keys not in it. Exclusive, so no run holds anything.
+    pub fn gc(
+        &self,
+        keep: Option<&BTreeSet<String>>,
+        pending: Option<&BTreeSet<String>>,
+    ) -> Result<GcReport, CacheError> {
         let cache = self.cache;
         let mut report = match keep {
             Some(keep) => cache.index.retain(keep)?,
@@ -344,6 +365,9 @@ impl Exclusive<'_> {
         report.bytes_freed += staging::remove_abandoned(&cache.root.join("staging"));
         lease::remove_free(&cache.root.join("leases"));
         report.bytes_freed += remove_unfinished_indexes(&cache.root);
+        let (resume, freed) = resume::collect(&cache.root, &cache.index, pending)?;
+        report.resume = resume;
+        report.bytes_freed += freed;
         Ok(report)
     }
 }

@@ -143,7 +143,7 @@ fn make_writable(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn dir_size(dir: &Path) -> u64 {
+pub(crate) fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };

@@ -150,7 +150,7 @@ fn a_crash_at_any_failpoint_leaves_a_usable_cache() {
         assert!(report.records_forgotten.is_empty(), "{case}");
         commit(&cache, "new", NEW);
         assert_complete(&cache, "new", NEW, case);
-        cache.exclusive(|| {}).unwrap().gc(None).unwrap();
+        cache.exclusive(|| {}).unwrap().gc(None, None).unwrap();
         assert!(cache.verify().unwrap().damaged.is_empty(), "{case}");
     }
     assert!(crashed >= 30, "only {crashed} crashes");

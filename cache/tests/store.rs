@@ -117,7 +117,11 @@ fn gc_keeps_what_is_reached_and_frees_the_rest() {
     commit(&cache, "keep", &[("a", "kept content")]);
     commit(&cache, "drop", &[("b", "dropped content")]);
     let keep: BTreeSet<String> = ["keep".to_string()].into();
-    let report = cache.exclusive(|| {}).unwrap().gc(Some(&keep)).unwrap();
+    let report = cache
+        .exclusive(|| {})
+        .unwrap()
+        .gc(Some(&keep), None)
+        .unwrap();
     assert_eq!(report.records_removed, 1);
     // Both records wrote the same log, so only the dropped output blob goes.
     assert_eq!(report.blobs_removed, 1);
@@ -129,7 +133,7 @@ fn gc_keeps_what_is_reached_and_frees_the_rest() {
         cache
             .exclusive(|| {})
             .unwrap()
-            .gc(Some(&keep))
+            .gc(Some(&keep), None)
             .unwrap()
             .bytes_freed,
         0
@@ -300,7 +304,7 @@ fn gc_waits_until_no_other_handle_uses_the_cache() {
         let cache = Cache::open(&path).unwrap();
         let exclusive = cache.exclusive(|| waiting_tx.send(()).unwrap()).unwrap();
         done_tx.send(()).unwrap();
-        exclusive.gc(None).unwrap();
+        exclusive.gc(None, None).unwrap();
     });
     waiting_rx
         .recv_timeout(std::time::Duration::from_secs(10))
@@ -342,4 +346,41 @@ fn a_damaged_index_is_reported_and_repaired_keeping_the_blobs() {
     assert!(cache.blob_path(&committed.files[0].hash).exists());
     drop(cache);
     assert_eq!(Cache::repair_index(dir.path(), || {}).unwrap(), None);
+}
+
+#[test]
+fn resume_folders_outlive_failures_and_gc_drops_only_finished_or_unreached_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    for key in ["done", "pending", "gone"] {
+        let folder = cache.resume_dir(key).unwrap();
+        fs::write(folder.join("checkpoint"), key).unwrap();
+    }
+    // A folder survives reopening the cache (a crashed or killed attempt).
+    drop(cache);
+    let cache = Cache::open(dir.path()).unwrap();
+    let again = cache.resume_dir("pending").unwrap();
+    assert_eq!(
+        fs::read_to_string(again.join("checkpoint")).unwrap(),
+        "pending"
+    );
+    // `done` committed, but the process died before removing its folder.
+    commit(&cache, "done", &[("a", "x")]);
+    let report = cache.exclusive(|| {}).unwrap().gc(None, None).unwrap();
+    assert_eq!((report.resume.removed, report.resume.kept), (1, 2));
+    assert!(!dir.path().join("resume/done").exists());
+    // With pipeline files, only the keys they still have to compute keep theirs.
+    let pending: BTreeSet<String> = ["pending".to_string()].into();
+    let report = cache
+        .exclusive(|| {})
+        .unwrap()
+        .gc(None, Some(&pending))
+        .unwrap();
+    assert_eq!((report.resume.removed, report.resume.kept), (1, 1));
+    assert!(dir.path().join("resume/pending/checkpoint").exists());
+    assert!(!dir.path().join("resume/gone").exists());
+    // After a commit the folder goes.
+    cache.remove_resume("pending").unwrap();
+    cache.remove_resume("pending").unwrap();
+    assert!(!dir.path().join("resume/pending").exists());
 }

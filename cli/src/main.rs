@@ -505,12 +505,21 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let report = commands::gc(&dir, &loaded)?;
             println!(
-                "removed {} records and {} blobs, freed {} in {}",
+                "removed {} records, {} blobs and {} resume folders, freed {} in {}",
                 report.records_removed,
                 report.blobs_removed,
+                report.resume.removed,
                 human_bytes(report.bytes_freed),
                 dir.display()
             );
+            if report.resume.kept > 0 {
+                println!(
+                    "kept {} resume folders ({}) of interrupted stages, so their next run \
+                     continues; `umdflow gc FILE` removes those FILE no longer reaches",
+                    report.resume.kept,
+                    human_bytes(report.resume.kept_bytes)
+                );
+            }
             Ok(Exit::Ok.into())
         }
         Command::Verify {

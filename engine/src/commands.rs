@@ -407,20 +407,28 @@ pub fn gc(cache_dir: &Path, pipelines: &[Loaded]) -> Result<umdflow_cache::GcRep
             cache_dir.display()
         )
     })?;
-    let keep = if pipelines.is_empty() {
-        None
+    // With pipeline files: their cached records, and the resume folders of what they still have
+    // to compute (an interrupted training continues from its checkpoint on the next run).
+    let (keep, pending) = if pipelines.is_empty() {
+        (None, None)
     } else {
-        let mut keep = BTreeSet::new();
+        let (mut keep, mut pending) = (BTreeSet::new(), BTreeSet::new());
         for loaded in pipelines {
             for resolution in resolve_all(&loaded.expanded, &cache, &loaded.deps, &|_| false)? {
-                if let Resolution::Cached(record) = resolution {
-                    keep.insert(record.key.clone());
+                match resolution {
+                    Resolution::Cached(record) => {
+                        keep.insert(record.key.clone());
+                    }
+                    Resolution::Run { key: Some(key), .. } => {
+                        pending.insert(key);
+                    }
+                    Resolution::Run { key: None, .. } => {}
                 }
             }
         }
-        Some(keep)
+        (Some(keep), Some(pending))
     };
-    Ok(cache.gc(keep.as_ref())?)
+    Ok(cache.gc(keep.as_ref(), pending.as_ref())?)
 }
 
 /// What `verify` found.

@@ -112,6 +112,9 @@ pub fn components(
     for read in &reads {
         params.remove(&read.param);
     }
+    for unkeyed in stage.kind.unkeyed_params() {
+        params.remove(*unkeyed);
+    }
     KeyComponents {
         key_format: KEY_FORMAT,
         kind: stage.kind.name().to_string(),

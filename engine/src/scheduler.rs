@@ -207,6 +207,9 @@ impl Executor<'_> {
             return Ok(JobResult::CachedElsewhere(record));
         }
 
+        // Kept across failed attempts at this key (the lease makes it ours alone): a stage that
+        // checkpoints there resumes on the next attempt. Removed once the key commits.
+        let resume_dir = self.cache.resume_dir(&job.key)?;
         let staging = self.cache.staging()?;
         let mut artifacts = Vec::with_capacity(job.inputs.len());
         for (record, &input) in job.inputs.iter().zip(&instance.inputs) {
@@ -240,6 +243,10 @@ impl Executor<'_> {
             gpus: self.manages_gpus.then_some(gpus.as_slice()),
             progress: &bar,
             cancel: self.cancel,
+            resume: Some(umdflow_stages::Resume {
+                dir: &resume_dir,
+                key: &job.key,
+            }),
         };
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx)))
@@ -284,7 +291,15 @@ impl Executor<'_> {
                         duration_s,
                         umdflow_version: self.options.umdflow_version.clone(),
                     };
-                    return Ok(JobResult::Executed(self.cache.commit(staging, record)?));
+                    let record = self.cache.commit(staging, record)?;
+                    if let Err(err) = self.cache.remove_resume(&job.key) {
+                        // Harmless: `gc` removes the folders of committed keys.
+                        tracing::warn!(
+                            "could not remove the resume folder of {}: {err}",
+                            instance.id
+                        );
+                    }
+                    return Ok(JobResult::Executed(record));
                 }
                 Err(message) => message,
             },

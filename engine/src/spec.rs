@@ -168,6 +168,10 @@ pub struct RawExecutor {
     /// Seconds between two looks at the queue (one `squeue` each).
     #[serde(default)]
     pub poll_seconds: Option<f64>,
+    /// How often a job that ended `TIMEOUT`, `PREEMPTED` or `NODE_FAIL` is submitted again (it
+    /// resumes from its checkpoint); 0: never. Default 2.
+    #[serde(default)]
+    pub max_resubmits: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,6 +17,7 @@ mod ml_pipeline;
 mod observed;
 mod report;
 mod resources;
+mod resume;
 mod sharing;
 mod shipped_pipelines;
 mod slurm;

@@ -633,6 +633,7 @@ stages:
 }
 
 #[test]
+/// With `max_resubmits: 0` a job killed by its time limit is final, as before resubmission.
 fn a_job_past_its_time_limit_is_reported_as_timed_out_with_its_log() {
     if !cluster("time_limit") {
         return;
@@ -650,7 +651,8 @@ stages:
     run: 'echo slow-started; sleep 300; echo s > "$UMDFLOW_OUT/s.txt"'
     resources: {{time: 1}}
   after: {{kind: cmd, inputs: [slow], run: 'echo a > "$UMDFLOW_OUT/a.txt"'}}
-{FAST_POLL}"#
+{FAST_POLL}  max_resubmits: 0
+"#
         ),
     );
     let output = project.umdflow(&[
@@ -675,4 +677,62 @@ stages:
         "{}",
         stderr(&output)
     );
+}
+
+#[test]
+fn a_job_killed_by_its_time_limit_is_resubmitted_and_resumes_from_its_checkpoint() {
+    if !cluster("time_limit_resume") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-resume");
+    // 120 one-second units of work, counted in the resume folder: more than one attempt can do
+    // under a one-minute limit (Slurm ends a job 60 to about 90 s after it started), so the stage
+    // finishes only if a resubmitted job continues from the count the killed one left.
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: {name}
+stages:
+  work:
+    kind: cmd
+    run: |
+      n=$(cat "$UMDFLOW_RESUME_DIR/n" 2>/dev/null || echo 0)
+      echo "work starts at $n" >> "$JOURNAL"
+      while [ "$n" -lt 120 ]; do
+        sleep 1; n=$((n + 1))
+        echo "$n" > "$UMDFLOW_RESUME_DIR/n.tmp" && mv "$UMDFLOW_RESUME_DIR/n.tmp" "$UMDFLOW_RESUME_DIR/n"
+      done
+      echo "$n" > "$UMDFLOW_OUT/n.txt"
+    resources: {{time: 1}}
+  after: {{kind: cmd, inputs: [work], run: 'cp "$UMDFLOW_INPUT_WORK/n.txt" "$UMDFLOW_OUT/"'}}
+{FAST_POLL}"#
+        ),
+    );
+    let run = project.json(
+        &["run", "p.yaml", "--executor", "slurm", "--no-lock-file"],
+        0,
+    );
+    assert_eq!(with_status(&run, "executed"), ["after", "work"], "{run}");
+    let work = &run["stages"].as_array().unwrap()[0];
+    assert!(
+        work["reason"].as_str().unwrap().contains("after TIMEOUT"),
+        "{work}"
+    );
+    let starts: Vec<u32> = project
+        .journal()
+        .iter()
+        .filter_map(|line| line.strip_prefix("work starts at "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(starts.len() >= 2, "{starts:?}");
+    assert_eq!(starts[0], 0, "{starts:?}");
+    assert!(
+        starts.windows(2).all(|w| w[1] > w[0]),
+        "each attempt continues where the last stopped: {starts:?}"
+    );
+    // The resume folder is gone once the key committed.
+    let resume = project.path(".umdflow/resume");
+    let left = std::fs::read_dir(&resume).map_or(0, |dir| dir.count());
+    assert_eq!(left, 0, "resume folders left in {}", resume.display());
 }

@@ -12,6 +12,7 @@ use umdflow_cache::Cache;
 
 use super::SlurmOptions;
 use super::queue::{self, JobState};
+use super::resubmit::{Graph, Resubmits};
 use super::runs::RunFolder;
 use super::sbatch::{self, Submission};
 use super::worker::{Done, Report};
@@ -21,12 +22,15 @@ use crate::resolve::{Resolution, resolve_all, usable};
 use crate::scheduler::{Outcome, RunOptions, Status, skip_descendants, tail};
 
 /// A submitted instance.
-struct Job {
-    id: String,
+#[derive(Clone)]
+pub(super) struct Job {
+    pub(super) id: String,
     /// Slurm's stdout and stderr of the job.
-    log: PathBuf,
+    pub(super) log: PathBuf,
     /// The worker's report.
-    report: PathBuf,
+    pub(super) report: PathBuf,
+    /// What it was submitted with (`resubmit.rs` submits it again).
+    pub(super) args: Vec<String>,
 }
 
 /// `squeue` failures in a row after which the driver gives up (the jobs keep running).
@@ -127,7 +131,15 @@ pub fn run(
                 if let Err(err) = folder.record(&id, &instance.id) {
                     tracing::warn!("{err:#}: `umdflow status` and `cancel` will not see job {id}");
                 }
-                jobs.insert(index, Job { id, log, report });
+                jobs.insert(
+                    index,
+                    Job {
+                        id,
+                        log,
+                        report,
+                        args,
+                    },
+                );
             }
             // An input's job ended badly before this one was submitted.
             Err(err) if err.to_string().contains("Job dependency problem") => {
@@ -152,6 +164,7 @@ pub fn run(
         folder.dir.display()
     ));
 
+    let mut resubmits = Resubmits::new(slurm.max_resubmits, Some(&mut folder));
     let stop_reason = watch(
         loaded,
         cache,
@@ -162,7 +175,15 @@ pub fn run(
         &mut jobs,
         &mut outcomes,
         &mut reasons,
+        &mut resubmits,
     )?;
+    if resubmits.total > 0 {
+        progress.note(&format!(
+            "resubmitted {} Slurm jobs cut short by the cluster (time limit, preemption, node failure)",
+            resubmits.total
+        ));
+    }
+    drop(resubmits);
     let all_succeeded = outcomes.iter().all(|o| {
         o.as_ref()
             .is_some_and(|o| matches!(o.status, Status::Executed | Status::Cached))
@@ -202,6 +223,7 @@ fn watch(
     jobs: &mut BTreeMap<usize, Job>,
     outcomes: &mut [Option<Outcome>],
     reasons: &mut [String],
+    resubmits: &mut Resubmits<'_>,
 ) -> Result<Option<String>> {
     let expanded = &loaded.expanded;
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); expanded.instances.len()];
@@ -252,16 +274,32 @@ fn watch(
             match states.get(&job.id) {
                 Some(state) if state.never_starts() => to_cancel.push(job.id.clone()),
                 Some(state) if state.is_active() => {}
-                state => finished.push((index, state.cloned())),
+                state => finished.push((index, job.id.clone(), state.cloned())),
             }
         }
         // In index order: an input's failure is seen before its dependents' cancellation.
-        for (index, state) in finished {
+        for (index, job_id, state) in finished {
+            // Resubmitted meanwhile with an input (`resubmit.rs`): the new job is not done.
+            if jobs.get(&index).is_none_or(|job| job.id != job_id) {
+                continue;
+            }
             let Some(job) = jobs.remove(&index) else {
                 continue;
             };
             if outcomes[index].is_some() {
                 continue; // skipped already because an input failed
+            }
+            let mut graph = Graph {
+                jobs,
+                outcomes,
+                dependents: &dependents,
+                expanded,
+                reasons,
+            };
+            if stopping.is_none()
+                && resubmits.handle(index, &job, state.as_ref(), &mut graph, progress)
+            {
+                continue;
             }
             let outcome = finish(
                 loaded,
@@ -299,6 +337,8 @@ fn watch(
                 skip_descendants(index, &dependents, outcomes, expanded, progress);
             }
         }
+        // Not the old jobs of what was resubmitted meanwhile: they are gone already.
+        to_cancel.retain(|id| jobs.values().any(|job| &job.id == id));
         if !to_cancel.is_empty() {
             let ids: Vec<&str> = to_cancel.iter().map(String::as_str).collect();
             queue::cancel(&ids)?;

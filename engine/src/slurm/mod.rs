@@ -10,6 +10,7 @@
 
 mod driver;
 mod queue;
+mod resubmit;
 pub mod runs;
 mod sbatch;
 pub mod worker;
@@ -52,6 +53,8 @@ pub struct SlurmOptions {
     pub threads: Option<usize>,
     pub executor: RawExecutor,
     pub poll: Duration,
+    /// How often a job the cluster cut short (time limit, preemption) is submitted again.
+    pub max_resubmits: u32,
 }
 
 impl SlurmOptions {
@@ -106,6 +109,9 @@ impl SlurmOptions {
             resources,
             program,
             threads,
+            max_resubmits: executor
+                .max_resubmits
+                .unwrap_or(resubmit::DEFAULT_MAX_RESUBMITS),
             executor,
             poll,
         })

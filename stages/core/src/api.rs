@@ -142,6 +142,9 @@ pub struct StageContext<'a> {
     pub progress: &'a dyn ProgressSink,
     /// Set when the user pressed Ctrl-C: stop soon and return [`StageError::Cancelled`].
     pub cancel: &'a AtomicBool,
+    /// The instance's resume folder, kept across failed attempts at its key (see
+    /// [`crate::resume`]); `None` where no cache keeps one (tests, benchmarks).
+    pub resume: Option<crate::resume::Resume<'a>>,
 }
 
 impl StageContext<'_> {
@@ -245,6 +248,12 @@ pub trait StageKind: Send + Sync {
     fn reads(&self, params: &Params) -> Vec<ReadPath> {
         let _ = params;
         Vec::new()
+    }
+
+    /// Params that cannot change the output (how often to write a checkpoint): the running stage
+    /// sees them, but the engine leaves them out of the key, so changing one reruns nothing.
+    fn unkeyed_params(&self) -> &'static [&'static str] {
+        &[]
     }
 
     /// The GPUs an instance wants when its `resources:` do not say. By default a kind's `device`

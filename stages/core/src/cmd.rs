@@ -1,7 +1,8 @@
 //! The `cmd` kind: runs a shell string or an argument vector as a stage.
 //!
 //! The command sees its inputs, params and output folder through environment variables
-//! (`UMDFLOW_OUT`, `UMDFLOW_INPUT_<STAGE>`, `UMDFLOW_PARAM_<NAME>`, `UMDFLOW_PARAMS`) and runs in
+//! (`UMDFLOW_OUT`, `UMDFLOW_INPUT_<STAGE>`, `UMDFLOW_PARAM_<NAME>`, `UMDFLOW_PARAMS`, and
+//! `UMDFLOW_RESUME_DIR`, a folder kept across failed attempts) and runs in
 //! the folder that holds the pipeline file, in a process group of its own. Its stdout and stderr
 //! go to the stage's log.
 
@@ -97,9 +98,10 @@ impl StageKind for CmdKind {
                 command
             }
         };
-        // Everything set here except the output folder's location and the GPU (below) is in the
-        // key (the stage name and instance id because `sees_names` is true); the thread budget is
-        // not keyed, so it is not passed: a command that wants a thread count takes it as a param.
+        // Everything set here except the output and resume folders' locations and the GPU (below)
+        // is in the key (the stage name and instance id because `sees_names` is true); the thread
+        // budget is not keyed, so it is not passed: a command that wants a thread count takes it
+        // as a param.
         command.current_dir(ctx.work_dir);
         command.env("UMDFLOW_OUT", ctx.out_dir);
         command.env("UMDFLOW_STAGE", ctx.name);
@@ -120,6 +122,11 @@ impl StageKind for CmdKind {
             "UMDFLOW_PARAMS",
             Value::Object(ctx.params.clone()).to_string(),
         );
+        // Kept across failed attempts at this key, so a command can checkpoint there and resume.
+        match ctx.resume {
+            Some(resume) => command.env("UMDFLOW_RESUME_DIR", resume.dir),
+            None => command.env_remove("UMDFLOW_RESUME_DIR"),
+        };
         // Which GPU is not in the key (a run on GPU 1 and on GPU 3 is the same computation).
         // When the run manages GPUs, a command sees only its own, and one given none sees none.
         if let Some(gpus) = ctx.gpus {
@@ -321,6 +328,7 @@ mod tests {
             gpus: None,
             progress: &NoProgress,
             cancel: &cancel,
+            resume: None,
         };
         (CmdKind.run(&ctx), dir)
     }
@@ -362,6 +370,7 @@ mod tests {
             gpus: None,
             progress: &NoProgress,
             cancel: &cancel,
+            resume: None,
         };
         let result = CmdKind.run(&ctx);
         cancel.store(true, Ordering::SeqCst);

@@ -6,9 +6,11 @@
 pub mod api;
 pub mod cmd;
 pub mod params;
+pub mod resume;
 
 pub use api::{
     Gpu, GpuDemand, InputArtifact, NoProgress, Params, Problem, ProgressSink, ReadPath, RunSpec,
     StageContext, StageDecl, StageError, StageKind,
 };
 pub use cmd::CmdKind;
+pub use resume::{Interval, Resume};

@@ -45,6 +45,7 @@ fn main() {
             gpus: None,
             progress: &NoProgress,
             cancel: &cancel,
+            resume: None,
         };
         let start = Instant::now();
         if let Err(err) = IngestKind.run(&ctx) {

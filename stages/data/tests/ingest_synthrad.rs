@@ -307,6 +307,7 @@ fn an_interrupted_ingest_reports_cancelled() {
         gpus: None,
         progress: &NoProgress,
         cancel: &cancel,
+        resume: None,
     };
     assert!(matches!(IngestKind.run(&ctx), Err(StageError::Cancelled)));
     assert!(!dir.path().join("meta.json").exists());

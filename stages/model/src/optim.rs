@@ -262,6 +262,34 @@ impl Optimiser {
         Ok(norm)
     }
 
+    /// How many updates were made (AdamW's bias correction depends on it).
+    pub fn steps(&self) -> i32 {
+        self.steps
+    }
+
+    /// Each parameter's moments, by name: `(name, m, v)` (see [`Slot`]), for a checkpoint.
+    pub fn moments(&self) -> impl Iterator<Item = (&str, &Tensor, &Tensor)> {
+        self.slots.iter().map(|s| (s.name.as_str(), &s.m, &s.v))
+    }
+
+    /// Puts back the state [`Self::steps`] and [`Self::moments`] described; `moments` must hold
+    /// every parameter's, with its shape (the caller checks that before touching anything).
+    pub fn restore(
+        &mut self,
+        steps: i32,
+        moments: &mut std::collections::HashMap<String, (Tensor, Tensor)>,
+    ) -> Result<()> {
+        for slot in &mut self.slots {
+            let (m, v) = moments.remove(&slot.name).ok_or_else(|| {
+                crate::error::ModelError::Data(format!("no optimiser moments for `{}`", slot.name))
+            })?;
+            slot.m = m;
+            slot.v = v;
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
     /// Names of the parameters that get weight decay (for documentation and tests).
     pub fn decayed(&self) -> Vec<&str> {
         self.slots

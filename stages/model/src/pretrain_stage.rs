@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use umdflow_data::artifact::Dataset;
 use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
-use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
+use umdflow_stages::{Interval, Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use crate::checkpoint::save_checkpoint;
 use crate::config::{ModelConfig, PRESETS};
@@ -20,7 +20,8 @@ use crate::masking::MaskPlan;
 use crate::objective::{ObjectiveConfig, TERM_ORDER};
 use crate::optim::OptimConfig;
 use crate::plot::{Series, line_plot};
-use crate::train::{StepRecord, TrainObserver, TrainOutcome, TrainSettings, pretrain};
+use crate::resume::Checkpointer;
+use crate::train::{StepRecord, TrainObserver, TrainOutcome, TrainSettings, pretrain_resumable};
 
 /// Parameters of `pretrain`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +44,9 @@ pub struct PretrainParams {
     /// Loss terms and feature-target choices.
     pub loss: ObjectiveConfig,
     pub optim: OptimConfig,
+    /// How often to write a checkpoint to resume from (`10m`, `90s`, `500 steps`, `off`). It
+    /// cannot change the result, so it is not in the key.
+    pub checkpoint_every: String,
 }
 
 impl Default for PretrainParams {
@@ -57,6 +61,7 @@ impl Default for PretrainParams {
             weight_init: WeightInit::Xavier,
             loss: ObjectiveConfig::default(),
             optim: OptimConfig::default(),
+            checkpoint_every: umdflow_stages::resume::DEFAULT_INTERVAL.into(),
         }
     }
 }
@@ -94,6 +99,9 @@ impl PretrainParams {
         if let Err((field, message)) = self.optim.validate() {
             problems.push(Problem::new(format!("params.optim.{field}"), message));
         }
+        if let Err(message) = Interval::parse(&self.checkpoint_every) {
+            problems.push(Problem::new("params.checkpoint_every", message));
+        }
         problems
     }
 }
@@ -109,6 +117,11 @@ impl StageKind for PretrainKind {
     /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
     fn sees_names(&self) -> bool {
         false
+    }
+
+    /// How often it checkpoints changes nothing it computes.
+    fn unkeyed_params(&self) -> &'static [&'static str] {
+        &["checkpoint_every"]
     }
 
     fn version(&self) -> u32 {
@@ -163,11 +176,20 @@ impl StageKind for PretrainKind {
             weight_init: params.weight_init,
         };
         let observer = StageObserver { ctx };
-        let outcome = pretrain(&dataset, &plan, &settings, &device, ctx.threads, &observer)
-            .map_err(|e| match e {
-                ModelError::Cancelled => StageError::Cancelled,
-                other => StageError::failed(format!("pretrain `{}`: {other}", ctx.id)),
-            })?;
+        let checkpoints = checkpointer(ctx, &params.checkpoint_every, "pretrain")?;
+        let outcome = pretrain_resumable(
+            &dataset,
+            &plan,
+            &settings,
+            &device,
+            ctx.threads,
+            &observer,
+            checkpoints.as_ref(),
+        )
+        .map_err(|e| match e {
+            ModelError::Cancelled => StageError::Cancelled,
+            other => StageError::failed(format!("pretrain `{}`: {other}", ctx.id)),
+        })?;
         write_outputs(
             ctx.out_dir,
             &outcome,
@@ -189,6 +211,22 @@ fn failed(e: ModelError) -> StageError {
     StageError::failed(e.to_string())
 }
 
+/// The checkpoints of a training kind, in the instance's resume folder (none without one, e.g.
+/// in tests that run a kind directly). `purpose` names the kind, so two never share a file.
+pub fn checkpointer(
+    ctx: &StageContext<'_>,
+    every: &str,
+    purpose: &str,
+) -> Result<Option<Checkpointer>, StageError> {
+    let interval = Interval::parse(every).map_err(StageError::Failed)?;
+    Ok(ctx.resume.map(|resume| Checkpointer {
+        path: resume.dir.join(format!("{purpose}.ckpt")),
+        key: resume.key.to_string(),
+        purpose: purpose.to_string(),
+        interval,
+    }))
+}
+
 struct StageObserver<'a, 'b> {
     ctx: &'a StageContext<'b>,
 }
@@ -207,6 +245,11 @@ impl TrainObserver for StageObserver<'_, '_> {
 
     fn cancelled(&self) -> bool {
         self.ctx.cancelled()
+    }
+
+    fn note(&self, line: &str) {
+        tracing::info!("{}: {line}", self.ctx.id);
+        let _ = self.ctx.log(line);
     }
 }
 

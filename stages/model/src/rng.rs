@@ -19,6 +19,11 @@ impl SplitMix64 {
         SplitMix64::new(seed ^ fnv1a(purpose.as_bytes()).rotate_left(17))
     }
 
+    /// The whole state: [`SplitMix64::new`] of it continues the same stream (checkpoints).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

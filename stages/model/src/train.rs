@@ -15,6 +15,7 @@ use crate::masking::MaskPlan;
 use crate::model::UmdModel;
 use crate::objective::{EmaTarget, ObjectiveConfig, mr_losses};
 use crate::optim::{OptimConfig, Optimiser};
+use crate::resume::{Checkpointer, Progress, Training};
 use crate::rng::SplitMix64;
 use crate::store::ParamStore;
 
@@ -54,6 +55,8 @@ pub trait TrainObserver {
     fn cancelled(&self) -> bool {
         false
     }
+    /// A line for the stage's log (resuming, checkpoints ignored).
+    fn note(&self, _line: &str) {}
 }
 
 /// An observer that ignores everything.
@@ -104,13 +107,27 @@ pub fn pretrain(
     threads: usize,
     observer: &(dyn TrainObserver + Sync),
 ) -> Result<TrainOutcome> {
+    pretrain_resumable(dataset, plan, settings, device, threads, observer, None)
+}
+
+/// [`pretrain`], checkpointing as `checkpoints` says and resuming from its checkpoint when one of
+/// this run is there; the outcome is bit-identical to an uninterrupted run's.
+pub fn pretrain_resumable(
+    dataset: &Dataset,
+    plan: &MaskPlan,
+    settings: &TrainSettings,
+    device: &Device,
+    threads: usize,
+    observer: &(dyn TrainObserver + Sync),
+    checkpoints: Option<&Checkpointer>,
+) -> Result<TrainOutcome> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
         .map_err(|e| {
             ModelError::Config(format!("could not start {threads} worker threads: {e}"))
         })?;
-    pool.install(|| pretrain_here(dataset, plan, settings, device, observer))
+    pool.install(|| pretrain_here(dataset, plan, settings, device, observer, checkpoints))
 }
 
 fn pretrain_here(
@@ -119,6 +136,7 @@ fn pretrain_here(
     settings: &TrainSettings,
     device: &Device,
     observer: &(dyn TrainObserver + Sync),
+    checkpoints: Option<&Checkpointer>,
 ) -> Result<TrainOutcome> {
     let mut config = model_config_for(dataset, plan, &settings.preset)?;
     config.vision_positions = settings.vision_positions;
@@ -137,6 +155,7 @@ fn pretrain_here(
         objective: &settings.objective,
         optim: &settings.optim,
         streams: PRETRAIN_STREAMS,
+        checkpoints,
     };
     let (records, samples_seen) = run_mr_steps(&store, &model, &run, device, observer)?;
     let info = CheckpointInfo {
@@ -182,6 +201,8 @@ pub struct MrRun<'a> {
     pub objective: &'a ObjectiveConfig,
     pub optim: &'a OptimConfig,
     pub streams: StreamNames,
+    /// Where and how often to checkpoint, and the checkpoint to resume from (None: neither).
+    pub checkpoints: Option<&'a Checkpointer>,
 }
 
 /// Optimiser steps of a run: every batch of every epoch of the plan, capped by `max_steps`.
@@ -232,6 +253,43 @@ pub fn run_mr_steps(
     let mut records = Vec::with_capacity(total as usize);
     let mut step = 0u64;
     let mut samples_seen = 0u64;
+    if let Some(checkpoints) = run.checkpoints {
+        let mut training = Training {
+            store,
+            optimiser: &mut optimiser,
+            ema: ema.as_ref(),
+            total_steps: total,
+        };
+        match checkpoints.load(&mut training, device) {
+            Ok(None) => {}
+            Ok(Some(resumed)) => {
+                observer.note(&format!("resumed from step {} of {total}", resumed.step));
+                step = resumed.step;
+                samples_seen = resumed.samples_seen;
+                itm_rng = SplitMix64::new(resumed.itm_rng);
+                records = resumed.records;
+                if let Some(last) = records.last() {
+                    observer.on_step(last);
+                }
+            }
+            Err(why) => observer.note(&format!(
+                "ignoring the checkpoint {}: {why}; training starts over",
+                checkpoints.path.display()
+            )),
+        }
+    }
+    let resumed_at = step;
+    let mut saved_at = (step, Instant::now());
+    let saver = run.checkpoints.map(|checkpoints| Saver {
+        checkpoints,
+        store,
+        ema: ema.as_ref(),
+        total,
+        observer,
+    });
+    // Batch k of the run is the same batch whether or not the run resumed: epochs and their
+    // order come from the seed, so resuming skips the first `resumed_at` batches.
+    let mut batch_index = 0u64;
     'epochs: for epoch in 0..run.plan.meta.epochs {
         let order = epoch_order(
             run.seed,
@@ -243,7 +301,18 @@ pub fn run_mr_steps(
             if step >= total {
                 break 'epochs;
             }
+            batch_index += 1;
+            if batch_index <= resumed_at {
+                continue;
+            }
             if observer.cancelled() {
+                // Killed by a time limit or Ctrl-C: keep what was done since the last checkpoint.
+                if let Some(saver) = &saver
+                    && saver.checkpoints.interval != umdflow_stages::Interval::Off
+                    && step > saved_at.0
+                {
+                    saver.save(&mut optimiser, step, samples_seen, &itm_rng, &records);
+                }
                 return Err(ModelError::Cancelled);
             }
             let batch = build_batch(
@@ -299,7 +368,56 @@ pub fn run_mr_steps(
             records.push(record);
             samples_seen += positions.len() as u64;
             step += 1;
+            if let Some(saver) = &saver
+                && step < total
+                && saver.checkpoints.interval.due(step, saved_at.1.elapsed())
+            {
+                saver.save(&mut optimiser, step, samples_seen, &itm_rng, &records);
+                saved_at = (step, Instant::now());
+            }
         }
     }
     Ok((records, samples_seen))
+}
+
+/// What writing a checkpoint of a run needs besides its progress.
+struct Saver<'a> {
+    checkpoints: &'a Checkpointer,
+    store: &'a ParamStore,
+    ema: Option<&'a EmaTarget>,
+    total: u64,
+    observer: &'a (dyn TrainObserver + Sync),
+}
+
+impl Saver<'_> {
+    /// Writes a checkpoint after `step` steps. A failure to write one costs only the resume, so
+    /// it is logged and training goes on.
+    fn save(
+        &self,
+        optimiser: &mut Optimiser,
+        step: u64,
+        samples_seen: u64,
+        itm_rng: &SplitMix64,
+        records: &[StepRecord],
+    ) {
+        let training = Training {
+            store: self.store,
+            optimiser,
+            ema: self.ema,
+            total_steps: self.total,
+        };
+        let progress = Progress {
+            step,
+            samples_seen,
+            itm_rng: itm_rng.state(),
+            records: records.to_vec(),
+        };
+        let path = &self.checkpoints.path;
+        match self.checkpoints.save(&training, &progress) {
+            Ok(()) => tracing::debug!(step, path = %path.display(), "checkpoint written"),
+            Err(e) => self
+                .observer
+                .note(&format!("could not write a checkpoint at step {step}: {e}")),
+        }
+    }
 }

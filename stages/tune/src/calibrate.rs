@@ -13,6 +13,7 @@ use umdflow_model::masking::{MaskPlan, PlanSettings, TokenInfo};
 use umdflow_model::model::UmdModel;
 use umdflow_model::objective::ObjectiveConfig;
 use umdflow_model::optim::OptimConfig;
+use umdflow_model::resume::Checkpointer;
 use umdflow_model::store::ParamStore;
 use umdflow_model::train::{MrRun, StepRecord, StreamNames, TrainObserver, run_mr_steps};
 
@@ -156,6 +157,7 @@ pub fn calibrate(
     settings: &CalibSettings,
     device: &Device,
     observer: &(dyn TrainObserver + Sync),
+    checkpoints: Option<&Checkpointer>,
 ) -> Result<Vec<StepRecord>> {
     let question_data;
     let data = match settings.pair_text {
@@ -191,6 +193,7 @@ pub fn calibrate(
         objective: &settings.objective,
         optim: &settings.optim,
         streams: CALIB_STREAMS,
+        checkpoints,
     };
     match run_mr_steps(store, model, &run, device, observer) {
         Ok((records, _)) => Ok(records),

@@ -46,6 +46,7 @@ pub fn run_ingest(
         gpus: None,
         progress: &NoProgress,
         cancel: &cancel,
+        resume: None,
     };
     IngestKind.run(&ctx)?;
     Ok(resolved)

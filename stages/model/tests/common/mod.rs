@@ -11,7 +11,8 @@ use umdflow_data::IngestKind;
 use umdflow_data::artifact::Dataset;
 use umdflow_model::masking::{MaskPlan, PlanSettings, TokenInfo};
 use umdflow_stages::{
-    InputArtifact, NoProgress, Params, ProgressSink, StageContext, StageDecl, StageError, StageKind,
+    InputArtifact, NoProgress, Params, ProgressSink, Resume, StageContext, StageDecl, StageError,
+    StageKind,
 };
 
 pub fn params(value: Value) -> Params {
@@ -26,6 +27,19 @@ pub fn run_stage(
     out: &Path,
     progress: &dyn ProgressSink,
     cancel: &AtomicBool,
+) -> Result<(), StageError> {
+    run_stage_resumable(kind, raw, inputs, out, progress, cancel, None)
+}
+
+/// [`run_stage`] with a resume folder, as the engine gives one; the stage log is `out/stage.log`.
+pub fn run_stage_resumable(
+    kind: &dyn StageKind,
+    raw: Value,
+    inputs: &[InputArtifact],
+    out: &Path,
+    progress: &dyn ProgressSink,
+    cancel: &AtomicBool,
+    resume: Option<Resume<'_>>,
 ) -> Result<(), StageError> {
     let decl_inputs: Vec<(String, String)> = inputs
         .iter()
@@ -54,6 +68,7 @@ pub fn run_stage(
         gpus: None,
         progress,
         cancel,
+        resume,
     };
     kind.run(&ctx)
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use umdflow_model::checkpoint::save_checkpoint;
 use umdflow_model::objective::ObjectiveConfig;
 use umdflow_model::optim::OptimConfig;
+use umdflow_model::pretrain_stage::checkpointer;
 use umdflow_model::train::{StepRecord, TrainObserver};
 use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
@@ -33,6 +34,8 @@ pub struct CalibrateParams {
     pub mr_weight: f64,
     pub loss: ObjectiveConfig,
     pub optim: OptimConfig,
+    /// How often to write a checkpoint to resume from (`10m`, `500 steps`, `off`); not keyed.
+    pub checkpoint_every: String,
 }
 
 impl Default for CalibrateParams {
@@ -50,6 +53,7 @@ impl Default for CalibrateParams {
             mr_weight: 0.1,
             loss: ObjectiveConfig::default(),
             optim: OptimConfig::default(),
+            checkpoint_every: umdflow_stages::resume::DEFAULT_INTERVAL.into(),
         }
     }
 }
@@ -72,6 +76,10 @@ impl TrainObserver for CalibProgress<'_, '_> {
     fn cancelled(&self) -> bool {
         self.0.cancelled()
     }
+    fn note(&self, line: &str) {
+        tracing::info!("{}: {line}", self.0.id);
+        let _ = self.0.log(line);
+    }
 }
 
 impl StageKind for CalibrateKind {
@@ -82,6 +90,10 @@ impl StageKind for CalibrateKind {
     /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
     fn sees_names(&self) -> bool {
         false
+    }
+    /// How often it checkpoints changes nothing it computes.
+    fn unkeyed_params(&self) -> &'static [&'static str] {
+        &["checkpoint_every"]
     }
     fn version(&self) -> u32 {
         // 2: training runs through pretrain's loop (non-finite gradient norms stop it; the EMA
@@ -116,6 +128,9 @@ impl StageKind for CalibrateKind {
                 format!("must lie in [0, 1], got {}", p.text_ratio),
             ));
         }
+        if let Err(message) = umdflow_stages::Interval::parse(&p.checkpoint_every) {
+            problems.push(Problem::new("params.checkpoint_every", message));
+        }
         if !(p.mr_weight.is_finite() && p.mr_weight >= 0.0) {
             problems.push(Problem::new(
                 "params.mr_weight",
@@ -148,6 +163,7 @@ impl StageKind for CalibrateKind {
                     objective: p.loss.clone(),
                     optim: p.optim.clone(),
                 };
+                let checkpoints = checkpointer(ctx, &p.checkpoint_every, "calibrate")?;
                 with_threads(ctx.threads, || {
                     calibrate(
                         &setup.store,
@@ -156,6 +172,7 @@ impl StageKind for CalibrateKind {
                         &settings,
                         &setup.device,
                         &CalibProgress(ctx),
+                        checkpoints.as_ref(),
                     )
                     .map_err(|e| stage_error(ctx.id, e))
                 })?

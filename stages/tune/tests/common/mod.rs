@@ -47,6 +47,7 @@ pub fn run_kind(kind: &dyn StageKind, inputs: &[(&str, &Path)], p: Value, out: &
         gpus: None,
         progress: &NoProgress,
         cancel: &cancel,
+        resume: None,
     };
     kind.run(&ctx)
         .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));

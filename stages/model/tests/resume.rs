@@ -1,0 +1,250 @@
+//! A `pretrain` interrupted after a checkpoint and run again resumes from it, and its output is
+//! byte-identical to an uninterrupted run's; a damaged or foreign checkpoint is ignored (training
+//! starts over) and the output is still identical.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{Value, json};
+use umdflow_model::{MaskKind, PretrainKind};
+use umdflow_stages::{InputArtifact, NoProgress, ProgressSink, Resume, StageError};
+
+const OUTPUTS: [&str; 5] = [
+    "checkpoint.safetensors",
+    "model_config.json",
+    "loss_curve.csv",
+    "loss_curve.png",
+    "metrics.json",
+];
+const KEY: &str = "k-pretrain";
+
+/// Sets the cancel flag once `at` steps are done (as Ctrl-C or Slurm's SIGTERM would), first
+/// running `before_stop` (to take a copy of the checkpoint a kill would have left).
+struct StopAt<'a> {
+    at: u64,
+    cancel: &'a AtomicBool,
+    before_stop: &'a (dyn Fn() + Sync),
+}
+
+impl ProgressSink for StopAt<'_> {
+    fn set_total(&self, _total: u64) {}
+    fn set_position(&self, done: u64) {
+        if done == self.at && !self.cancel.load(Ordering::SeqCst) {
+            (self.before_stop)();
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+    fn set_message(&self, _message: &str) {}
+}
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    inputs: Vec<InputArtifact>,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let ingest = common::input("prep", "ingest", common::ci_ingest_dir());
+    let mask_dir = tmp.path().join("mask");
+    common::run_stage(
+        &MaskKind,
+        json!({"epochs": 2, "patch_size": 8, "seed": 4}),
+        std::slice::from_ref(&ingest),
+        &mask_dir,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let inputs = vec![ingest, common::input("masks", "mask", &mask_dir)];
+    Setup { tmp, inputs }
+}
+
+/// Eight steps over two epochs (the ci training split is 24 pairs: three batches an epoch) with
+/// EMA targets and random ITM negatives, so every piece of state a resume needs is exercised.
+fn params(every: &str) -> Value {
+    json!({
+        "max_steps": 8,
+        "batch_size": 8,
+        "device": "cpu",
+        "loss": {"itm_negatives": "random"},
+        "checkpoint_every": every,
+    })
+}
+
+fn run(
+    setup: &Setup,
+    out: &Path,
+    resume: Option<Resume<'_>>,
+    progress: &dyn ProgressSink,
+    cancel: &AtomicBool,
+) -> Result<(), StageError> {
+    common::run_stage_resumable(
+        &PretrainKind,
+        params("2 steps"),
+        &setup.inputs,
+        out,
+        progress,
+        cancel,
+        resume,
+    )
+}
+
+fn log_of(out: &Path) -> String {
+    std::fs::read_to_string(out.join("stage.log")).unwrap_or_default()
+}
+
+fn assert_same_outputs(reference: &Path, out: &Path, what: &str) {
+    for file in OUTPUTS {
+        let (a, b) = (
+            std::fs::read(reference.join(file)).unwrap(),
+            std::fs::read(out.join(file)).unwrap(),
+        );
+        assert!(
+            a == b,
+            "{what}: {file} differs from the uninterrupted run's"
+        );
+    }
+}
+
+/// The uninterrupted run, without any resume folder.
+fn reference(setup: &Setup) -> PathBuf {
+    let out = setup.tmp.path().join("reference");
+    run(setup, &out, None, &NoProgress, &AtomicBool::new(false)).unwrap();
+    out
+}
+
+#[test]
+fn an_interrupted_pretrain_resumes_and_ends_byte_identical() {
+    let setup = setup();
+    let reference = reference(&setup);
+    let resume_dir = setup.tmp.path().join("resume");
+    std::fs::create_dir_all(&resume_dir).unwrap();
+    let resume = Resume {
+        dir: &resume_dir,
+        key: KEY,
+    };
+    let checkpoint = resume_dir.join("pretrain.ckpt");
+
+    // Stopped after 5 steps: the stop writes a checkpoint at step 5 itself. Keep the periodic
+    // one of step 4 aside, to play a SIGKILL afterwards (which leaves only the periodic one).
+    let periodic = setup.tmp.path().join("periodic.ckpt");
+    let keep_periodic = || {
+        std::fs::copy(&checkpoint, &periodic).expect("a checkpoint after 4 steps (every 2)");
+    };
+    let cancel = AtomicBool::new(false);
+    let stop = StopAt {
+        at: 5,
+        cancel: &cancel,
+        before_stop: &keep_periodic,
+    };
+    let first = setup.tmp.path().join("first");
+    let result = run(&setup, &first, Some(resume), &stop, &cancel);
+    assert!(matches!(result, Err(StageError::Cancelled)), "{result:?}");
+
+    let second = setup.tmp.path().join("second");
+    run(
+        &setup,
+        &second,
+        Some(resume),
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(
+        log_of(&second).contains("resumed from step 5 of 8"),
+        "{}",
+        log_of(&second)
+    );
+    assert_same_outputs(&reference, &second, "resumed after a stop");
+
+    // A kill after the periodic checkpoint of step 4.
+    std::fs::copy(&periodic, &checkpoint).unwrap();
+    let third = setup.tmp.path().join("third");
+    run(
+        &setup,
+        &third,
+        Some(resume),
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(
+        log_of(&third).contains("resumed from step 4 of 8"),
+        "{}",
+        log_of(&third)
+    );
+    assert_same_outputs(&reference, &third, "resumed after a kill");
+}
+
+#[test]
+fn a_damaged_or_foreign_checkpoint_is_ignored_and_training_starts_over() {
+    let setup = setup();
+    let reference = reference(&setup);
+    let resume_dir = setup.tmp.path().join("resume");
+    std::fs::create_dir_all(&resume_dir).unwrap();
+    let checkpoint = resume_dir.join("pretrain.ckpt");
+    // A real checkpoint of this run after 6 steps, to damage.
+    let cancel = AtomicBool::new(false);
+    let stop = StopAt {
+        at: 6,
+        cancel: &cancel,
+        before_stop: &|| {},
+    };
+    let resume = Resume {
+        dir: &resume_dir,
+        key: KEY,
+    };
+    let partial = setup.tmp.path().join("partial");
+    let _ = run(&setup, &partial, Some(resume), &stop, &cancel);
+    let good = std::fs::read(&checkpoint).unwrap();
+
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "truncated",
+            good[..good.len() / 3].to_vec(),
+            KEY,
+            "hash does not match",
+        ),
+        ("one bit flipped", flipped, KEY, "hash does not match"),
+        (
+            "not a checkpoint",
+            b"hello".to_vec(),
+            KEY,
+            "not an umdflow training checkpoint",
+        ),
+        (
+            "another key's",
+            good.clone(),
+            "k-other",
+            "written with key k-pretrain",
+        ),
+    ];
+    for (what, bytes, key, why) in cases {
+        std::fs::write(&checkpoint, &bytes).unwrap();
+        let out = setup.tmp.path().join(what.replace(' ', "-"));
+        let resume = Resume {
+            dir: &resume_dir,
+            key,
+        };
+        run(
+            &setup,
+            &out,
+            Some(resume),
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        let log = log_of(&out);
+        assert!(
+            log.contains("ignoring the checkpoint") && log.contains(why),
+            "{what}: {log}"
+        );
+        assert!(!log.contains("resumed from"), "{what}: {log}");
+        assert_same_outputs(&reference, &out, what);
+    }
+}
