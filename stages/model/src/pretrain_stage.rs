@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use umdflow_data::artifact::Dataset;
 use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
-use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
+use umdflow_stages::{Params, Problem, ReadPath, StageContext, StageDecl, StageError, StageKind};
 
 use crate::checkpoint::save_checkpoint;
 use crate::config::{ModelConfig, PRESETS};
@@ -20,7 +20,8 @@ use crate::masking::MaskPlan;
 use crate::objective::{ObjectiveConfig, TERM_ORDER};
 use crate::optim::OptimConfig;
 use crate::plot::{Series, line_plot};
-use crate::train::{StepRecord, TrainObserver, TrainOutcome, TrainSettings, pretrain};
+use crate::pretrained::{EncoderInit, InitFolders, load_for_data};
+use crate::train::{StepRecord, TrainObserver, TrainOutcome, TrainSettings, pretrain_from};
 
 /// Parameters of `pretrain`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +44,24 @@ pub struct PretrainParams {
     /// Loss terms and feature-target choices.
     pub loss: ObjectiveConfig,
     pub optim: OptimConfig,
+    /// Pretrained encoders to start from (local Hugging Face folders); absent: random weights.
+    /// Left out of the resolved params when absent, so pipelines without it keep their keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitParams>,
+}
+
+/// `init:` of `pretrain`: folders in the Hugging Face layout, relative to the pipeline file. Their
+/// content is hashed into the stage key (see [`PretrainKind::reads`]), their paths are not.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InitParams {
+    /// A CLIP vision encoder (`config.json`, `model.safetensors`, optionally
+    /// `preprocessor_config.json`).
+    pub image: Option<String>,
+    /// A BERT or RoBERTa encoder (`config.json`, `model.safetensors`).
+    pub text: Option<String>,
+    /// Keep only the image encoder's first blocks (M3AE keeps 11 of CLIP ViT-B/16's 12).
+    pub image_layers: Option<usize>,
 }
 
 impl Default for PretrainParams {
@@ -57,6 +76,7 @@ impl Default for PretrainParams {
             weight_init: WeightInit::Xavier,
             loss: ObjectiveConfig::default(),
             optim: OptimConfig::default(),
+            init: None,
         }
     }
 }
@@ -94,6 +114,26 @@ impl PretrainParams {
         if let Err((field, message)) = self.optim.validate() {
             problems.push(Problem::new(format!("params.optim.{field}"), message));
         }
+        if let Some(init) = &self.init {
+            if init.image.is_none() && init.text.is_none() {
+                problems.push(Problem::new(
+                    "params.init",
+                    "names no folder; give `image:`, `text:` or both (or leave `init` out)",
+                ));
+            }
+            if init.image_layers.is_some() && init.image.is_none() {
+                problems.push(Problem::new(
+                    "params.init.image_layers",
+                    "needs `init.image`",
+                ));
+            }
+            if init.image_layers == Some(0) {
+                problems.push(Problem::new(
+                    "params.init.image_layers",
+                    "must be at least 1",
+                ));
+            }
+        }
         problems
     }
 }
@@ -109,6 +149,21 @@ impl StageKind for PretrainKind {
     /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
     fn sees_names(&self) -> bool {
         false
+    }
+
+    /// The `init` folders: hashed by content into the key, their paths left out of it.
+    fn reads(&self, params: &Params) -> Vec<ReadPath> {
+        let init = params.get("init");
+        ["image", "text"]
+            .into_iter()
+            .filter_map(|slot| {
+                let path = init?.get(slot)?.as_str()?;
+                Some(ReadPath {
+                    param: format!("init.{slot}"),
+                    path: path.into(),
+                })
+            })
+            .collect()
     }
 
     fn version(&self) -> u32 {
@@ -152,6 +207,7 @@ impl StageKind for PretrainKind {
         let dataset = Dataset::load(&ingest.dir).map_err(|e| StageError::failed(e.to_string()))?;
         let plan = MaskPlan::load(&mask.dir).map_err(failed)?;
         let device = select_device(&params.device, ctx.gpus).map_err(failed)?;
+        let pretrained = load_init(params.init.as_ref(), ctx, &dataset, &plan, &device)?;
         let settings = TrainSettings {
             preset: params.preset.clone(),
             batch_size: params.batch_size,
@@ -163,11 +219,19 @@ impl StageKind for PretrainKind {
             weight_init: params.weight_init,
         };
         let observer = StageObserver { ctx };
-        let outcome = pretrain(&dataset, &plan, &settings, &device, ctx.threads, &observer)
-            .map_err(|e| match e {
-                ModelError::Cancelled => StageError::Cancelled,
-                other => StageError::failed(format!("pretrain `{}`: {other}", ctx.id)),
-            })?;
+        let outcome = pretrain_from(
+            &dataset,
+            &plan,
+            &settings,
+            &pretrained,
+            &device,
+            ctx.threads,
+            &observer,
+        )
+        .map_err(|e| match e {
+            ModelError::Cancelled => StageError::Cancelled,
+            other => StageError::failed(format!("pretrain `{}`: {other}", ctx.id)),
+        })?;
         write_outputs(
             ctx.out_dir,
             &outcome,
@@ -183,6 +247,29 @@ impl StageKind for PretrainKind {
             outcome.samples_seen as f64 / outcome.seconds.max(1e-9)
         ))
     }
+}
+
+/// The encoders `init` names, read from folders relative to the pipeline file.
+fn load_init(
+    init: Option<&InitParams>,
+    ctx: &StageContext<'_>,
+    dataset: &Dataset,
+    plan: &MaskPlan,
+    device: &candle_core::Device,
+) -> Result<Vec<EncoderInit>, StageError> {
+    let Some(init) = init else {
+        return Ok(Vec::new());
+    };
+    // `join` keeps an absolute path as it is.
+    let image = init.image.as_ref().map(|p| ctx.work_dir.join(p));
+    let text = init.text.as_ref().map(|p| ctx.work_dir.join(p));
+    let folders = InitFolders {
+        image: image.as_deref(),
+        text: text.as_deref(),
+        image_layers: init.image_layers,
+    };
+    load_for_data(&folders, dataset, plan.meta.patch_size, device)
+        .map_err(|e| StageError::failed(format!("pretrain `{}`: init: {e}", ctx.id)))
 }
 
 fn failed(e: ModelError) -> StageError {

@@ -15,6 +15,7 @@ use crate::masking::MaskPlan;
 use crate::model::UmdModel;
 use crate::objective::{EmaTarget, ObjectiveConfig, mr_losses};
 use crate::optim::{OptimConfig, Optimiser};
+use crate::pretrained::EncoderInit;
 use crate::rng::SplitMix64;
 use crate::store::ParamStore;
 
@@ -104,29 +105,50 @@ pub fn pretrain(
     threads: usize,
     observer: &(dyn TrainObserver + Sync),
 ) -> Result<TrainOutcome> {
+    pretrain_from(dataset, plan, settings, &[], device, threads, observer)
+}
+
+/// [`pretrain`], with the encoders in `pretrained` (sizes and weights, see
+/// [`crate::pretrained::load_for_data`]) in place of random ones.
+pub fn pretrain_from(
+    dataset: &Dataset,
+    plan: &MaskPlan,
+    settings: &TrainSettings,
+    pretrained: &[EncoderInit],
+    device: &Device,
+    threads: usize,
+    observer: &(dyn TrainObserver + Sync),
+) -> Result<TrainOutcome> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
         .map_err(|e| {
             ModelError::Config(format!("could not start {threads} worker threads: {e}"))
         })?;
-    pool.install(|| pretrain_here(dataset, plan, settings, device, observer))
+    pool.install(|| pretrain_here(dataset, plan, settings, pretrained, device, observer))
 }
 
 fn pretrain_here(
     dataset: &Dataset,
     plan: &MaskPlan,
     settings: &TrainSettings,
+    pretrained: &[EncoderInit],
     device: &Device,
     observer: &(dyn TrainObserver + Sync),
 ) -> Result<TrainOutcome> {
     let mut config = model_config_for(dataset, plan, &settings.preset)?;
+    for encoder in pretrained {
+        encoder.configure(&mut config);
+    }
     config.vision_positions = settings.vision_positions;
     config.weight_init = settings.weight_init;
     config.validate()?;
     let feature_dims = settings.objective.feature_dims(&config);
     let mut store = ParamStore::new(device, settings.seed).with_weight_init(config.weight_init);
     let model = UmdModel::new(&mut store, &config, feature_dims)?;
+    for encoder in pretrained {
+        encoder.copy_into(&store)?;
+    }
     let started = Instant::now();
     let run = MrRun {
         data: dataset,

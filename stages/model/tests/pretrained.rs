@@ -6,6 +6,8 @@
 //! The fixtures are made by `scripts/make-hf-fixtures.py` (torch and transformers are not needed
 //! here).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +15,10 @@ use candle_core::{DType, Device, Tensor};
 use umdflow_model::config::ModelConfig;
 use umdflow_model::model::encoders::{TextEncoder, VisionEncoder};
 use umdflow_model::ops;
-use umdflow_model::pretrained::{EncoderInit, load_image_encoder, load_text_encoder};
+use umdflow_model::pretrained::{
+    CLIP_MEAN, EncoderInit, ImageNormalization, MODEL_INPUT_SCALE, MODEL_INPUT_SHIFT,
+    load_image_encoder, load_text_encoder,
+};
 use umdflow_model::store::ParamStore;
 
 const TOLERANCE: f32 = 1e-4;
@@ -363,4 +368,140 @@ fn a_config_umdflow_cannot_honour_is_refused_with_its_field() {
             && err.contains("max_position_embeddings 16"),
         "{err}"
     );
+}
+
+#[test]
+fn the_folded_grey_input_gives_what_clip_computes_on_the_normalised_rgb_image() {
+    // CLIP sees (x − mean_c) / std_c on three channels; umdflow feeds 2x − 1 on one. The folded
+    // encoder must compute the same on the same grey image.
+    let r = reference("clip-vit");
+    let (rgb, _) = vision_encoder(32, None);
+    let dir = fixture("clip-vit");
+    let mut init = load_image_encoder(&dir, 32, None, &Device::Cpu).unwrap();
+    let norm = ImageNormalization::read(&dir, 3).unwrap();
+    assert_eq!(norm.mean, CLIP_MEAN.to_vec());
+    init.fold_pixel_input(1, &norm, MODEL_INPUT_SCALE, MODEL_INPUT_SHIFT)
+        .unwrap();
+    let config = config_for(&[&init], 32, 16);
+    assert_eq!(config.channels, 1);
+    let mut store = ParamStore::new(&Device::Cpu, 0);
+    let grey = VisionEncoder::new(&mut store, &config).unwrap();
+    init.copy_into(&store).unwrap();
+
+    // Grey pixels in [0, 1] from the reference's first channel.
+    let x = candle_nn::ops::sigmoid(&r["pixel_values"].narrow(1, 0, 1).unwrap()).unwrap();
+    let normalised: Vec<Tensor> = (0..3)
+        .map(|c| {
+            x.affine(
+                1.0 / norm.std[c] as f64,
+                -(norm.mean[c] / norm.std[c]) as f64,
+            )
+        })
+        .collect::<candle_core::Result<_>>()
+        .unwrap();
+    let rgb_input = Tensor::cat(&normalised, 1).unwrap();
+    let grey_input = x
+        .affine(MODEL_INPUT_SCALE as f64, MODEL_INPUT_SHIFT as f64)
+        .unwrap();
+    let expected = rgb.forward(&patches(&rgb_input, 8), None).unwrap();
+    let got = grey.forward(&patches(&grey_input, 8), None).unwrap();
+    assert_close("folded grey input", &got.last, &expected.last, None);
+    assert_close(
+        "folded grey input, layer 1",
+        &got.blocks[0],
+        &expected.blocks[0],
+        None,
+    );
+}
+
+/// Runs `mask` (patch 8) and `pretrain` with `init` for 0 steps on the SynthRad `ci` ingest; the
+/// pipeline folder (the stage's work dir) is `root/out`.
+fn pretrain_with_init(root: &Path, init: serde_json::Value) -> Result<PathBuf, String> {
+    use std::sync::atomic::AtomicBool;
+    use umdflow_model::{MaskKind, PretrainKind};
+    use umdflow_stages::NoProgress;
+    let ingest = common::input("prep", "ingest", common::ci_ingest_dir());
+    let mask_dir = root.join("mask");
+    common::run_stage(
+        &MaskKind,
+        serde_json::json!({"epochs": 1, "patch_size": 8, "seed": 4}),
+        std::slice::from_ref(&ingest),
+        &mask_dir,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let out = root.join("out");
+    common::run_stage(
+        &PretrainKind,
+        serde_json::json!({"max_steps": 0, "batch_size": 8, "device": "cpu", "init": init}),
+        &[ingest, common::input("masks", "mask", &mask_dir)],
+        &out,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+#[test]
+fn pretrain_starts_its_image_encoder_from_a_clip_folder_relative_to_the_pipeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = tmp.path().join("weights/clip");
+    std::fs::create_dir_all(&clip).unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(fixture("clip-vit").join(file), clip.join(file)).unwrap();
+    }
+    let out = pretrain_with_init(tmp.path(), serde_json::json!({"image": "../weights/clip"}))
+        .expect("pretrain with a CLIP init");
+    let (store, _, info) = umdflow_model::checkpoint::load_checkpoint(&out, &Device::Cpu).unwrap();
+    let m = &info.model;
+    assert_eq!(
+        (
+            m.vision_width,
+            m.vision_layers,
+            m.vision_heads,
+            m.vision_mlp
+        ),
+        (32, 2, 4, 64)
+    );
+    assert_eq!(
+        (m.channels, m.patch_size, m.vision_norm_eps),
+        (1, 8, Some(1e-5))
+    );
+
+    // The checkpoint holds the folded CLIP weights, exactly (0 training steps).
+    let data = common::ci_dataset();
+    let folders = umdflow_model::pretrained::InitFolders {
+        image: Some(&clip),
+        ..Default::default()
+    };
+    let expected =
+        umdflow_model::pretrained::load_for_data(&folders, &data, 8, &Device::Cpu).unwrap();
+    // class token, patch embedding, positions, ln_pre, ln_post and two blocks of 16 tensors.
+    assert_eq!(expected[0].tensors.len(), 3 + 2 + 2 + 2 * 16);
+    for (name, tensor) in &expected[0].tensors {
+        let saved = store.param(name).expect(name).var.as_tensor().clone();
+        assert_eq!(max_abs_diff(&saved, tensor, None), 0.0, "{name}");
+    }
+}
+
+#[test]
+fn a_text_init_that_does_not_fit_the_ingest_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = pretrain_with_init(
+        tmp.path(),
+        serde_json::json!({"text": fixture("roberta").display().to_string()}),
+    )
+    .unwrap_err();
+    // The ci ingest has 64-token texts; the fixture RoBERTa has 18 positions (2 before the first).
+    assert!(
+        err.contains("init:") && err.contains("texts of 64 tokens need 66 position rows"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("out/checkpoint.safetensors").exists());
 }

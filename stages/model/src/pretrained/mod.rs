@@ -10,7 +10,9 @@
 
 mod bert;
 mod clip;
+mod for_data;
 mod hf_config;
+mod input;
 mod interpolate;
 mod tensors;
 
@@ -24,6 +26,8 @@ use crate::store::ParamStore;
 
 pub use bert::load_text_encoder;
 pub use clip::load_image_encoder;
+pub use for_data::{InitFolders, MODEL_INPUT_SCALE, MODEL_INPUT_SHIFT, load_for_data};
+pub use input::{CLIP_MEAN, CLIP_STD, ImageNormalization, PREPROCESSOR_FILE};
 pub use interpolate::bicubic_resize_grid;
 
 /// The file names of a Hugging Face model folder.
