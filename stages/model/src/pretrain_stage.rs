@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use umdflow_data::artifact::Dataset;
+use umdflow_data::artifact::{Dataset, tokenizer_path};
+use umdflow_data::tokenizer::TextTokenizer;
 use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
 use umdflow_stages::{Params, Problem, ReadPath, StageContext, StageDecl, StageError, StageKind};
 
@@ -207,7 +208,14 @@ impl StageKind for PretrainKind {
         let dataset = Dataset::load(&ingest.dir).map_err(|e| StageError::failed(e.to_string()))?;
         let plan = MaskPlan::load(&mask.dir).map_err(failed)?;
         let device = select_device(&params.device, ctx.gpus).map_err(failed)?;
-        let pretrained = load_init(params.init.as_ref(), ctx, &dataset, &plan, &device)?;
+        let pretrained = load_init(
+            params.init.as_ref(),
+            ctx,
+            &ingest.dir,
+            &dataset,
+            &plan,
+            &device,
+        )?;
         let settings = TrainSettings {
             preset: params.preset.clone(),
             batch_size: params.batch_size,
@@ -253,6 +261,7 @@ impl StageKind for PretrainKind {
 fn load_init(
     init: Option<&InitParams>,
     ctx: &StageContext<'_>,
+    ingest_dir: &Path,
     dataset: &Dataset,
     plan: &MaskPlan,
     device: &candle_core::Device,
@@ -268,8 +277,38 @@ fn load_init(
         text: text.as_deref(),
         image_layers: init.image_layers,
     };
+    if let Some(text) = &text {
+        same_tokenizer(text, ingest_dir).map_err(|message| {
+            StageError::failed(format!("pretrain `{}`: init.text: {message}", ctx.id))
+        })?;
+    }
     load_for_data(&folders, dataset, plan.meta.patch_size, device)
         .map_err(|e| StageError::failed(format!("pretrain `{}`: init: {e}", ctx.id)))
+}
+
+/// The ingest's token ids mean what the text encoder learned only if they come from its own
+/// tokenizer: when the encoder's folder has a `tokenizer.json`, the ingest's must have the same
+/// vocabulary (token → id).
+fn same_tokenizer(text_dir: &Path, ingest_dir: &Path) -> Result<(), String> {
+    let theirs = tokenizer_path(text_dir);
+    if !theirs.is_file() {
+        return Ok(());
+    }
+    let load = |path: &Path| TextTokenizer::load(path).map_err(|e| e.to_string());
+    let theirs_vocab = load(&theirs)?.vocab();
+    let ours_vocab = load(&tokenizer_path(ingest_dir))?.vocab();
+    if theirs_vocab == ours_vocab {
+        Ok(())
+    } else {
+        Err(format!(
+            "the ingest tokenized with another vocabulary ({} tokens) than {} ({} tokens); give \
+             the ingest `tokenizer: {}`",
+            ours_vocab.len(),
+            theirs.display(),
+            theirs_vocab.len(),
+            theirs.display()
+        ))
+    }
 }
 
 fn failed(e: ModelError) -> StageError {

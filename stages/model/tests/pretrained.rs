@@ -417,10 +417,15 @@ fn the_folded_grey_input_gives_what_clip_computes_on_the_normalised_rgb_image() 
 /// Runs `mask` (patch 8) and `pretrain` with `init` for 0 steps on the SynthRad `ci` ingest; the
 /// pipeline folder (the stage's work dir) is `root/out`.
 fn pretrain_with_init(root: &Path, init: serde_json::Value) -> Result<PathBuf, String> {
+    pretrain_on(common::ci_ingest_dir(), root, init)
+}
+
+/// [`pretrain_with_init`] on the ingest artifact in `ingest_dir`.
+fn pretrain_on(ingest_dir: &Path, root: &Path, init: serde_json::Value) -> Result<PathBuf, String> {
     use std::sync::atomic::AtomicBool;
     use umdflow_model::{MaskKind, PretrainKind};
     use umdflow_stages::NoProgress;
-    let ingest = common::input("prep", "ingest", common::ci_ingest_dir());
+    let ingest = common::input("prep", "ingest", ingest_dir);
     let mask_dir = root.join("mask");
     common::run_stage(
         &MaskKind,
@@ -490,17 +495,90 @@ fn pretrain_starts_its_image_encoder_from_a_clip_folder_relative_to_the_pipeline
     }
 }
 
+/// A SynthRad `ci` ingest of `max_len`-token texts tokenized with the fixture `name`'s
+/// `tokenizer.json`.
+fn ingest_with_tokenizer(root: &Path, name: &str, max_len: usize) -> PathBuf {
+    let dir = root.join(format!("ingest-{name}-{max_len}"));
+    common::run_stage(
+        &umdflow_data::IngestKind,
+        serde_json::json!({
+            "source": "synthrad", "preset": "ci", "seed": 1, "max_len": max_len,
+            "tokenizer": fixture(name).join("tokenizer.json").display().to_string(),
+        }),
+        &[],
+        &dir,
+        &umdflow_stages::NoProgress,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .expect("ingest with a given tokenizer");
+    dir
+}
+
 #[test]
-fn a_text_init_that_does_not_fit_the_ingest_is_refused_before_training() {
+fn pretrain_starts_both_encoders_on_an_ingest_tokenized_with_the_text_encoders_tokenizer() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = pretrain_with_init(
+    let ingest = ingest_with_tokenizer(tmp.path(), "roberta", 12);
+    let data = umdflow_data::artifact::Dataset::load(&ingest).unwrap();
+    assert_eq!(data.meta.vocab_size, 400);
+    assert_eq!(data.input_ids[0], 0, "rows start with RoBERTa's <s>");
+    let (image, text) = (fixture("clip-vit"), fixture("roberta"));
+    let out = pretrain_on(
+        &ingest,
+        tmp.path(),
+        serde_json::json!({"image": image.display().to_string(), "text": text.display().to_string()}),
+    )
+    .expect("pretrain from CLIP and RoBERTa");
+    let (store, _, info) = umdflow_model::checkpoint::load_checkpoint(&out, &Device::Cpu).unwrap();
+    assert_eq!(
+        (info.model.vocab_size, info.model.text_norm_eps),
+        (400, Some(1e-5))
+    );
+    let folders = umdflow_model::pretrained::InitFolders {
+        image: Some(&image),
+        text: Some(&text),
+        ..Default::default()
+    };
+    let expected =
+        umdflow_model::pretrained::load_for_data(&folders, &data, 8, &Device::Cpu).unwrap();
+    for (name, tensor) in expected.iter().flat_map(|e| &e.tensors) {
+        let saved = store.param(name).expect(name).var.as_tensor().clone();
+        assert_eq!(max_abs_diff(&saved, tensor, None), 0.0, "{name}");
+    }
+}
+
+#[test]
+fn a_text_init_whose_tokenizer_the_ingest_did_not_use_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let roberta = fixture("roberta").display().to_string();
+    // The SynthRad ingest's own WordPiece, and BERT's, are not RoBERTa's vocabulary.
+    for ingest in [
+        common::ci_ingest_dir().to_path_buf(),
+        ingest_with_tokenizer(tmp.path(), "bert", 12),
+    ] {
+        let err =
+            pretrain_on(&ingest, tmp.path(), serde_json::json!({"text": roberta})).unwrap_err();
+        assert!(
+            err.contains("init.text: the ingest tokenized with another vocabulary")
+                && err.contains("roberta/tokenizer.json (400 tokens)"),
+            "{err}"
+        );
+    }
+    assert!(!tmp.path().join("out/checkpoint.safetensors").exists());
+}
+
+#[test]
+fn a_text_init_with_too_few_positions_for_the_ingest_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The fixture RoBERTa has 18 position rows, of which the first 2 precede the first token.
+    let ingest = ingest_with_tokenizer(tmp.path(), "roberta", 20);
+    let err = pretrain_on(
+        &ingest,
         tmp.path(),
         serde_json::json!({"text": fixture("roberta").display().to_string()}),
     )
     .unwrap_err();
-    // The ci ingest has 64-token texts; the fixture RoBERTa has 18 positions (2 before the first).
     assert!(
-        err.contains("init:") && err.contains("texts of 64 tokens need 66 position rows"),
+        err.contains("init: ") && err.contains("texts of 20 tokens need 22 position rows"),
         "{err}"
     );
     assert!(!tmp.path().join("out/checkpoint.safetensors").exists());
