@@ -110,7 +110,7 @@ pub fn components(
     let reads = stage.kind.reads(&instance.params);
     let mut params = instance.params.clone();
     for read in &reads {
-        params.remove(&read.param);
+        remove_read_param(&mut params, &read.param);
     }
     for unkeyed in stage.kind.unkeyed_params() {
         params.remove(*unkeyed);
@@ -133,6 +133,21 @@ pub fn components(
             .into_iter()
             .map(|read| (read.param, deps.get(&read.path)))
             .collect(),
+    }
+}
+
+/// Takes a read path's param out of the keyed params; `a.b` names key `b` of the object param
+/// `a` (e.g. `pretrain`'s `init.image`).
+fn remove_read_param(params: &mut umdflow_stages::Params, name: &str) {
+    match name.split_once('.') {
+        Some((outer, inner)) => {
+            if let Some(serde_json::Value::Object(fields)) = params.get_mut(outer) {
+                fields.remove(inner);
+            }
+        }
+        None => {
+            params.remove(name);
+        }
     }
 }
 
@@ -305,4 +320,23 @@ pub fn resolve_all(
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dotted_read_param_leaves_the_key_and_its_siblings_stay() {
+        let mut params: umdflow_stages::Params = serde_json::from_str(
+            r#"{"path": "data", "init": {"image": "clip", "text": "roberta", "image_layers": 11}}"#,
+        )
+        .unwrap();
+        remove_read_param(&mut params, "init.image");
+        remove_read_param(&mut params, "path");
+        assert_eq!(
+            serde_json::Value::Object(params),
+            serde_json::json!({"init": {"text": "roberta", "image_layers": 11}})
+        );
+    }
 }

@@ -293,3 +293,45 @@ fn ctrl_c_kills_a_shells_sleeping_child() {
         sleeper.trim()
     );
 }
+
+/// `pretrain`'s `init:` folders and `ingest`'s `tokenizer` are keyed by content: moved weights
+/// stay cached, an edited file reruns what reads it.
+#[test]
+fn pretrained_weights_and_tokenizers_are_keyed_by_content_not_path() {
+    let project = Project::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stages/model/tests/fixtures/hf");
+    copy_dir(&fixtures.join("clip-vit"), &project.path("weights/clip"));
+    copy_dir(&fixtures.join("roberta"), &project.path("weights/roberta"));
+    project.write(
+        "p.yaml",
+        "name: p\nstages:\n  prep:\n    kind: ingest\n    params: {source: synthrad, preset: ci, count: 40, max_len: 12, seed: 1, tokenizer: weights/roberta/tokenizer.json}\n  masks:\n    kind: mask\n    inputs: [prep]\n    params: {epochs: 1, patch_size: 8}\n  pre:\n    kind: pretrain\n    inputs: [prep, masks]\n    params:\n      max_steps: 1\n      batch_size: 4\n      device: cpu\n      init: {image: weights/clip, text: weights/roberta}\n",
+    );
+    let document = run(&project, &[]);
+    assert_eq!(with_status(&document, "executed"), ["masks", "pre", "prep"]);
+
+    std::fs::rename(project.path("weights"), project.path("moved")).unwrap();
+    let moved_args = [
+        "--set",
+        "prep.params.tokenizer=moved/roberta/tokenizer.json",
+        "--set",
+        "pre.params.init.image=moved/clip",
+        "--set",
+        "pre.params.init.text=moved/roberta",
+    ];
+    let moved = plan(&project, &moved_args);
+    assert_eq!(
+        moved["run"], 0,
+        "moved weights are the same weights: {moved}"
+    );
+
+    let config = project.path("moved/clip/preprocessor_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("0.48145466", "0.5")).unwrap();
+    let edited = plan(&project, &moved_args);
+    assert_eq!(edited["run"], 1, "{edited}");
+    let reasons = edited.to_string();
+    assert!(
+        reasons.contains("content of params.init.image changed"),
+        "{reasons}"
+    );
+}

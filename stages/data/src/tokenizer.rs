@@ -21,6 +21,10 @@ use crate::error::DataError;
 /// Special tokens in id order: [PAD] = 0, [UNK] = 1, [CLS] = 2, [SEP] = 3, [MASK] = 4.
 pub const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
+/// RoBERTa's names for the same roles (pad, unk, cls, sep, mask), as in `roberta-base`'s
+/// byte-level BPE `tokenizer.json`.
+pub const ROBERTA_SPECIAL_TOKENS: [&str; 5] = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"];
+
 /// The ids of the special tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecialIds {
@@ -92,17 +96,24 @@ impl TextTokenizer {
         })
     }
 
-    /// Loads a `tokenizer.json` and checks it has the five special tokens.
+    /// Loads a `tokenizer.json` (umdflow's WordPiece, BERT's WordPiece or RoBERTa's byte-level
+    /// BPE) and checks it has the five special tokens, under BERT's or RoBERTa's names.
     pub fn load(path: &Path) -> Result<TextTokenizer, DataError> {
-        if !path.exists() {
-            return Err(DataError::format(path, "no such tokenizer file"));
+        if !path.is_file() {
+            return Err(DataError::format(
+                path,
+                "no such tokenizer file (name the tokenizer.json file itself)",
+            ));
         }
         let inner = Tokenizer::from_file(path)
             .map_err(|err| DataError::format(path, format!("not a tokenizer.json: {err}")))?;
         let special = special_ids(&inner).ok_or_else(|| {
             DataError::format(
                 path,
-                format!("the tokenizer must have the special tokens {SPECIAL_TOKENS:?}"),
+                format!(
+                    "the tokenizer must have the special tokens {SPECIAL_TOKENS:?} or \
+                     {ROBERTA_SPECIAL_TOKENS:?}"
+                ),
             )
         })?;
         Ok(TextTokenizer { inner, special })
@@ -116,6 +127,11 @@ impl TextTokenizer {
 
     pub fn special(&self) -> SpecialIds {
         self.special
+    }
+
+    /// Every token with its id, special tokens included.
+    pub fn vocab(&self) -> std::collections::HashMap<String, u32> {
+        self.inner.get_vocab(true)
     }
 
     /// Size of the vocabulary, special tokens included.
@@ -273,15 +289,19 @@ pub fn train_wordpiece_vocab(
     tokens
 }
 
+/// The special ids under BERT's names, else under RoBERTa's.
 fn special_ids(tokenizer: &Tokenizer) -> Option<SpecialIds> {
-    let id = |token: &str| tokenizer.token_to_id(token);
-    Some(SpecialIds {
-        pad: id("[PAD]")?,
-        unk: id("[UNK]")?,
-        cls: id("[CLS]")?,
-        sep: id("[SEP]")?,
-        mask: id("[MASK]")?,
-    })
+    let ids = |[pad, unk, cls, sep, mask]: [&str; 5]| {
+        let id = |token: &str| tokenizer.token_to_id(token);
+        Some(SpecialIds {
+            pad: id(pad)?,
+            unk: id(unk)?,
+            cls: id(cls)?,
+            sep: id(sep)?,
+            mask: id(mask)?,
+        })
+    };
+    ids(SPECIAL_TOKENS).or_else(|| ids(ROBERTA_SPECIAL_TOKENS))
 }
 
 #[cfg(test)]
@@ -353,6 +373,44 @@ mod tests {
             .unwrap();
         assert_eq!((ids[0], ids[7]), (2, 3));
         assert!(mask.iter().all(|&m| m == 1));
+    }
+
+    /// `tokenizer.json` files written by Python's `tokenizers` (RoBERTa's byte-level BPE, BERT's
+    /// WordPiece) give the ids Python gave for the same sentences
+    /// (`scripts/make-hf-fixtures.py`).
+    #[test]
+    fn hugging_face_tokenizers_give_the_python_ids() {
+        for (name, cls) in [("roberta", 0), ("bert", 2)] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../model/tests/fixtures/hf")
+                .join(name);
+            let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json")).unwrap();
+            assert_eq!(tokenizer.special().cls, cls, "{name}");
+            let expected: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("tokenization.json")).unwrap())
+                    .unwrap();
+            let sentences = expected["sentences"].as_array().unwrap();
+            for (sentence, python) in sentences.iter().zip(expected["ids"].as_array().unwrap()) {
+                let python: Vec<u32> = python
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|id| id.as_u64().unwrap() as u32)
+                    .collect();
+                let (mut ids, mut mask) = (Vec::new(), Vec::new());
+                let max_len = python.len() + 3;
+                tokenizer
+                    .encode_row(sentence.as_str().unwrap(), max_len, &mut ids, &mut mask)
+                    .unwrap();
+                assert_eq!(ids[..python.len()], python[..], "{name}: {sentence}");
+                assert!(
+                    ids[python.len()..]
+                        .iter()
+                        .all(|&id| id == tokenizer.special().pad)
+                );
+                assert_eq!(mask.iter().filter(|&&m| m == 1).count(), python.len());
+            }
+        }
     }
 
     #[test]

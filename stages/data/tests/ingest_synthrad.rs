@@ -312,3 +312,40 @@ fn an_interrupted_ingest_reports_cancelled() {
     assert!(matches!(IngestKind.run(&ctx), Err(StageError::Cancelled)));
     assert!(!dir.path().join("meta.json").exists());
 }
+
+#[test]
+fn a_given_tokenizer_is_read_by_content_and_not_together_with_an_ingest_input() {
+    use umdflow_data::IngestKind;
+    use umdflow_stages::{StageDecl, StageKind};
+
+    let params = json!({"tokenizer": "weights/roberta/tokenizer.json"})
+        .as_object()
+        .cloned()
+        .unwrap();
+    let alone = StageDecl {
+        name: "data",
+        run: None,
+        inputs: &[],
+    };
+    let resolved = IngestKind.resolve_params(&alone, params.clone()).unwrap();
+    let reads = IngestKind.reads(&resolved);
+    assert_eq!(reads.len(), 1);
+    assert_eq!(
+        (reads[0].param.as_str(), reads[0].path.as_str()),
+        ("tokenizer", "weights/roberta/tokenizer.json")
+    );
+    // Without it, the resolved params do not mention it (keys of existing pipelines stay).
+    let plain = IngestKind
+        .resolve_params(&alone, serde_json::Map::new())
+        .unwrap();
+    assert!(!plain.contains_key("tokenizer"));
+
+    let inputs = [("corpus".to_string(), "ingest".to_string())];
+    let downstream = StageDecl {
+        name: "data",
+        run: None,
+        inputs: &inputs,
+    };
+    let problems = IngestKind.resolve_params(&downstream, params).unwrap_err();
+    assert_eq!(problems[0].field, "params.tokenizer", "{problems:?}");
+}

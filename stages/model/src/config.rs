@@ -67,8 +67,16 @@ pub struct ModelConfig {
     pub decoder_mlp: usize,
     /// The MIM decoder reads the image stream after this many fusion layers (M3AE: 3 of 6).
     pub mim_layer: usize,
-    /// Layer-norm epsilon (M3AE uses 1e-5 for CLIP parts and 1e-12 for BERT parts; one value here).
+    /// Layer-norm epsilon (M3AE uses 1e-5 for CLIP parts and 1e-12 for BERT parts; one value here
+    /// unless an encoder's own value is set below).
     pub norm_eps: f64,
+    /// The image encoder's layer-norm epsilon when it differs from `norm_eps` (set from a
+    /// pretrained encoder's `config.json`; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision_norm_eps: Option<f64>,
+    /// The text encoder's layer-norm epsilon when it differs from `norm_eps` (BERT's 1e-12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_norm_eps: Option<f64>,
     /// The ViT's position embeddings (absent in configs saved before the choice existed:
     /// learned).
     #[serde(default)]
@@ -133,11 +141,23 @@ impl ModelConfig {
             decoder_mlp: s[15],
             mim_layer: s[16],
             norm_eps: 1e-5,
+            vision_norm_eps: None,
+            text_norm_eps: None,
             vision_positions: VisionPositions::Learned,
             weight_init: WeightInit::Normal,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The image encoder's layer-norm epsilon.
+    pub fn vision_eps(&self) -> f64 {
+        self.vision_norm_eps.unwrap_or(self.norm_eps)
+    }
+
+    /// The text encoder's layer-norm epsilon.
+    pub fn text_eps(&self) -> f64 {
+        self.text_norm_eps.unwrap_or(self.norm_eps)
     }
 
     /// Patches per image side.

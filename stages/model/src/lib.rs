@@ -25,6 +25,7 @@ pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod pretrain_stage;
+pub mod pretrained;
 pub mod resume;
 pub mod train;
 

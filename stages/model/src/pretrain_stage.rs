@@ -7,9 +7,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use umdflow_data::artifact::Dataset;
+use umdflow_data::artifact::{Dataset, tokenizer_path};
+use umdflow_data::tokenizer::TextTokenizer;
 use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
-use umdflow_stages::{Interval, Params, Problem, StageContext, StageDecl, StageError, StageKind};
+use umdflow_stages::{
+    Interval, Params, Problem, ReadPath, StageContext, StageDecl, StageError, StageKind,
+};
 
 use crate::checkpoint::save_checkpoint;
 use crate::config::{ModelConfig, PRESETS};
@@ -20,8 +23,11 @@ use crate::masking::MaskPlan;
 use crate::objective::{ObjectiveConfig, TERM_ORDER};
 use crate::optim::OptimConfig;
 use crate::plot::{Series, line_plot};
+use crate::pretrained::{EncoderInit, InitFolders, load_for_data};
 use crate::resume::Checkpointer;
-use crate::train::{StepRecord, TrainObserver, TrainOutcome, TrainSettings, pretrain_resumable};
+use crate::train::{
+    PretrainStart, StepRecord, TrainObserver, TrainOutcome, TrainSettings, pretrain_with,
+};
 
 /// Parameters of `pretrain`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +53,24 @@ pub struct PretrainParams {
     /// How often to write a checkpoint to resume from (`10m`, `90s`, `500 steps`, `off`). It
     /// cannot change the result, so it is not in the key.
     pub checkpoint_every: String,
+    /// Pretrained encoders to start from (local Hugging Face folders); absent: random weights.
+    /// Left out of the resolved params when absent, so pipelines without it keep their keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitParams>,
+}
+
+/// `init:` of `pretrain`: folders in the Hugging Face layout, relative to the pipeline file. Their
+/// content is hashed into the stage key (see [`PretrainKind::reads`]), their paths are not.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InitParams {
+    /// A CLIP vision encoder (`config.json`, `model.safetensors`, optionally
+    /// `preprocessor_config.json`).
+    pub image: Option<String>,
+    /// A BERT or RoBERTa encoder (`config.json`, `model.safetensors`).
+    pub text: Option<String>,
+    /// Keep only the image encoder's first blocks (M3AE keeps 11 of CLIP ViT-B/16's 12).
+    pub image_layers: Option<usize>,
 }
 
 impl Default for PretrainParams {
@@ -62,6 +86,7 @@ impl Default for PretrainParams {
             loss: ObjectiveConfig::default(),
             optim: OptimConfig::default(),
             checkpoint_every: umdflow_stages::resume::DEFAULT_INTERVAL.into(),
+            init: None,
         }
     }
 }
@@ -102,6 +127,26 @@ impl PretrainParams {
         if let Err(message) = Interval::parse(&self.checkpoint_every) {
             problems.push(Problem::new("params.checkpoint_every", message));
         }
+        if let Some(init) = &self.init {
+            if init.image.is_none() && init.text.is_none() {
+                problems.push(Problem::new(
+                    "params.init",
+                    "names no folder; give `image:`, `text:` or both (or leave `init` out)",
+                ));
+            }
+            if init.image_layers.is_some() && init.image.is_none() {
+                problems.push(Problem::new(
+                    "params.init.image_layers",
+                    "needs `init.image`",
+                ));
+            }
+            if init.image_layers == Some(0) {
+                problems.push(Problem::new(
+                    "params.init.image_layers",
+                    "must be at least 1",
+                ));
+            }
+        }
         problems
     }
 }
@@ -122,6 +167,21 @@ impl StageKind for PretrainKind {
     /// How often it checkpoints changes nothing it computes.
     fn unkeyed_params(&self) -> &'static [&'static str] {
         &["checkpoint_every"]
+    }
+
+    /// The `init` folders: hashed by content into the key, their paths left out of it.
+    fn reads(&self, params: &Params) -> Vec<ReadPath> {
+        let init = params.get("init");
+        ["image", "text"]
+            .into_iter()
+            .filter_map(|slot| {
+                let path = init?.get(slot)?.as_str()?;
+                Some(ReadPath {
+                    param: format!("init.{slot}"),
+                    path: path.into(),
+                })
+            })
+            .collect()
     }
 
     fn version(&self) -> u32 {
@@ -165,6 +225,14 @@ impl StageKind for PretrainKind {
         let dataset = Dataset::load(&ingest.dir).map_err(|e| StageError::failed(e.to_string()))?;
         let plan = MaskPlan::load(&mask.dir).map_err(failed)?;
         let device = select_device(&params.device, ctx.gpus).map_err(failed)?;
+        let pretrained = load_init(
+            params.init.as_ref(),
+            ctx,
+            &ingest.dir,
+            &dataset,
+            &plan,
+            &device,
+        )?;
         let settings = TrainSettings {
             preset: params.preset.clone(),
             batch_size: params.batch_size,
@@ -177,14 +245,18 @@ impl StageKind for PretrainKind {
         };
         let observer = StageObserver { ctx };
         let checkpoints = checkpointer(ctx, &params.checkpoint_every, "pretrain")?;
-        let outcome = pretrain_resumable(
+        let start = PretrainStart {
+            pretrained: &pretrained,
+            checkpoints: checkpoints.as_ref(),
+        };
+        let outcome = pretrain_with(
             &dataset,
             &plan,
             &settings,
+            &start,
             &device,
             ctx.threads,
             &observer,
-            checkpoints.as_ref(),
         )
         .map_err(|e| match e {
             ModelError::Cancelled => StageError::Cancelled,
@@ -203,6 +275,60 @@ impl StageKind for PretrainKind {
             outcome.records.len(),
             outcome.seconds,
             outcome.samples_seen as f64 / outcome.seconds.max(1e-9)
+        ))
+    }
+}
+
+/// The encoders `init` names, read from folders relative to the pipeline file.
+fn load_init(
+    init: Option<&InitParams>,
+    ctx: &StageContext<'_>,
+    ingest_dir: &Path,
+    dataset: &Dataset,
+    plan: &MaskPlan,
+    device: &candle_core::Device,
+) -> Result<Vec<EncoderInit>, StageError> {
+    let Some(init) = init else {
+        return Ok(Vec::new());
+    };
+    // `join` keeps an absolute path as it is.
+    let image = init.image.as_ref().map(|p| ctx.work_dir.join(p));
+    let text = init.text.as_ref().map(|p| ctx.work_dir.join(p));
+    let folders = InitFolders {
+        image: image.as_deref(),
+        text: text.as_deref(),
+        image_layers: init.image_layers,
+    };
+    if let Some(text) = &text {
+        same_tokenizer(text, ingest_dir).map_err(|message| {
+            StageError::failed(format!("pretrain `{}`: init.text: {message}", ctx.id))
+        })?;
+    }
+    load_for_data(&folders, dataset, plan.meta.patch_size, device)
+        .map_err(|e| StageError::failed(format!("pretrain `{}`: init: {e}", ctx.id)))
+}
+
+/// The ingest's token ids mean what the text encoder learned only if they come from its own
+/// tokenizer: when the encoder's folder has a `tokenizer.json`, the ingest's must have the same
+/// vocabulary (token → id).
+fn same_tokenizer(text_dir: &Path, ingest_dir: &Path) -> Result<(), String> {
+    let theirs = tokenizer_path(text_dir);
+    if !theirs.is_file() {
+        return Ok(());
+    }
+    let load = |path: &Path| TextTokenizer::load(path).map_err(|e| e.to_string());
+    let theirs_vocab = load(&theirs)?.vocab();
+    let ours_vocab = load(&tokenizer_path(ingest_dir))?.vocab();
+    if theirs_vocab == ours_vocab {
+        Ok(())
+    } else {
+        Err(format!(
+            "the ingest tokenized with another vocabulary ({} tokens) than {} ({} tokens); give \
+             the ingest `tokenizer: {}`",
+            ours_vocab.len(),
+            theirs.display(),
+            theirs_vocab.len(),
+            theirs.display()
         ))
     }
 }

@@ -15,6 +15,7 @@ use crate::masking::MaskPlan;
 use crate::model::UmdModel;
 use crate::objective::{EmaTarget, ObjectiveConfig, mr_losses};
 use crate::optim::{OptimConfig, Optimiser};
+use crate::pretrained::EncoderInit;
 use crate::resume::{Checkpointer, Progress, Training};
 use crate::rng::SplitMix64;
 use crate::store::ParamStore;
@@ -107,19 +108,38 @@ pub fn pretrain(
     threads: usize,
     observer: &(dyn TrainObserver + Sync),
 ) -> Result<TrainOutcome> {
-    pretrain_resumable(dataset, plan, settings, device, threads, observer, None)
+    pretrain_with(
+        dataset,
+        plan,
+        settings,
+        &PretrainStart::default(),
+        device,
+        threads,
+        observer,
+    )
 }
 
-/// [`pretrain`], checkpointing as `checkpoints` says and resuming from its checkpoint when one of
-/// this run is there; the outcome is bit-identical to an uninterrupted run's.
-pub fn pretrain_resumable(
+/// Where a pre-training starts from besides the seed: pretrained encoders, and a checkpoint of an
+/// interrupted attempt at the same run.
+#[derive(Default)]
+pub struct PretrainStart<'a> {
+    /// Encoders to use in place of random ones (sizes and weights, see
+    /// [`crate::pretrained::load_for_data`]).
+    pub pretrained: &'a [EncoderInit],
+    /// Checkpoints as they say, resuming from theirs when one of this run is there; the outcome is
+    /// bit-identical to an uninterrupted run's.
+    pub checkpoints: Option<&'a Checkpointer>,
+}
+
+/// [`pretrain`] from `start`.
+pub fn pretrain_with(
     dataset: &Dataset,
     plan: &MaskPlan,
     settings: &TrainSettings,
+    start: &PretrainStart<'_>,
     device: &Device,
     threads: usize,
     observer: &(dyn TrainObserver + Sync),
-    checkpoints: Option<&Checkpointer>,
 ) -> Result<TrainOutcome> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
@@ -127,24 +147,30 @@ pub fn pretrain_resumable(
         .map_err(|e| {
             ModelError::Config(format!("could not start {threads} worker threads: {e}"))
         })?;
-    pool.install(|| pretrain_here(dataset, plan, settings, device, observer, checkpoints))
+    pool.install(|| pretrain_here(dataset, plan, settings, start, device, observer))
 }
 
 fn pretrain_here(
     dataset: &Dataset,
     plan: &MaskPlan,
     settings: &TrainSettings,
+    start: &PretrainStart<'_>,
     device: &Device,
     observer: &(dyn TrainObserver + Sync),
-    checkpoints: Option<&Checkpointer>,
 ) -> Result<TrainOutcome> {
     let mut config = model_config_for(dataset, plan, &settings.preset)?;
+    for encoder in start.pretrained {
+        encoder.configure(&mut config);
+    }
     config.vision_positions = settings.vision_positions;
     config.weight_init = settings.weight_init;
     config.validate()?;
     let feature_dims = settings.objective.feature_dims(&config);
     let mut store = ParamStore::new(device, settings.seed).with_weight_init(config.weight_init);
     let model = UmdModel::new(&mut store, &config, feature_dims)?;
+    for encoder in start.pretrained {
+        encoder.copy_into(&store)?;
+    }
     let started = Instant::now();
     let run = MrRun {
         data: dataset,
@@ -155,7 +181,7 @@ fn pretrain_here(
         objective: &settings.objective,
         optim: &settings.optim,
         streams: PRETRAIN_STREAMS,
-        checkpoints,
+        checkpoints: start.checkpoints,
     };
     let (records, samples_seen) = run_mr_steps(&store, &model, &run, device, observer)?;
     let info = CheckpointInfo {

@@ -32,16 +32,18 @@ impl StageKind for IngestKind {
         false
     }
 
-    /// A real dataset's folder is keyed by content, not by the path string.
+    /// A real dataset's folder and a given `tokenizer.json` are keyed by content, not by the path
+    /// strings.
     fn reads(&self, params: &Params) -> Vec<ReadPath> {
-        params
-            .get("path")
-            .and_then(|path| path.as_str())
-            .map(|path| ReadPath {
-                param: "path".into(),
-                path: path.into(),
-            })
+        ["path", "tokenizer"]
             .into_iter()
+            .filter_map(|param| {
+                let path = params.get(param)?.as_str()?;
+                Some(ReadPath {
+                    param: param.into(),
+                    path: path.into(),
+                })
+            })
             .collect()
     }
 
@@ -72,6 +74,12 @@ impl StageKind for IngestKind {
                 "an ingest reuses the tokenizer of at most one ingest input",
             )]);
         }
+        if ingest_inputs == 1 && params.get("tokenizer").is_some_and(|t| !t.is_null()) {
+            return Err(vec![Problem::new(
+                "params.tokenizer",
+                "this ingest already reuses its ingest input's tokenizer; give one or the other",
+            )]);
+        }
         params::resolve(params)
     }
 
@@ -79,7 +87,13 @@ impl StageKind for IngestKind {
         let params: IngestParams = typed(ctx.params)?;
         let shared_tokenizer = ctx
             .input_of_kind("ingest")
-            .map(|input| tokenizer_path(&input.dir));
+            .map(|input| tokenizer_path(&input.dir))
+            .or_else(|| {
+                params
+                    .tokenizer
+                    .as_deref()
+                    .map(|path| resolve_path(ctx.work_dir, path))
+            });
         ingest(&params, ctx, shared_tokenizer.as_deref()).map_err(|err| match err {
             DataError::Cancelled => StageError::Cancelled,
             other => StageError::Failed(other.to_string()),

@@ -41,8 +41,13 @@ pub struct IngestParams {
     pub seed: u64,
     pub domain: Domain,
     pub max_len: Option<usize>,
-    /// Ignored when the tokenizer is reused from an ingest input.
+    /// Ignored when the tokenizer is reused from an ingest input or given as `tokenizer`.
     pub vocab_size: Option<usize>,
+    /// A `tokenizer.json` file to tokenize with instead of training a WordPiece vocabulary (a
+    /// pretrained text encoder's: RoBERTa's byte-level BPE, BERT's WordPiece), relative to the
+    /// pipeline file. Keyed by content. Left out of the resolved params when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
     /// How many images the preview contact sheet shows.
     pub preview: usize,
     /// Which label column a source with several uses (MELINDA: `p_meth_label`, ...).
@@ -85,6 +90,7 @@ impl Default for IngestParams {
             domain: Domain::Source,
             max_len: None,
             vocab_size: None,
+            tokenizer: None,
             preview: 8,
             label: None,
             shift_strength: decimal(synth.shift_strength),

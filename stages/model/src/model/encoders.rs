@@ -64,7 +64,7 @@ impl VisionEncoder {
                 store.device(),
             )?,
         };
-        let ln_pre = Norm::new(store, &format!("{p}.ln_pre"), w, c.norm_eps)?;
+        let ln_pre = Norm::new(store, &format!("{p}.ln_pre"), w, c.vision_eps())?;
         let blocks = (0..c.vision_layers)
             .map(|k| {
                 Block::new(
@@ -75,11 +75,11 @@ impl VisionEncoder {
                     c.vision_mlp,
                     Activation::QuickGelu,
                     true,
-                    c.norm_eps,
+                    c.vision_eps(),
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let ln_post = Norm::new(store, &format!("{p}.ln_post"), w, c.norm_eps)?;
+        let ln_post = Norm::new(store, &format!("{p}.ln_post"), w, c.vision_eps())?;
         Ok(VisionEncoder {
             patch_embed,
             class_embedding,
@@ -148,7 +148,7 @@ impl TextEncoder {
             ParamRole::Embedding,
             Init::Normal(0.02),
         )?;
-        let ln_embed = Norm::new(store, &format!("{p}.ln_embed"), w, c.norm_eps)?;
+        let ln_embed = Norm::new(store, &format!("{p}.ln_embed"), w, c.text_eps())?;
         let blocks = (0..c.text_layers)
             .map(|k| {
                 Block::new(
@@ -159,7 +159,7 @@ impl TextEncoder {
                     c.text_mlp,
                     Activation::Gelu,
                     false,
-                    c.norm_eps,
+                    c.text_eps(),
                 )
             })
             .collect::<Result<Vec<_>>>()?;
