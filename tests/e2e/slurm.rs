@@ -715,7 +715,7 @@ seeds: {seeds}
 stages:
   work:
     kind: cmd
-    run: 'touch started; {RECORD}; sleep ${{SLEEP:-0}}'
+    run: 'touch started; {RECORD}; if [ -n "$SLEEP" ]; then sleep $SLEEP; fi'
     params: {{seed: "${{seed}}"}}
   after:
     kind: cmd
