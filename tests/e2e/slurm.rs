@@ -893,7 +893,10 @@ fn a_killed_driver_s_jobs_are_adopted_by_one_new_driver_and_none_is_submitted_tw
     // first's list): `status` lists no job.
     let status = project.umdflow(&["status", "p.yaml", "--all"]);
     let shown = String::from_utf8_lossy(&status.stdout).to_string();
-    assert!(shown.contains(&format!("0 Slurm jobs of {name} queued")), "{shown}");
+    assert!(
+        shown.contains(&format!("0 Slurm jobs of {name} queued")),
+        "{shown}"
+    );
 }
 
 #[test]

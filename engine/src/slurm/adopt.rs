@@ -66,7 +66,11 @@ impl DriverLock {
                         progress.note(&format!(
                             "waiting for the other Slurm driver of {pipeline} on this cache \
                              ({}) to finish; then only what is still missing is submitted",
-                            if holder.is_empty() { "starting" } else { &holder }
+                            if holder.is_empty() {
+                                "starting"
+                            } else {
+                                &holder
+                            }
                         ));
                         waited = true;
                     }

@@ -77,10 +77,7 @@ pub fn batches<K: Ord + Clone>(
         .into_iter()
         .flat_map(|key| {
             let group = groups.remove(&key).unwrap_or_default();
-            group
-                .chunks(max)
-                .map(<[usize]>::to_vec)
-                .collect::<Vec<_>>()
+            group.chunks(max).map(<[usize]>::to_vec).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -208,7 +205,11 @@ mod tests {
             [vec![0, 2, 3], vec![5, 7], vec![1, 6], vec![4], vec![8]]
         );
         assert_eq!(batches(members, 1000)[0], [0, 2, 3, 5, 7]);
-        assert_eq!(batches(members, 0).len(), 9, "arrays disabled: one job each");
+        assert_eq!(
+            batches(members, 0).len(),
+            9,
+            "arrays disabled: one job each"
+        );
     }
 
     #[test]
@@ -216,13 +217,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("a.instances");
         write_list(&list, &["work[seed=0]", "work[seed=1]"]).unwrap();
-        assert_eq!(instance_from_list(&list, Some("1")).unwrap(), "work[seed=1]");
-        assert_eq!(instance_from_list(&list, Some("0")).unwrap(), "work[seed=0]");
-        let past = instance_from_list(&list, Some("2")).unwrap_err().to_string();
-        assert!(past.contains("no instance for array task 2 (2 lines)"), "{past}");
+        assert_eq!(
+            instance_from_list(&list, Some("1")).unwrap(),
+            "work[seed=1]"
+        );
+        assert_eq!(
+            instance_from_list(&list, Some("0")).unwrap(),
+            "work[seed=0]"
+        );
+        let past = instance_from_list(&list, Some("2"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            past.contains("no instance for array task 2 (2 lines)"),
+            "{past}"
+        );
         let outside = instance_from_list(&list, None).unwrap_err().to_string();
         assert!(outside.contains("needs $SLURM_ARRAY_TASK_ID"), "{outside}");
-        let odd = instance_from_list(&list, Some("x")).unwrap_err().to_string();
+        let odd = instance_from_list(&list, Some("x"))
+            .unwrap_err()
+            .to_string();
         assert!(odd.contains("`x`"), "{odd}");
     }
 }

@@ -115,7 +115,10 @@ impl<'a> Submitter<'a> {
     /// Submits instances `members` (ready, of one group) as one array; their jobs, in order.
     pub fn array(&mut self, folder: &mut RunFolder, members: &[usize]) -> Result<Vec<RecordedJob>> {
         let expanded = &self.loaded.expanded;
-        let first = members.first().copied().context("an array of no instances")?;
+        let first = members
+            .first()
+            .copied()
+            .context("an array of no instances")?;
         let tag = format!("array{}", self.arrays);
         self.arrays += 1;
         let list = folder.dir.join(format!("{tag}.instances"));
