@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,13 +55,18 @@ def one_run(binary, count):
                                 stderr=subprocess.PIPE, text=True)
         submitted_at, reported, jobs = None, None, None
         lines = []
+        # The --json document of 500 instances fills a pipe: read it alongside stderr.
+        stdout_parts = []
+        reader = threading.Thread(target=lambda: stdout_parts.append(proc.stdout.read()))
+        reader.start()
         for line in proc.stderr:
             lines.append(line)
             found = SUBMITTED.search(line)
             if found and submitted_at is None:
                 submitted_at = time.monotonic() - start
                 jobs, reported = int(found.group(1)), float(found.group(2))
-        stdout = proc.stdout.read()
+        reader.join()
+        stdout = stdout_parts[0]
         code = proc.wait()
         done = time.monotonic() - start
         if code != 0:
@@ -83,7 +89,11 @@ def main():
     before = benchlib.machine()
     results = {}
     for count in counts:
-        results[count] = [one_run(binary, count) for _ in range(runs)]
+        results[count] = []
+        for _ in range(runs):
+            sample = one_run(binary, count)
+            print(f"{count} instances: {json.dumps(sample)}", file=sys.stderr, flush=True)
+            results[count].append(sample)
     print(f"binary: {binary} ({benchlib.umdflow_version(binary)}), "
           f"{benchlib.git_state()}")
     print("| instances | start to submitted | submission (driver) | start to all done |")
