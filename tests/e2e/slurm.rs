@@ -706,16 +706,17 @@ fn arrays_of(name: &str) -> Vec<String> {
     arrays
 }
 
-/// `work` over `seeds` seeds (each `sleep SLEEP` if set, after touching `started`), and `after`
-/// per seed, which reads it: `seeds` array tasks and `seeds` jobs `afterok` on them.
-fn fan(name: &str, seeds: usize) -> String {
+/// `work` over `seeds` seeds (each `sleep $SLEEP` if set, after touching `started`), and `after`
+/// per seed, which reads it: `seeds` array tasks and `seeds` jobs `afterok` on them. `prelude`
+/// runs first in `work`.
+fn fan_with(name: &str, seeds: usize, prelude: &str) -> String {
     format!(
         r#"name: {name}
 seeds: {seeds}
 stages:
   work:
     kind: cmd
-    run: 'touch started; {RECORD}; if [ -n "$SLEEP" ]; then sleep $SLEEP; fi'
+    run: '{prelude}touch started; {RECORD}; if [ -n "$SLEEP" ]; then sleep $SLEEP; fi'
     params: {{seed: "${{seed}}"}}
   after:
     kind: cmd
@@ -723,6 +724,10 @@ stages:
     run: '{RECORD}'
 {FAST_POLL}"#
     )
+}
+
+fn fan(name: &str, seeds: usize) -> String {
+    fan_with(name, seeds, "")
 }
 
 fn spawn_run(project: &Project, envs: &[(&str, &str)]) -> std::process::Child {
@@ -734,6 +739,7 @@ fn spawn_run(project: &Project, envs: &[(&str, &str)]) -> std::process::Child {
             "slurm",
             "--json",
             "--no-lock-file",
+            "--keep-going",
         ])
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
@@ -848,11 +854,14 @@ fn a_killed_driver_s_jobs_are_adopted_by_one_new_driver_and_none_is_submitted_tw
     }
     let project = Project::new();
     let name = unique("slurm-adopt");
-    project.write("p.yaml", &fan(&name, 6));
+    // work[seed=0] fails at once in the first run (and after[seed=0] is cancelled by Slurm): the
+    // new driver submits those two again, the other ten it adopts or finds cached.
+    let fail_once = r#"if [ "$UMDFLOW_INSTANCE" = "work[seed=0]" ] && [ ! -e failed-once ]; then touch failed-once; exit 3; fi; "#;
+    project.write("p.yaml", &fan_with(&name, 6, fail_once));
     let mut first = spawn_run(&project, &[("SLEEP", "3")]);
     let all_submitted = || tasks_named(&format!("{name}/")).len() == 12;
-    wait_until("the first driver submits and a job starts", || {
-        project.path("started").exists() && all_submitted()
+    wait_until("the first driver submits and the jobs start", || {
+        project.path("started").exists() && project.path("failed-once").exists() && all_submitted()
     });
     first.kill().unwrap(); // SIGKILL: no chance to cancel anything
     first.wait().unwrap();
@@ -864,9 +873,9 @@ fn a_killed_driver_s_jobs_are_adopted_by_one_new_driver_and_none_is_submitted_tw
     runs.sort_by_key(|(run, _)| run["cached"].as_u64());
     let [(adopter, adopter_err), (waiter, waiter_err)] = runs;
     assert!(
-        adopter_err.contains("submitted 0 Slurm jobs")
+        adopter_err.contains("submitted 2 Slurm jobs")
             && adopter_err.contains("jobs adopted from a driver that is gone"),
-        "{adopter_err}"
+        "the failed work[seed=0] and its cancelled dependent are submitted again: {adopter_err}"
     );
     assert_eq!(
         adopter["executed"].as_u64().unwrap() + adopter["cached"].as_u64().unwrap(),
@@ -874,7 +883,7 @@ fn a_killed_driver_s_jobs_are_adopted_by_one_new_driver_and_none_is_submitted_tw
         "{adopter}"
     );
     assert!(
-        adopter["executed"].as_u64().unwrap() > 0,
+        adopter["executed"].as_u64().unwrap() > 2,
         "jobs were adopted while they ran: {adopter}"
     );
     assert_eq!(waiter["cached"], 12, "{waiter}");
@@ -882,15 +891,19 @@ fn a_killed_driver_s_jobs_are_adopted_by_one_new_driver_and_none_is_submitted_tw
         waiter_err.contains("waiting for the other Slurm driver"),
         "{waiter_err}"
     );
-    assert_eq!(tasks_named(&format!("{name}/")).len(), 12, "no job twice");
+    assert_eq!(
+        tasks_named(&format!("{name}/")).len(),
+        14,
+        "12 jobs, and 2 again for the failed instance and its dependent: no job twice"
+    );
     let mut journal = project.journal();
     journal.sort();
     let mut once = journal.clone();
     once.dedup();
     assert_eq!(journal, once, "every instance ran once");
     assert_eq!(journal.len(), 12);
-    // One run's folder is left of the three (the adopter's, removed on success, took over the
-    // first's list): `status` lists no job.
+    // The adopter took over the first run's list and removed both folders on success: `status`
+    // lists no job.
     let status = project.umdflow(&["status", "p.yaml", "--all"]);
     let shown = String::from_utf8_lossy(&status.stdout).to_string();
     assert!(

@@ -138,7 +138,8 @@ pub struct Adoption {
 }
 
 /// Finds the earlier runs of the pipeline whose driver is gone and adopts their jobs that still
-/// wait or run for an instance `needed` (not cached). Waits while an earlier driver seems alive
+/// wait or run for an instance `needed` (not cached) whose inputs are cached or adopted; cancels
+/// the others that still wait or run for a needed instance (this run submits it again). Waits while an earlier driver seems alive
 /// (another login node's driver whose heartbeat is fresh: one the lock does not see where the
 /// cache's filesystem has no cross-node `flock`). `Ok(None)`: Ctrl-C while waiting.
 pub fn adopt(
@@ -206,16 +207,41 @@ pub fn adopt(
     let recorded: Vec<RecordedJob> = folders.iter().flat_map(|dir| runs::recorded(dir)).collect();
     let ids: Vec<&str> = recorded.iter().map(|job| job.job.as_str()).collect();
     let states = queue::query(&ids)?;
-    let mut jobs = BTreeMap::new();
+    let mut waiting_or_running = BTreeMap::new();
+    let mut stale = Vec::new();
     for job in recorded {
-        let Some(&index) = index_of.get(job.instance.as_str()) else {
-            continue;
-        };
-        let waits_or_runs = states
+        let active = states
             .get(&job.job)
             .is_some_and(|state| state.is_active() && !state.never_starts());
-        if needed(index) && waits_or_runs && !jobs.contains_key(&index) {
+        match index_of.get(job.instance.as_str()) {
+            Some(&index) if active && needed(index) => {
+                if let Some(twin) = waiting_or_running.insert(index, job) {
+                    stale.push(twin.job);
+                }
+            }
+            // Its instance is cached: the job finds its key committed and exits at once.
+            _ => {}
+        }
+    }
+    // In instance order, inputs before their dependents: a job is adopted only if each of its
+    // inputs is cached or adopted too. One waiting on an input's job that failed (Slurm may not
+    // have cancelled it yet) is cancelled and its instance submitted again.
+    let mut jobs: BTreeMap<usize, RecordedJob> = BTreeMap::new();
+    for (index, job) in waiting_or_running {
+        let inputs_ok = expanded.instances[index]
+            .inputs
+            .iter()
+            .all(|input| !needed(*input) || jobs.contains_key(input));
+        if inputs_ok {
             jobs.insert(index, job);
+        } else {
+            stale.push(job.job);
+        }
+    }
+    if !stale.is_empty() {
+        let ids: Vec<&str> = stale.iter().map(String::as_str).collect();
+        if let Err(err) = queue::cancel(&ids) {
+            tracing::warn!("cancelling jobs of a gone driver that are not adopted: {err:#}");
         }
     }
     Ok(Some(Adoption { jobs, folders }))
