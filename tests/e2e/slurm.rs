@@ -361,6 +361,11 @@ fn two_hundred_trivial_instances_are_submitted_and_finish() {
     let run = project.json(&args, 0);
     assert_eq!(run["executed"], 200, "{run}");
     assert_eq!(jobs_named(&format!("{name}/")), 200);
+    assert_eq!(
+        arrays_of(&format!("{name}/work")).len(),
+        1,
+        "one array of 200"
+    );
     let mut journal = project.journal();
     journal.sort();
     journal.dedup();
@@ -938,4 +943,50 @@ fn a_second_driver_started_a_moment_later_waits_and_computes_nothing_twice() {
     journal.dedup();
     assert_eq!(journal.len(), 8);
     assert_eq!(project.journal().len(), 8, "every instance ran once");
+}
+
+#[test]
+fn without_keep_going_a_failing_task_cancels_the_array_s_pending_tasks_and_reports_them_skipped() {
+    if !cluster("array_stop") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-array-stop");
+    // 12 tasks on the cluster's 8 CPUs: at least 4 still pend when seed 0 fails.
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: {name}
+seeds: 12
+stages:
+  work:
+    kind: cmd
+    run: 'if [ "$UMDFLOW_INSTANCE" = "work[seed=0]" ]; then exit 3; fi; sleep 3; {RECORD}'
+    params: {{seed: "${{seed}}"}}
+{FAST_POLL}"#
+        ),
+    );
+    let run = project.json(
+        &["run", "p.yaml", "--executor", "slurm", "--no-lock-file"],
+        1,
+    );
+    assert_eq!(with_status(&run, "failed"), ["work[seed=0]"], "{run}");
+    let skipped = with_status(&run, "skipped");
+    assert!(!skipped.is_empty(), "pending tasks were cancelled: {run}");
+    assert_eq!(
+        run["executed"].as_u64().unwrap() + skipped.len() as u64,
+        11,
+        "running tasks finish, pending ones are cancelled: {run}"
+    );
+    for stage in run["stages"].as_array().unwrap() {
+        if stage["status"] == "skipped" {
+            assert!(
+                stage["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("work[seed=0] failed (use --keep-going"),
+                "{stage}"
+            );
+        }
+    }
 }
