@@ -97,7 +97,8 @@ enum Command {
         #[arg(long, conflicts_with = "lock_file")]
         no_lock_file: bool,
         /// Where the stages run (default: the file's `executor.kind`, else local). `slurm`
-        /// submits one job per missing instance (docs/scaling.md).
+        /// submits one job per missing instance, ready ones of a stage as one job array
+        /// (docs/scaling.md).
         #[arg(long, value_enum)]
         executor: Option<ExecutorKind>,
     },
