@@ -860,36 +860,47 @@ fn a_killed_driver_s_jobs_are_adopted_by_one_new_driver_and_none_is_submitted_tw
     let project = Project::new();
     let name = unique("slurm-adopt");
     // work[seed=0] fails at once in the first run (and after[seed=0] is cancelled by Slurm): the
-    // new driver submits those two again, the other ten it adopts or finds cached.
+    // new driver submits those two again, and adopts the others that still wait or run.
     let fail_once = r#"if [ "$UMDFLOW_INSTANCE" = "work[seed=0]" ] && [ ! -e failed-once ]; then touch failed-once; exit 3; fi; "#;
     project.write("p.yaml", &fan_with(&name, 6, fail_once));
-    let mut first = spawn_run(&project, &[("SLEEP", "3")]);
+    let mut first = spawn_run(&project, &[("SLEEP", "4")]);
     let all_submitted = || tasks_named(&format!("{name}/")).len() == 12;
     wait_until("the first driver submits and the jobs start", || {
         project.path("started").exists() && project.path("failed-once").exists() && all_submitted()
     });
     first.kill().unwrap(); // SIGKILL: no chance to cancel anything
     first.wait().unwrap();
+    // A job cancelled from outside while its input still runs: the new driver submits it again,
+    // `afterok` on the input's adopted task (it could not run before its input is cached).
+    let (waiting, _) = tasks_named(&format!("{name}/after[seed=1]")).pop().unwrap();
+    assert!(
+        Command::new("scancel")
+            .arg(&waiting)
+            .status()
+            .unwrap()
+            .success()
+    );
 
     // Two new drivers at once: one adopts the jobs, the other waits for it.
-    let second = spawn_run(&project, &[("SLEEP", "3")]);
-    let third = spawn_run(&project, &[("SLEEP", "3")]);
+    let second = spawn_run(&project, &[("SLEEP", "4")]);
+    let third = spawn_run(&project, &[("SLEEP", "4")]);
     let mut runs = [finished_run(second), finished_run(third)];
     runs.sort_by_key(|(run, _)| run["cached"].as_u64());
     let [(adopter, adopter_err), (waiter, waiter_err)] = runs;
     assert!(
-        adopter_err.contains("submitted 2 Slurm jobs")
-            && adopter_err.contains("jobs adopted from a driver that is gone"),
-        "the failed work[seed=0] and its cancelled dependent are submitted again: {adopter_err}"
+        adopter_err.contains("submitted 3 Slurm jobs")
+            && adopter_err.contains("watching 9 jobs adopted from a driver that is gone"),
+        "the failed work[seed=0], its cancelled dependent and the cancelled after[seed=1] are \
+         submitted again: {adopter_err}"
     );
     assert_eq!(
         adopter["executed"].as_u64().unwrap() + adopter["cached"].as_u64().unwrap(),
         12,
         "{adopter}"
     );
-    assert!(
-        adopter["executed"].as_u64().unwrap() > 2,
-        "jobs were adopted while they ran: {adopter}"
+    assert_eq!(
+        adopter["executed"], 12,
+        "the adopted jobs ran on: {adopter}"
     );
     assert_eq!(waiter["cached"], 12, "{waiter}");
     assert!(
@@ -898,8 +909,8 @@ fn a_killed_driver_s_jobs_are_adopted_by_one_new_driver_and_none_is_submitted_tw
     );
     assert_eq!(
         tasks_named(&format!("{name}/")).len(),
-        14,
-        "12 jobs, and 2 again for the failed instance and its dependent: no job twice"
+        15,
+        "12 jobs, and 3 again for the failed and the cancelled ones: no job twice"
     );
     let mut journal = project.journal();
     journal.sort();
