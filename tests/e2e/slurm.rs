@@ -1007,3 +1007,49 @@ stages:
         }
     }
 }
+
+#[test]
+fn an_array_cancelled_from_outside_reports_its_pending_tasks_as_skipped() {
+    if !cluster("array_cancel") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-array-cancel");
+    // 12 tasks on the cluster's 8 CPUs: some still pend when `umdflow cancel` runs, and Slurm
+    // forgets a pending task at once when it is cancelled.
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: {name}
+seeds: 12
+stages:
+  work:
+    kind: cmd
+    run: 'touch started; sleep 30 && echo "$UMDFLOW_INSTANCE" > "$UMDFLOW_OUT/id.txt"'
+    params: {{seed: "${{seed}}"}}
+{FAST_POLL}"#
+        ),
+    );
+    let mut child = spawn_run(&project, &[]);
+    wait_started(&project, &mut child);
+    let cancel = project.umdflow(&["cancel", "p.yaml"]);
+    assert!(
+        String::from_utf8_lossy(&cancel.stdout).contains("cancelled 12 Slurm jobs"),
+        "{}",
+        String::from_utf8_lossy(&cancel.stdout)
+    );
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(run["executed"], 0, "{run}");
+    let skipped = with_status(&run, "skipped");
+    assert!(skipped.len() >= 4, "the pending tasks: {run}");
+    for stage in run["stages"].as_array().unwrap() {
+        let reason = stage["reason"].as_str().unwrap();
+        assert!(
+            !reason.contains("left the queue"),
+            "a cancelled task is not a lost one: {stage}"
+        );
+    }
+    assert_eq!(active_jobs(&format!("{name}/")), 0);
+}

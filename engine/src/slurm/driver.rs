@@ -376,7 +376,7 @@ fn watch(
                 Some(state) if state.never_starts() => to_cancel.push(job.id.clone()),
                 Some(state) if state.is_active() => {}
                 Some(state) => finished.push((index, Some(state.clone()))),
-                None => finished.push((index, cancelled_here(&cancelled, &job.id))),
+                None => finished.push((index, vanished(&cancelled, &job.id))),
             }
         }
         // In index order: an input's failure is seen before its dependents' cancellation.
@@ -435,11 +435,20 @@ fn watch(
     Ok(stopping)
 }
 
-/// The state of a job squeue no longer lists: cancelled, if this run cancelled it.
-fn cancelled_here(cancelled: &HashSet<String>, id: &str) -> Option<JobState> {
-    cancelled.contains(id).then(|| JobState {
+/// The state of a job squeue no longer lists. Other jobs stay listed for `MinJobAge` after they
+/// end, but Slurm forgets an array task cancelled while pending at once (22.05.8), whether this
+/// run, `umdflow cancel` or `scancel` cancelled it.
+fn vanished(cancelled: &HashSet<String>, id: &str) -> Option<JobState> {
+    let reason = if cancelled.contains(id) {
+        "cancelled by this run"
+    } else if id.contains('_') {
+        "an array task no longer listed: cancelled while it was pending"
+    } else {
+        return None;
+    };
+    Some(JobState {
         state: "CANCELLED".into(),
-        reason: "cancelled by this run".into(),
+        reason: reason.into(),
     })
 }
 
