@@ -97,7 +97,8 @@ enum Command {
         #[arg(long, conflicts_with = "lock_file")]
         no_lock_file: bool,
         /// Where the stages run (default: the file's `executor.kind`, else local). `slurm`
-        /// submits one job per missing instance (docs/scaling.md).
+        /// submits one job per missing instance, ready ones of a stage as one job array
+        /// (docs/scaling.md).
         #[arg(long, value_enum)]
         executor: Option<ExecutorKind>,
     },
@@ -107,8 +108,11 @@ enum Command {
         #[command(flatten)]
         pipeline: Pipeline,
         /// The instance id.
-        #[arg(long)]
-        instance: String,
+        #[arg(long, required_unless_present = "instance_list")]
+        instance: Option<String>,
+        /// An array job's instance list: the task runs line $SLURM_ARRAY_TASK_ID.
+        #[arg(long, value_name = "FILE", conflicts_with = "instance")]
+        instance_list: Option<PathBuf>,
         /// Recompute it even if cached.
         #[arg(long)]
         force: bool,
@@ -118,6 +122,9 @@ enum Command {
         /// Where to write what happened, as JSON, for the driver.
         #[arg(long, value_name = "PATH")]
         report: Option<PathBuf>,
+        /// Write the report as `<instance>.report.json` in this folder (for array tasks).
+        #[arg(long, value_name = "DIR", conflicts_with = "report")]
+        report_dir: Option<PathBuf>,
     },
     /// The Slurm jobs of the pipeline's runs (`run --executor slurm`) that are queued or running.
     Status {
@@ -406,10 +413,16 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker {
             pipeline,
             instance,
+            instance_list,
             force,
             threads,
             report,
+            report_dir,
         } => {
+            let task = std::env::var("SLURM_ARRAY_TASK_ID").ok();
+            let instance =
+                worker::which_instance(instance, instance_list.as_deref(), task.as_deref())?;
+            let report = worker::report_path(report, report_dir.as_deref(), &instance);
             let loaded = load(&pipeline, &registry)?;
             let threads = threads
                 .or_else(|| std::env::var("SLURM_CPUS_PER_TASK").ok()?.parse().ok())

@@ -361,6 +361,11 @@ fn two_hundred_trivial_instances_are_submitted_and_finish() {
     let run = project.json(&args, 0);
     assert_eq!(run["executed"], 200, "{run}");
     assert_eq!(jobs_named(&format!("{name}/")), 200);
+    assert_eq!(
+        arrays_of(&format!("{name}/work")).len(),
+        1,
+        "one array of 200"
+    );
     let mut journal = project.journal();
     journal.sort();
     journal.dedup();
@@ -632,8 +637,8 @@ stages:
     assert_eq!(threads, [3, 1], "{lock}");
 }
 
-#[test]
 /// With `max_resubmits: 0` a job killed by its time limit is final, as before resubmission.
+#[test]
 fn a_job_past_its_time_limit_is_reported_as_timed_out_with_its_log() {
     if !cluster("time_limit") {
         return;
@@ -677,6 +682,378 @@ stages:
         "{}",
         stderr(&output)
     );
+}
+
+// ---- job arrays and adopting the jobs of a driver that is gone (issue 12)
+
+/// `(job id, name)` of every task Slurm lists whose name starts with `prefix`, finished ones
+/// included, one line per array task (`--array`: a pending range is not folded into one line).
+fn tasks_named(prefix: &str) -> Vec<(String, String)> {
+    let out = Command::new("squeue")
+        .args(["--noheader", "--states=all", "--array", "--format=%i|%j"])
+        .output()
+        .expect("squeue");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('|'))
+        .filter(|(_, name)| name.starts_with(prefix))
+        .map(|(id, name)| (id.to_string(), name.to_string()))
+        .collect()
+}
+
+/// The arrays (ids before `_`) the tasks named `name` belong to; a plain job counts as its own.
+fn arrays_of(name: &str) -> Vec<String> {
+    let mut arrays: Vec<String> = tasks_named(name)
+        .into_iter()
+        .filter(|(_, n)| n == name)
+        .map(|(id, _)| id.split('_').next().unwrap().to_string())
+        .collect();
+    arrays.sort();
+    arrays.dedup();
+    arrays
+}
+
+/// `work` over `seeds` seeds (each `sleep $SLEEP` if set, after touching `started`), and `after`
+/// per seed, which reads it: `seeds` array tasks and `seeds` jobs `afterok` on them. `prelude`
+/// runs first in `work`.
+fn fan_with(name: &str, seeds: usize, prelude: &str) -> String {
+    format!(
+        r#"name: {name}
+seeds: {seeds}
+stages:
+  work:
+    kind: cmd
+    run: '{prelude}touch started; {RECORD}; if [ -n "$SLEEP" ]; then sleep $SLEEP; fi'
+    params: {{seed: "${{seed}}"}}
+  after:
+    kind: cmd
+    inputs: [work]
+    run: '{RECORD}'
+{FAST_POLL}"#
+    )
+}
+
+fn fan(name: &str, seeds: usize) -> String {
+    fan_with(name, seeds, "")
+}
+
+fn spawn_run(project: &Project, envs: &[(&str, &str)]) -> std::process::Child {
+    project
+        .command(&[
+            "run",
+            "p.yaml",
+            "--executor",
+            "slurm",
+            "--json",
+            "--no-lock-file",
+            "--keep-going",
+        ])
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finished_run(child: std::process::Child) -> (serde_json::Value, String) {
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let run = serde_json::from_slice(&output.stdout).unwrap();
+    (run, stderr(&output))
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let clock = std::time::Instant::now();
+    while !done() {
+        assert!(
+            clock.elapsed() < std::time::Duration::from_secs(60),
+            "{what}: not within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ready_instances_of_a_stage_go_out_as_one_array_and_their_dependents_wait_on_their_tasks() {
+    if !cluster("array") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-array");
+    project.write("p.yaml", &fan(&name, 6));
+    let (run, err) = finished_run(spawn_run(&project, &[]));
+    assert_eq!(run["executed"], 12, "{run}");
+    assert!(err.contains("submitted 12 Slurm jobs"), "{err}");
+    assert_eq!(arrays_of(&format!("{name}/work")).len(), 1, "one array");
+    assert_eq!(tasks_named(&format!("{name}/work")).len(), 6);
+    assert_eq!(
+        tasks_named(&format!("{name}/after")).len(),
+        6,
+        "one plain job per dependent"
+    );
+    let mut journal = project.journal();
+    journal.sort();
+    journal.dedup();
+    assert_eq!(journal.len(), 12, "each instance ran once");
+}
+
+#[test]
+fn a_failing_array_task_shows_its_own_log_and_stops_only_its_descendants() {
+    if !cluster("array_failure") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-array-fail");
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: {name}
+seeds: 4
+stages:
+  work:
+    kind: cmd
+    run: 'if [ "$UMDFLOW_INSTANCE" = "work[seed=2]" ]; then echo boom-from-seed-2; exit 3; fi; echo "$UMDFLOW_INSTANCE"; {RECORD}'
+    params: {{seed: "${{seed}}"}}
+  after: {{kind: cmd, inputs: [work], run: '{RECORD}'}}
+{FAST_POLL}"#
+        ),
+    );
+    let output = project.umdflow(&[
+        "run",
+        "p.yaml",
+        "--executor",
+        "slurm",
+        "--keep-going",
+        "--json",
+        "--no-lock-file",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(with_status(&run, "failed"), ["work[seed=2]"], "{run}");
+    assert_eq!(with_status(&run, "skipped"), ["after[seed=2]"], "{run}");
+    assert_eq!(run["executed"], 6, "{run}");
+    assert_eq!(arrays_of(&format!("{name}/work")).len(), 1, "one array");
+    let err = stderr(&output);
+    assert!(err.contains("boom-from-seed-2"), "{err}");
+    let failed = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "work[seed=2]")
+        .unwrap();
+    let reason = failed["reason"].as_str().unwrap();
+    let log = reason
+        .rsplit("job log: ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')');
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.contains("boom-from-seed-2") && !text.contains("work[seed=1]"),
+        "the task's own log: {log}: {text}"
+    );
+}
+
+#[test]
+fn a_killed_driver_s_jobs_are_adopted_by_one_new_driver_and_none_is_submitted_twice() {
+    if !cluster("adopt") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-adopt");
+    // work[seed=0] fails at once in the first run (and after[seed=0] is cancelled by Slurm): the
+    // new driver submits those two again, and adopts the others that still wait or run.
+    let fail_once = r#"if [ "$UMDFLOW_INSTANCE" = "work[seed=0]" ] && [ ! -e failed-once ]; then touch failed-once; exit 3; fi; "#;
+    project.write("p.yaml", &fan_with(&name, 6, fail_once));
+    let mut first = spawn_run(&project, &[("SLEEP", "4")]);
+    let all_submitted = || tasks_named(&format!("{name}/")).len() == 12;
+    wait_until("the first driver submits and the jobs start", || {
+        project.path("started").exists() && project.path("failed-once").exists() && all_submitted()
+    });
+    first.kill().unwrap(); // SIGKILL: no chance to cancel anything
+    first.wait().unwrap();
+    // A job cancelled from outside while its input still runs: the new driver submits it again,
+    // `afterok` on the input's adopted task (it could not run before its input is cached).
+    let (waiting, _) = tasks_named(&format!("{name}/after[seed=1]")).pop().unwrap();
+    assert!(
+        Command::new("scancel")
+            .arg(&waiting)
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    // Two new drivers at once: one adopts the jobs, the other waits for it.
+    let second = spawn_run(&project, &[("SLEEP", "4")]);
+    let third = spawn_run(&project, &[("SLEEP", "4")]);
+    let mut runs = [finished_run(second), finished_run(third)];
+    runs.sort_by_key(|(run, _)| run["cached"].as_u64());
+    let [(adopter, adopter_err), (waiter, waiter_err)] = runs;
+    // (A work task that already finished when the driver started is cached, not adopted.)
+    let cached = adopter["cached"].as_u64().unwrap();
+    let adopted = format!(
+        "watching {} jobs adopted from a driver that is gone",
+        9 - cached
+    );
+    assert!(
+        adopter_err.contains("submitted 3 Slurm jobs") && adopter_err.contains(&adopted),
+        "the failed work[seed=0], its cancelled dependent and the cancelled after[seed=1] are \
+         submitted again: {adopter_err}"
+    );
+    assert_eq!(
+        adopter["executed"].as_u64().unwrap() + adopter["cached"].as_u64().unwrap(),
+        12,
+        "{adopter}"
+    );
+    assert_eq!(
+        adopter["executed"].as_u64().unwrap(),
+        12 - cached,
+        "the adopted jobs ran on: {adopter}"
+    );
+    assert_eq!(waiter["cached"], 12, "{waiter}");
+    assert!(
+        waiter_err.contains("waiting for the other Slurm driver"),
+        "{waiter_err}"
+    );
+    assert_eq!(
+        tasks_named(&format!("{name}/")).len(),
+        15,
+        "12 jobs, and 3 again for the failed and the cancelled ones: no job twice"
+    );
+    let mut journal = project.journal();
+    journal.sort();
+    let mut once = journal.clone();
+    once.dedup();
+    assert_eq!(journal, once, "every instance ran once");
+    assert_eq!(journal.len(), 12);
+    // The adopter took over the first run's list and removed both folders on success: `status`
+    // lists no job.
+    let status = project.umdflow(&["status", "p.yaml", "--all"]);
+    let shown = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        shown.contains(&format!("0 Slurm jobs of {name} queued")),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_second_driver_started_a_moment_later_waits_and_computes_nothing_twice() {
+    if !cluster("staggered") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-staggered");
+    project.write("p.yaml", &fan(&name, 4));
+    let first = spawn_run(&project, &[("SLEEP", "1")]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = spawn_run(&project, &[("SLEEP", "1")]);
+    let mut runs = [finished_run(first), finished_run(second)];
+    runs.sort_by_key(|(run, _)| run["cached"].as_u64());
+    let [(ran, _), (waited, waited_err)] = runs;
+    assert_eq!(ran["executed"], 8, "{ran}");
+    assert_eq!(waited["cached"], 8, "{waited}");
+    assert!(
+        waited_err.contains("waiting for the other Slurm driver"),
+        "{waited_err}"
+    );
+    assert_eq!(tasks_named(&format!("{name}/")).len(), 8, "no job twice");
+    let mut journal = project.journal();
+    journal.sort();
+    journal.dedup();
+    assert_eq!(journal.len(), 8);
+    assert_eq!(project.journal().len(), 8, "every instance ran once");
+}
+
+#[test]
+fn without_keep_going_a_failing_task_cancels_the_array_s_pending_tasks_and_reports_them_skipped() {
+    if !cluster("array_stop") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-array-stop");
+    // 12 tasks on the cluster's 8 CPUs: at least 4 still pend when seed 0 fails.
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: {name}
+seeds: 12
+stages:
+  work:
+    kind: cmd
+    run: 'if [ "$UMDFLOW_INSTANCE" = "work[seed=0]" ]; then exit 3; fi; sleep 3; {RECORD}'
+    params: {{seed: "${{seed}}"}}
+{FAST_POLL}"#
+        ),
+    );
+    let run = project.json(
+        &["run", "p.yaml", "--executor", "slurm", "--no-lock-file"],
+        1,
+    );
+    assert_eq!(with_status(&run, "failed"), ["work[seed=0]"], "{run}");
+    let skipped = with_status(&run, "skipped");
+    assert!(!skipped.is_empty(), "pending tasks were cancelled: {run}");
+    assert_eq!(
+        run["executed"].as_u64().unwrap() + skipped.len() as u64,
+        11,
+        "running tasks finish, pending ones are cancelled: {run}"
+    );
+    for stage in run["stages"].as_array().unwrap() {
+        if stage["status"] == "skipped" {
+            assert!(
+                stage["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("work[seed=0] failed (use --keep-going"),
+                "{stage}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_array_cancelled_from_outside_reports_its_pending_tasks_as_skipped() {
+    if !cluster("array_cancel") {
+        return;
+    }
+    let project = Project::new();
+    let name = unique("slurm-array-cancel");
+    // 12 tasks on the cluster's 8 CPUs: some still pend when `umdflow cancel` runs, and Slurm
+    // forgets a pending task at once when it is cancelled.
+    project.write(
+        "p.yaml",
+        &format!(
+            r#"name: {name}
+seeds: 12
+stages:
+  work:
+    kind: cmd
+    run: 'touch started; sleep 30 && echo "$UMDFLOW_INSTANCE" > "$UMDFLOW_OUT/id.txt"'
+    params: {{seed: "${{seed}}"}}
+{FAST_POLL}"#
+        ),
+    );
+    let mut child = spawn_run(&project, &[]);
+    wait_started(&project, &mut child);
+    let cancel = project.umdflow(&["cancel", "p.yaml"]);
+    assert!(
+        String::from_utf8_lossy(&cancel.stdout).contains("cancelled 12 Slurm jobs"),
+        "{}",
+        String::from_utf8_lossy(&cancel.stdout)
+    );
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(run["executed"], 0, "{run}");
+    let skipped = with_status(&run, "skipped");
+    assert!(skipped.len() >= 4, "the pending tasks: {run}");
+    for stage in run["stages"].as_array().unwrap() {
+        let reason = stage["reason"].as_str().unwrap();
+        assert!(
+            !reason.contains("left the queue"),
+            "a cancelled task is not a lost one: {stage}"
+        );
+    }
+    assert_eq!(active_jobs(&format!("{name}/")), 0);
 }
 
 #[test]

@@ -2,26 +2,28 @@
 //! `afterok` jobs, then watch the queue (one `squeue` per poll) until every job has ended, and
 //! turn what the jobs left in the cache into the same outcomes a local run returns.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use umdflow_cache::Cache;
 
 use super::SlurmOptions;
+use super::adopt::{self, DriverLock};
+use super::array;
 use super::queue::{self, JobState};
 use super::resubmit::{Graph, Resubmits};
-use super::runs::RunFolder;
-use super::sbatch::{self, Submission};
+use super::runs::{self, RecordedJob, RunFolder};
+use super::submit::Submitter;
 use super::worker::{Done, Report};
 use crate::commands::Loaded;
 use crate::progress::Progress;
 use crate::resolve::{Resolution, resolve_all, usable};
 use crate::scheduler::{Outcome, RunOptions, Status, skip_descendants, tail};
 
-/// A submitted instance.
+/// A submitted (or adopted) instance.
 #[derive(Clone)]
 pub(super) struct Job {
     pub(super) id: String,
@@ -29,8 +31,16 @@ pub(super) struct Job {
     pub(super) log: PathBuf,
     /// The worker's report.
     pub(super) report: PathBuf,
-    /// What it was submitted with (`resubmit.rs` submits it again).
-    pub(super) args: Vec<String>,
+}
+
+impl From<RecordedJob> for Job {
+    fn from(job: RecordedJob) -> Job {
+        Job {
+            id: job.job,
+            log: job.log,
+            report: job.report,
+        }
+    }
 }
 
 /// `squeue` failures in a row after which the driver gives up (the jobs keep running).
@@ -52,31 +62,201 @@ pub fn run(
 ) -> Result<Vec<Outcome>> {
     let expanded = &loaded.expanded;
     let count = expanded.instances.len();
-    let resolutions = resolve_all(expanded, cache, &loaded.deps, forced)?;
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; count];
-    let mut reasons: Vec<String> = vec![String::new(); count];
-    for (index, resolution) in resolutions.into_iter().enumerate() {
-        match resolution {
-            Resolution::Cached(record) => {
-                outcomes[index] = Some(Outcome::cached(*record, "cached", 0.0));
-                progress.advance("");
-            }
-            Resolution::Run { reason, .. } => reasons[index] = reason,
-        }
+    let (mut outcomes, mut reasons) = plan(loaded, cache, forced)?;
+    if outcomes.iter().all(Option::is_some) {
+        advance(progress, count);
+        return Ok(outcomes.into_iter().flatten().collect());
     }
+    // One driver per pipeline and cache: a second one waits, then plans against what the first
+    // committed.
+    let waiting = "not started: interrupted (Ctrl-C) while waiting for another driver";
+    let Some((_lock, waited)) = DriverLock::take(cache.root(), &expanded.name, progress, cancel)?
+    else {
+        return Ok(unfinished(outcomes, &vec![None; count], waiting));
+    };
+    if waited {
+        (outcomes, reasons) = plan(loaded, cache, forced)?;
+    }
+    advance(progress, outcomes.iter().filter(|o| o.is_some()).count());
     if outcomes.iter().all(Option::is_some) {
         return Ok(outcomes.into_iter().flatten().collect());
     }
+    let me = adopt::this_driver(loaded, slurm.poll)?;
+    let needed = |index: usize| outcomes[index].is_none();
+    let Some(adoption) = adopt::adopt(cache.root(), expanded, &me, &needed, progress, cancel)?
+    else {
+        return Ok(unfinished(outcomes, &vec![None; count], waiting));
+    };
 
-    let mut folder = RunFolder::create(cache.root(), &expanded.name)?;
-    let worker_base = worker_command(loaded, cache, slurm)?;
-    let workdir = std::env::current_dir().context("reading the current folder")?;
-
-    // Instances are created after their inputs: one pass in index order submits inputs first.
+    let mut folder = RunFolder::create(cache.root(), &expanded.name, &me)?;
     let mut jobs: BTreeMap<usize, Job> = BTreeMap::new();
+    if !adoption.jobs.is_empty() {
+        let taken: Vec<RecordedJob> = adoption.jobs.values().cloned().collect();
+        folder.record(&taken)?;
+    }
+    for dir in &adoption.folders {
+        if let Err(err) = runs::hand_over(dir) {
+            tracing::warn!("{err:#}: `umdflow status` may list its jobs twice");
+        }
+    }
+    let adopted = adoption.jobs.len();
+    for (index, job) in adoption.jobs {
+        tracing::debug!(instance = %job.instance, job = %job.job, "adopted");
+        jobs.insert(index, Job::from(job));
+    }
+
+    let mut submitter = Submitter::new(loaded, cache.root(), slurm, forced)?;
+    let started = Instant::now();
     let mut not_submitted: Vec<Option<String>> = vec![None; count];
-    for index in 0..count {
-        if outcomes[index].is_some() {
+    let mut submitted: Vec<String> = Vec::new();
+    let submission = submit(
+        loaded,
+        &mut submitter,
+        &mut folder,
+        &outcomes,
+        &mut jobs,
+        &mut submitted,
+        &mut not_submitted,
+        cancel,
+    );
+    if let Err(err) = submission {
+        let ids: Vec<&str> = submitted.iter().map(String::as_str).collect();
+        if let Err(cancel_err) = queue::cancel(&ids) {
+            tracing::warn!("could not cancel the jobs submitted so far: {cancel_err:#}");
+        }
+        return Err(err.context(format!(
+            "cancelled the {} jobs this run submitted before it",
+            ids.len()
+        )));
+    }
+    let adopted_note = if adopted > 0 {
+        format!("; watching {adopted} jobs adopted from a driver that is gone")
+    } else {
+        String::new()
+    };
+    progress.note(&format!(
+        "submitted {} Slurm jobs in {:.2} s{adopted_note} (job logs in {})",
+        submitted.len(),
+        started.elapsed().as_secs_f64(),
+        folder.dir.display()
+    ));
+
+    let mut resubmits = Resubmits::new(slurm.max_resubmits, &submitter);
+    let stop_reason = watch(
+        loaded,
+        cache,
+        options,
+        slurm,
+        &mut folder,
+        progress,
+        cancel,
+        &mut jobs,
+        &mut outcomes,
+        &mut reasons,
+        &mut resubmits,
+    )?;
+    if resubmits.total > 0 {
+        progress.note(&format!(
+            "resubmitted {} Slurm jobs cut short by the cluster (time limit, preemption, node failure)",
+            resubmits.total
+        ));
+    }
+    let all_succeeded = outcomes.iter().all(|o| {
+        o.as_ref()
+            .is_some_and(|o| matches!(o.status, Status::Executed | Status::Cached))
+    });
+    if all_succeeded {
+        // Nothing to look at: the outputs are in the cache, the logs in the records.
+        for dir in std::iter::once(&folder.dir).chain(&adoption.folders) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let stop_reason = stop_reason.unwrap_or_else(|| "not started".into());
+    Ok(unfinished(outcomes, &not_submitted, &stop_reason))
+}
+
+fn advance(progress: &Progress, cached: usize) {
+    for _ in 0..cached {
+        progress.advance("");
+    }
+}
+
+/// What is cached (`Some`), and why each other instance must run.
+fn plan(
+    loaded: &Loaded,
+    cache: &Cache,
+    forced: &dyn Fn(usize) -> bool,
+) -> Result<(Vec<Option<Outcome>>, Vec<String>)> {
+    let resolutions = resolve_all(&loaded.expanded, cache, &loaded.deps, forced)?;
+    let mut outcomes = Vec::with_capacity(resolutions.len());
+    let mut reasons = Vec::with_capacity(resolutions.len());
+    for resolution in resolutions {
+        match resolution {
+            Resolution::Cached(record) => {
+                outcomes.push(Some(Outcome::cached(*record, "cached", 0.0)));
+                reasons.push(String::new());
+            }
+            Resolution::Run { reason, .. } => {
+                outcomes.push(None);
+                reasons.push(reason);
+            }
+        }
+    }
+    Ok((outcomes, reasons))
+}
+
+/// Submits every instance that is neither cached nor adopted: the ready ones (all inputs cached)
+/// first, many of one stage in one array, then the others in instance order (inputs before their
+/// dependents), each `afterok` on its inputs' jobs.
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    loaded: &Loaded,
+    submitter: &mut Submitter,
+    folder: &mut RunFolder,
+    outcomes: &[Option<Outcome>],
+    jobs: &mut BTreeMap<usize, Job>,
+    submitted: &mut Vec<String>,
+    not_submitted: &mut [Option<String>],
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let expanded = &loaded.expanded;
+    let ready: Vec<usize> = (0..expanded.instances.len())
+        .filter(|&index| outcomes[index].is_none() && !jobs.contains_key(&index))
+        .filter(|&index| {
+            expanded.instances[index]
+                .inputs
+                .iter()
+                .all(|&input| outcomes[input].is_some())
+        })
+        .collect();
+    let groups: Vec<(usize, (usize, bool))> = ready
+        .iter()
+        .map(|&index| (index, submitter.group_of(index)))
+        .collect();
+    let shared = groups.len() > 1 && {
+        let mut keys: Vec<_> = groups.iter().map(|(_, key)| *key).collect();
+        keys.sort_unstable();
+        keys.windows(2).any(|pair| pair[0] == pair[1])
+    };
+    // Only worth a question to the controller when two instances could share an array.
+    let max = if shared { queue::max_array_size() } else { 1 };
+    for batch in array::batches(groups, max) {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if let [index] = batch[..] {
+            let job = submitter.single(folder, index, &[])?;
+            submitted.push(job.job.clone());
+            jobs.insert(index, Job::from(job));
+        } else {
+            for (&index, job) in batch.iter().zip(submitter.array(folder, &batch)?) {
+                submitted.push(job.job.clone());
+                jobs.insert(index, Job::from(job));
+            }
+        }
+    }
+    for index in 0..expanded.instances.len() {
+        if outcomes[index].is_some() || jobs.contains_key(&index) {
             continue;
         }
         if cancel.load(Ordering::Relaxed) {
@@ -99,101 +279,28 @@ pub fn run(
             .iter()
             .filter_map(|i| jobs.get(i).map(|job| job.id.clone()))
             .collect();
-        let log = folder.log(&instance.id);
-        let report = folder.report(&instance.id);
-        let mut command = worker_base.clone();
-        command.extend(["--instance".into(), instance.id.clone()]);
-        command.extend(["--report".into(), utf8(&report)?]);
-        if forced(index) {
-            command.push("--force".into());
-        }
-        let resources = &slurm.resources[instance.stage];
-        // As locally: the stage's `resources.threads`, else `--threads-per-stage`; without
-        // either, the worker takes Slurm's $SLURM_CPUS_PER_TASK, else 1.
-        if let Some(threads) = resources.threads.map(|t| t as usize).or(slurm.threads) {
-            command.extend(["--threads".into(), threads.to_string()]);
-        }
-        let name = format!("{}/{}", expanded.name, instance.id);
-        let args = sbatch::arguments(
-            &slurm.executor,
-            &Submission {
-                name: &name,
-                log: &log,
-                workdir: &workdir,
-                after: &after,
-                command: &command,
-                resources,
-            },
-        );
-        match queue::submit(&args) {
-            Ok(id) => {
-                tracing::debug!(instance = %instance.id, job = %id, "submitted");
-                if let Err(err) = folder.record(&id, &instance.id) {
-                    tracing::warn!("{err:#}: `umdflow status` and `cancel` will not see job {id}");
-                }
-                jobs.insert(
-                    index,
-                    Job {
-                        id,
-                        log,
-                        report,
-                        args,
-                    },
-                );
+        match submitter.single(folder, index, &after) {
+            Ok(job) => {
+                submitted.push(job.job.clone());
+                jobs.insert(index, Job::from(job));
             }
             // An input's job ended badly before this one was submitted.
             Err(err) if err.to_string().contains("Job dependency problem") => {
                 not_submitted[index] = Some(format!("not submitted: {err:#}"));
             }
-            Err(err) => {
-                let ids: Vec<&str> = jobs.values().map(|job| job.id.as_str()).collect();
-                if let Err(cancel_err) = queue::cancel(&ids) {
-                    tracing::warn!("could not cancel the jobs submitted so far: {cancel_err:#}");
-                }
-                return Err(err.context(format!(
-                    "submitting the job of {} (cancelled the {} jobs submitted before it)",
-                    instance.id,
-                    ids.len()
-                )));
-            }
+            Err(err) => return Err(err.context(format!("submitting the job of {}", instance.id))),
         }
     }
-    progress.note(&format!(
-        "submitted {} Slurm jobs (job logs in {})",
-        jobs.len(),
-        folder.dir.display()
-    ));
+    Ok(())
+}
 
-    let mut resubmits = Resubmits::new(slurm.max_resubmits, Some(&mut folder));
-    let stop_reason = watch(
-        loaded,
-        cache,
-        options,
-        slurm,
-        progress,
-        cancel,
-        &mut jobs,
-        &mut outcomes,
-        &mut reasons,
-        &mut resubmits,
-    )?;
-    if resubmits.total > 0 {
-        progress.note(&format!(
-            "resubmitted {} Slurm jobs cut short by the cluster (time limit, preemption, node failure)",
-            resubmits.total
-        ));
-    }
-    drop(resubmits);
-    let all_succeeded = outcomes.iter().all(|o| {
-        o.as_ref()
-            .is_some_and(|o| matches!(o.status, Status::Executed | Status::Cached))
-    });
-    if all_succeeded {
-        // Nothing to look at: the outputs are in the cache, the logs in the records.
-        let _ = std::fs::remove_dir_all(&folder.dir);
-    }
-    let stop_reason = stop_reason.unwrap_or_else(|| "not started".into());
-    Ok(outcomes
+/// The outcomes, with every instance that has none skipped for its reason.
+fn unfinished(
+    outcomes: Vec<Option<Outcome>>,
+    not_submitted: &[Option<String>],
+    stop_reason: &str,
+) -> Vec<Outcome> {
+    outcomes
         .into_iter()
         .enumerate()
         .map(|(index, outcome)| {
@@ -202,13 +309,13 @@ pub fn run(
                 key: None,
                 reason: not_submitted[index]
                     .clone()
-                    .unwrap_or_else(|| stop_reason.clone()),
+                    .unwrap_or_else(|| stop_reason.to_string()),
                 seconds: 0.0,
                 record: None,
                 log_tail: None,
             })
         })
-        .collect())
+        .collect()
 }
 
 /// Polls the queue until every job has ended; returns why the run stopped early, if it did.
@@ -218,6 +325,7 @@ fn watch(
     cache: &Cache,
     options: &RunOptions,
     slurm: &SlurmOptions,
+    folder: &mut RunFolder,
     progress: &Progress,
     cancel: &AtomicBool,
     jobs: &mut BTreeMap<usize, Job>,
@@ -236,12 +344,16 @@ fn watch(
     let mut cancelled_at: Option<Instant> = None;
     let (mut ran, mut failed_count) = (0usize, 0usize);
     let mut query_errors = 0;
+    // Jobs this run cancelled: an array task cancelled while pending leaves no trace in squeue.
+    let mut cancelled: HashSet<String> = HashSet::new();
     while !jobs.is_empty() {
+        folder.heartbeat();
         if cancel.load(Ordering::Relaxed) && cancelled_at.is_none() {
             stopping = Some("not started: interrupted (Ctrl-C); its job was cancelled".into());
             let ids: Vec<&str> = jobs.values().map(|job| job.id.as_str()).collect();
             progress.note(&format!("cancelling {} Slurm jobs", ids.len()));
             queue::cancel(&ids)?;
+            cancelled.extend(ids.iter().map(|id| id.to_string()));
             cancelled_at = Some(Instant::now());
         }
         if cancelled_at.is_some_and(|at| at.elapsed() > CANCEL_WAIT) {
@@ -274,7 +386,8 @@ fn watch(
             match states.get(&job.id) {
                 Some(state) if state.never_starts() => to_cancel.push(job.id.clone()),
                 Some(state) if state.is_active() => {}
-                state => finished.push((index, job.id.clone(), state.cloned())),
+                Some(state) => finished.push((index, job.id.clone(), Some(state.clone()))),
+                None => finished.push((index, job.id.clone(), vanished(&cancelled, &job.id))),
             }
         }
         // In index order: an input's failure is seen before its dependents' cancellation.
@@ -295,6 +408,7 @@ fn watch(
                 dependents: &dependents,
                 expanded,
                 reasons,
+                folder,
             };
             if stopping.is_none()
                 && resubmits.handle(index, &job, state.as_ref(), &mut graph, progress)
@@ -342,12 +456,30 @@ fn watch(
         if !to_cancel.is_empty() {
             let ids: Vec<&str> = to_cancel.iter().map(String::as_str).collect();
             queue::cancel(&ids)?;
+            cancelled.extend(to_cancel);
         }
         if !jobs.is_empty() {
             sleep_unless_cancelled(slurm.poll, cancel, cancelled_at.is_some());
         }
     }
     Ok(stopping)
+}
+
+/// The state of a job squeue no longer lists. Other jobs stay listed for `MinJobAge` after they
+/// end, but Slurm forgets an array task cancelled while pending at once (22.05.8), whether this
+/// run, `umdflow cancel` or `scancel` cancelled it.
+fn vanished(cancelled: &HashSet<String>, id: &str) -> Option<JobState> {
+    let reason = if cancelled.contains(id) {
+        "cancelled by this run"
+    } else if id.contains('_') {
+        "an array task no longer listed: cancelled while it was pending"
+    } else {
+        return None;
+    };
+    Some(JobState {
+        state: "CANCELLED".into(),
+        reason: reason.into(),
+    })
 }
 
 /// What a job that left the queue (or ended) did, from its worker's report and the cache.
@@ -427,35 +559,6 @@ fn finish(
             "{ended}; its worker reported committing {id}, but the cache has no record of it \
              (do the compute nodes see the same cache folder?)"
         )),
-    }
-}
-
-/// `umdflow worker FILE --cache DIR [--set ...] ...`: what every job runs, less the instance.
-fn worker_command(loaded: &Loaded, cache: &Cache, slurm: &SlurmOptions) -> Result<Vec<String>> {
-    let file = std::fs::canonicalize(&loaded.source.file)
-        .with_context(|| format!("locating {}", loaded.source.file.display()))?;
-    let mut command = vec![
-        utf8(&slurm.program)?,
-        "worker".into(),
-        utf8(&file)?,
-        "--cache".into(),
-        utf8(cache.root())?,
-        "--max-points".into(),
-        usize::MAX.to_string(),
-    ];
-    for set in &loaded.sets {
-        command.extend(["--set".into(), set.clone()]);
-    }
-    Ok(command)
-}
-
-fn utf8(path: &Path) -> Result<String> {
-    match path.to_str() {
-        Some(text) => Ok(text.to_string()),
-        None => bail!(
-            "{} is not UTF-8; Slurm job scripts need UTF-8 paths",
-            path.display()
-        ),
     }
 }
 

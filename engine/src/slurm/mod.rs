@@ -1,18 +1,23 @@
 //! The Slurm executor: `umdflow run FILE --executor slurm`.
 //!
-//! The driver (`driver.rs`) plans like a local run, then submits one `sbatch` job per instance
-//! that is not cached, each `afterok` on the jobs of its inputs, so that Slurm schedules the whole
-//! graph. Each job runs `umdflow worker` (`worker.rs`), which resolves its one instance exactly as
-//! a local run would and executes it through the scheduler's own path (lease, staging, commit).
-//! The driver then looks at the queue with one `squeue` per poll (`queue.rs`) and reads each
-//! finished job's result from the cache. `sbatch.rs` builds the submission's arguments; `runs.rs`
-//! keeps each run's job list, which `umdflow status` and `umdflow cancel` read.
+//! The driver (`driver.rs`) plans like a local run, takes the pipeline's driver lock and adopts
+//! the jobs of an earlier driver that is gone (`adopt.rs`), then submits the instances that are
+//! not cached (`submit.rs`): the ready ones of one stage as one job array (`array.rs`), the others
+//! one job each, `afterok` on the jobs of their inputs, so that Slurm schedules the whole graph.
+//! Each job runs `umdflow worker` (`worker.rs`), which resolves its one instance exactly as a local
+//! run would and executes it through the scheduler's own path (lease, staging, commit). The driver
+//! then looks at the queue with one `squeue` per poll (`queue.rs`) and reads each finished job's
+//! result from the cache. `sbatch.rs` builds the submission's arguments; `runs.rs` keeps each
+//! run's job list, which `umdflow status` and `umdflow cancel` read.
 
+mod adopt;
+mod array;
 mod driver;
 mod queue;
 mod resubmit;
 pub mod runs;
 mod sbatch;
+mod submit;
 pub mod worker;
 
 use std::path::PathBuf;

@@ -6,6 +6,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use super::array;
+
 /// `squeue`'s output format: job id, state, reason, separated by `|` (never in any of them).
 const FORMAT: &str = "%i|%T|%r";
 
@@ -50,25 +52,28 @@ impl JobState {
     }
 }
 
-/// Parses `squeue -h -o '%i|%T|%r'` output: job id -> state. Lines of another shape are skipped.
+/// Parses `squeue -h -o '%i|%T|%r'` output: job id -> state, with a pending array range
+/// (`123_[5-499]`) as one entry per task. Lines of another shape are skipped.
 pub fn parse_squeue(text: &str) -> HashMap<String, JobState> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.trim().splitn(3, '|');
-            let id = fields.next()?.trim();
-            let state = fields.next()?.trim();
-            let reason = fields.next().unwrap_or("").trim();
-            (!id.is_empty() && !state.is_empty()).then(|| {
-                (
-                    id.to_string(),
-                    JobState {
-                        state: state.to_string(),
-                        reason: reason.to_string(),
-                    },
-                )
-            })
-        })
-        .collect()
+    let mut jobs = HashMap::new();
+    for line in text.lines() {
+        let mut fields = line.trim().splitn(3, '|');
+        let (Some(id), Some(state)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let (id, state) = (id.trim(), state.trim());
+        if id.is_empty() || state.is_empty() {
+            continue;
+        }
+        let state = JobState {
+            state: state.to_string(),
+            reason: fields.next().unwrap_or("").trim().to_string(),
+        };
+        for task in array::expand_id(id) {
+            jobs.insert(task, state.clone());
+        }
+    }
+    jobs
 }
 
 /// Runs a Slurm command; its stdout, or an error with its stderr.
@@ -97,16 +102,20 @@ pub fn submit(args: &[String]) -> Result<String> {
     super::sbatch::parse_job_id(&stdout).map_err(anyhow::Error::msg)
 }
 
-/// The state of every listed job that Slurm still knows, in one `squeue`. A job missing from
-/// the answer has left the controller's memory (it finished long enough ago).
+/// The state of every listed job that Slurm still knows, in one `squeue` (array tasks are asked
+/// for through their array). A job missing from the answer has left the controller's memory (it
+/// finished long enough ago, or it was an array task cancelled while pending).
 pub fn query(ids: &[&str]) -> Result<HashMap<String, JobState>> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
+    let mut asked: Vec<&str> = ids.iter().map(|id| array::queried_id(id)).collect();
+    asked.sort_unstable();
+    asked.dedup();
     let args = [
         "--noheader".to_string(),
         "--states=all".to_string(),
-        format!("--jobs={}", ids.join(",")),
+        format!("--jobs={}", asked.join(",")),
         format!("--format={FORMAT}"),
     ];
     match slurm("squeue", &args) {
@@ -114,6 +123,22 @@ pub fn query(ids: &[&str]) -> Result<HashMap<String, JobState>> {
         // Every listed job is unknown (22.05 fails only when none is known; others are dropped).
         Err(err) if err.to_string().contains("Invalid job id specified") => Ok(HashMap::new()),
         Err(err) => Err(err),
+    }
+}
+
+/// How many tasks one array may have on this cluster (`MaxArraySize`; 0: no arrays). When
+/// `scontrol` cannot say, a size every cluster with the default accepts.
+pub fn max_array_size() -> usize {
+    let args = ["show".to_string(), "config".to_string()];
+    match slurm("scontrol", &args) {
+        Ok(config) => array::parse_max_array_size(&config).unwrap_or_else(|| {
+            tracing::warn!("`scontrol show config` names no MaxArraySize; assuming the default");
+            array::DEFAULT_MAX_ARRAY_SIZE
+        }),
+        Err(err) => {
+            tracing::warn!("{err:#}; assuming the default MaxArraySize");
+            array::DEFAULT_MAX_ARRAY_SIZE
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use anyhow::Result;
 use super::driver::Job;
 use super::queue::{self, JobState};
 use super::runs::RunFolder;
+use super::submit::Submitter;
 use super::worker::{Done, Report};
 use crate::expand::Expanded;
 use crate::progress::Progress;
@@ -33,6 +34,8 @@ pub(super) struct Graph<'a> {
     pub expanded: &'a Expanded,
     /// Why each instance runs; a resubmission is added, so the summary says so.
     pub reasons: &'a mut [String],
+    /// Where the run's jobs are recorded (`umdflow status`, `cancel`, a later run's adoption).
+    pub folder: &'a mut RunFolder,
 }
 
 pub(super) struct Resubmits<'a> {
@@ -42,18 +45,18 @@ pub(super) struct Resubmits<'a> {
     /// Jobs Slurm cancelled because an input's job ended badly, while that input's outcome is not
     /// decided yet (the driver no longer holds them).
     parked: BTreeMap<usize, Job>,
-    /// Where `umdflow status` and `cancel` look for the run's jobs.
-    folder: Option<&'a mut RunFolder>,
+    /// Submits a job again as the run submitted it first, less its dependencies.
+    submitter: &'a Submitter<'a>,
     pub total: u32,
 }
 
 impl<'a> Resubmits<'a> {
-    pub fn new(max: u32, folder: Option<&'a mut RunFolder>) -> Resubmits<'a> {
+    pub fn new(max: u32, submitter: &'a Submitter<'a>) -> Resubmits<'a> {
         Resubmits {
             max,
             counts: BTreeMap::new(),
             parked: BTreeMap::new(),
-            folder,
+            submitter,
             total: 0,
         }
     }
@@ -69,9 +72,8 @@ impl<'a> Resubmits<'a> {
         graph: &mut Graph<'_>,
         progress: &Progress,
     ) -> bool {
-        // `max_resubmits: 0` is today's behaviour: every end is final. A job submitted by another
-        // driver (adopted) has no recorded arguments to submit again.
-        if self.max == 0 || job.args.is_empty() {
+        // `max_resubmits: 0`: every end is final.
+        if self.max == 0 {
             return false;
         }
         let Some(state) = state else {
@@ -91,7 +93,7 @@ impl<'a> Resubmits<'a> {
             return false;
         }
         let id = &graph.expanded.instances[index].id;
-        let again = match self.resubmit(index, job, graph) {
+        let again = match self.resubmit(index, job, count + 1, graph) {
             Ok(again) => again,
             Err(err) => {
                 // Reported as the failure it is; a rerun submits it again and it still resumes.
@@ -121,7 +123,13 @@ impl<'a> Resubmits<'a> {
 
     /// Submits `index` again, then every undecided descendant whose job Slurm cancelled or will
     /// (they were `afterok` on the old job), each after the current jobs of its inputs.
-    fn resubmit(&mut self, index: usize, job: &Job, graph: &mut Graph<'_>) -> Result<String> {
+    fn resubmit(
+        &mut self,
+        index: usize,
+        job: &Job,
+        attempt: u32,
+        graph: &mut Graph<'_>,
+    ) -> Result<String> {
         let mut again = BTreeSet::from([index]);
         let mut stack = vec![index];
         while let Some(next) = stack.pop() {
@@ -160,98 +168,14 @@ impl<'a> Resubmits<'a> {
                 .iter()
                 .filter_map(|input| graph.jobs.get(input).map(|j| j.id.clone()))
                 .collect();
-            let args = with_dependency(&previous.args, &after);
             // The old attempt's report must not stand for the new one.
             let _ = std::fs::remove_file(&previous.report);
-            let new_id = queue::submit(&args)?;
-            let instance = &graph.expanded.instances[i].id;
-            if let Some(folder) = &mut self.folder
-                && let Err(err) = folder.record(&new_id, instance)
-            {
-                tracing::warn!("{err:#}: `umdflow status` and `cancel` will not see job {new_id}");
-            }
-            tracing::debug!(instance = %instance, job = %new_id, "resubmitted");
-            first.get_or_insert_with(|| new_id.clone());
-            graph.jobs.insert(
-                i,
-                Job {
-                    id: new_id,
-                    args,
-                    ..previous
-                },
-            );
+            // A plain job with its own log, also when the first attempt was an array's task.
+            let new_job = self.submitter.again(graph.folder, i, &after, attempt)?;
+            tracing::debug!(instance = %new_job.instance, job = %new_job.job, "resubmitted");
+            first.get_or_insert_with(|| new_job.job.clone());
+            graph.jobs.insert(i, Job::from(new_job));
         }
         Ok(first.unwrap_or_default())
-    }
-}
-
-/// `args` with its dependency replaced: `afterok` on `after` (with `--kill-on-invalid-dep=yes`),
-/// or none when every input is already done; and the job log appended to, so that it keeps the
-/// attempts before.
-fn with_dependency(args: &[String], after: &[String]) -> Vec<String> {
-    let replaced = ["--dependency=", "--kill-on-invalid-dep", "--open-mode"];
-    let mut out: Vec<String> = args
-        .iter()
-        .filter(|a| !replaced.iter().any(|r| a.starts_with(r)))
-        .cloned()
-        .collect();
-    // Where `sbatch::arguments` puts them: before the settings, the command last.
-    let mut at = out.len().saturating_sub(1).min(4);
-    if !after.is_empty() {
-        out.insert(at, format!("--dependency=afterok:{}", after.join(":")));
-        out.insert(at + 1, "--kill-on-invalid-dep=yes".into());
-        at += 2;
-    }
-    out.insert(at, "--open-mode=append".into());
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|a| a.to_string()).collect()
-    }
-
-    #[test]
-    fn a_resubmission_waits_on_the_new_jobs_of_its_inputs_only() {
-        let first = args(&[
-            "--parsable",
-            "--job-name=p/b",
-            "--output=/c/b.out",
-            "--chdir=/w",
-            "--dependency=afterok:11:12",
-            "--kill-on-invalid-dep=yes",
-            "--time=1",
-            "--wrap=exec umdflow worker",
-        ]);
-        assert_eq!(
-            with_dependency(&first, &["21".to_string()]),
-            args(&[
-                "--parsable",
-                "--job-name=p/b",
-                "--output=/c/b.out",
-                "--chdir=/w",
-                "--dependency=afterok:21",
-                "--kill-on-invalid-dep=yes",
-                "--open-mode=append",
-                "--time=1",
-                "--wrap=exec umdflow worker",
-            ])
-        );
-        let again = with_dependency(&with_dependency(&first, &[]), &[]);
-        assert_eq!(
-            again,
-            args(&[
-                "--parsable",
-                "--job-name=p/b",
-                "--output=/c/b.out",
-                "--chdir=/w",
-                "--open-mode=append",
-                "--time=1",
-                "--wrap=exec umdflow worker",
-            ])
-        );
     }
 }

@@ -33,12 +33,15 @@ impl JobResources {
     }
 }
 
-/// One instance's job.
+/// One instance's job, or one array of jobs.
 pub struct Submission<'a> {
     /// `--job-name`.
     pub name: &'a str,
-    /// Where Slurm writes the job's stdout and stderr.
+    /// Where Slurm writes the job's stdout and stderr (for an array, a pattern with `%a`, the
+    /// task index, so that each task has its own).
     pub log: &'a Path,
+    /// The number of tasks of an array job (`--array=0-(N-1)`), None for a plain job.
+    pub array: Option<usize>,
     /// The folder the job starts in.
     pub workdir: &'a Path,
     /// Job ids of the inputs submitted in this run: the job starts after they all succeed.
@@ -57,6 +60,9 @@ pub fn arguments(executor: &RawExecutor, submission: &Submission) -> Vec<String>
         format!("--output={}", submission.log.display()),
         format!("--chdir={}", submission.workdir.display()),
     ];
+    if let Some(tasks) = submission.array {
+        args.push(format!("--array=0-{}", tasks.saturating_sub(1)));
+    }
     if !submission.after.is_empty() {
         args.push(format!(
             "--dependency=afterok:{}",
@@ -128,6 +134,7 @@ mod tests {
         Submission {
             name: "p/train[seed=1]",
             log: Path::new("/c/slurm/r/train_seed_1_.out"),
+            array: None,
             workdir: Path::new("/work"),
             after,
             command,
@@ -213,6 +220,29 @@ mod tests {
         assert!(
             !args.iter().any(|a| a.starts_with("--partition")),
             "{args:?}"
+        );
+    }
+
+    #[test]
+    fn an_array_asks_for_its_tasks_and_a_log_per_task() {
+        let command = ["umdflow".to_string()];
+        let args = arguments(
+            &RawExecutor::default(),
+            &Submission {
+                log: Path::new("/c/slurm/r/array0_%a.out"),
+                array: Some(500),
+                ..submission(&[], &command)
+            },
+        );
+        assert_eq!(
+            args[..5],
+            [
+                "--parsable",
+                "--job-name=p/train[seed=1]",
+                "--output=/c/slurm/r/array0_%a.out",
+                "--chdir=/work",
+                "--array=0-499"
+            ]
         );
     }
 

@@ -2,7 +2,7 @@
 //! the scheduler's own path (lease, staging, commit), then exit. What each Slurm job runs. Its
 //! result goes to a small JSON report the driver reads; the stage's outputs go to the cache.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
@@ -62,6 +62,25 @@ impl Report {
         let bytes = std::fs::read(path).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
+}
+
+/// The instance a worker runs: `--instance`, or for an array task its line of `--instance-list`
+/// (`task` is `$SLURM_ARRAY_TASK_ID`).
+pub fn which_instance(
+    instance: Option<String>,
+    list: Option<&Path>,
+    task: Option<&str>,
+) -> Result<String> {
+    match (instance, list) {
+        (Some(id), _) => Ok(id),
+        (None, Some(list)) => super::array::instance_from_list(list, task),
+        (None, None) => bail!("`umdflow worker` needs --instance ID or --instance-list FILE"),
+    }
+}
+
+/// Where the worker's report goes: `--report`, or its instance's file in `--report-dir`.
+pub fn report_path(report: Option<PathBuf>, dir: Option<&Path>, instance: &str) -> Option<PathBuf> {
+    report.or_else(|| dir.map(|dir| super::runs::report_path(dir, instance)))
 }
 
 /// Runs the instance `id` of a loaded pipeline unless its key is already in the cache. Its inputs
