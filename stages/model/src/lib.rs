@@ -8,6 +8,7 @@
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod rng;
