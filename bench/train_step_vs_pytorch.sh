@@ -3,21 +3,22 @@
 # alternated in one run so that machine noise hits both; run from anywhere in the repository:
 #
 #   bench/train_step_vs_pytorch.sh [--rounds 3] [--steps 6] [--presets tiny,small] \
-#       [--threads 1,2] [--compile]
+#       [--threads 1,2] [--compile] [--before PATH]
 #
 # Ours: the `train_step` bench of umdflow-model (release build, `cargo bench --no-run`), one
 # process per (preset, threads) with `UMD_BENCH_THREADS` = `CANDLE_NUM_THREADS` = threads.
 # PyTorch: bench/train_step_vs_pytorch.py with $TORCH_PYTHON (default /work/venv-torch/bin/python;
 # torch is needed by this benchmark only, never by the tests or CI). Each round runs every
 # (preset, threads) cell once per framework, the framework that goes first alternating by round.
-# `--compile` adds a `torch.compile` arm (slow to compile). Both matrix-product ceilings (2048³,
-# best of 5) are measured at the start. Prints the per-cell ranges (min–max of the per-process
+# `--compile` adds a `torch.compile` arm (slow to compile). `--before PATH` adds an earlier build
+# of the bench executable as a third arm (`ours-before`), e.g. a copy made before a change.
+# Both matrix-product ceilings (2048³, best of 5) are measured at the start. Prints the per-cell ranges (min–max of the per-process
 # median step times) and the ratio of the medians; raw rows go to
 # bench/out/train_step_vs_pytorch.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3 steps=6 presets=tiny,small threads=1,2 compile=0
+rounds=3 steps=6 presets=tiny,small threads=1,2 compile=0 before=
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
@@ -25,7 +26,8 @@ while [ $# -gt 0 ]; do
         --presets) presets="$2"; shift 2 ;;
         --threads) threads="$2"; shift 2 ;;
         --compile) compile=1; shift ;;
-        *) echo "usage: $0 [--rounds N] [--steps N] [--presets tiny,small] [--threads 1,2] [--compile]" >&2
+        --before) before="$2"; shift 2 ;;
+        *) echo "usage: $0 [--rounds N] [--steps N] [--presets tiny,small] [--threads 1,2] [--compile] [--before PATH]" >&2
            exit 2 ;;
     esac
 done
@@ -58,9 +60,13 @@ for t in "${thread_list[@]}"; do
     echo "sgemm 2048³ ceiling, $t threads: candle $ours GFLOP/s, PyTorch $theirs GFLOP/s"
 done
 
-run_ours() { # preset threads
+if [ -n "$before" ] && [ ! -x "$before" ]; then
+    echo "error: --before $before is not an executable" >&2
+    exit 2
+fi
+run_ours() { # preset threads [executable]
     CANDLE_NUM_THREADS=$2 UMD_BENCH_THREADS=$2 UMD_BENCH_PRESETS=$1 UMD_BENCH_STEPS=$steps \
-        UMD_BENCH_CEILING=0 "$bench" | awk -F'|' -v p="$1" '$2 ~ " "p" " {gsub(/ /, "", $4); print $4}'
+        UMD_BENCH_CEILING=0 "${3:-$bench}" | awk -F'|' -v p="$1" '$2 ~ " "p" " {gsub(/ /, "", $4); print $4}'
 }
 run_torch() { # preset threads [--compile]
     "$python" bench/train_step_vs_pytorch.py --preset "$1" --threads "$2" --steps "$steps" ${3:-} |
@@ -85,6 +91,9 @@ for round in $(seq 1 "$rounds"); do
                 record "$round" "$preset" "$t" pytorch "$(run_torch "$preset" "$t")"
                 record "$round" "$preset" "$t" ours "$(run_ours "$preset" "$t")"
             fi
+            if [ -n "$before" ]; then
+                record "$round" "$preset" "$t" ours-before "$(run_ours "$preset" "$t" "$before")"
+            fi
             if [ "$compile" = 1 ] && [ "$round" = 1 ]; then
                 record "$round" "$preset" "$t" torch.compile "$(run_torch "$preset" "$t" --compile)"
             fi
@@ -101,11 +110,12 @@ for r in rows:
     cells.setdefault((r["preset"], int(r["threads"])), {}).setdefault(r["framework"], []).append(float(r["ms_per_step"]))
 def span(v):
     return f"{min(v):.0f}–{max(v):.0f}" if len(v) > 1 else f"{v[0]:.0f}"
-print("\n| preset | threads | ours (ms/step) | PyTorch eager | ours / PyTorch (medians) | torch.compile |")
-print("|---|---:|---:|---:|---:|---:|")
+print("\n| preset | threads | ours before (ms/step) | ours | PyTorch eager | ours / PyTorch (medians) | torch.compile |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for (preset, t), f in sorted(cells.items(), key=lambda kv: (kv[0][0] != "tiny", kv[0][1])):
     ours, torch_ = f.get("ours", []), f.get("pytorch", [])
     ratio = statistics.median(ours) / statistics.median(torch_) if ours and torch_ else float("nan")
     comp = span(f["torch.compile"]) if "torch.compile" in f else "–"
-    print(f"| {preset} | {t} | {span(ours)} | {span(torch_)} | {ratio:.2f}× | {comp} |")
+    earlier = span(f["ours-before"]) if "ours-before" in f else "–"
+    print(f"| {preset} | {t} | {earlier} | {span(ours)} | {span(torch_)} | {ratio:.2f}× | {comp} |")
 EOF

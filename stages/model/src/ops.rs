@@ -20,6 +20,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let rows = x.elem_count() / in_dim.max(1);
     let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
     let y = match bias {
+        Some(b) if kernels::applies(&y) && b.dtype() == y.dtype() => {
+            kernels::bias::add_bias(&y, b)?
+        }
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };

@@ -14,6 +14,7 @@
 //!   inside a pool of `threads`), never on candle's process-wide spinning pool.
 
 pub mod activation;
+pub mod bias;
 pub mod layer_norm;
 pub mod softmax;
 #[cfg(test)]

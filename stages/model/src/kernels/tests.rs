@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::activation::{Kind, activation};
+use super::bias::add_bias;
 use super::layer_norm::layer_norm;
 use super::softmax::scaled_softmax;
 use crate::ops::composite;
@@ -80,6 +81,14 @@ fn quick_gelu(x: &Tensor, _: &Tensor, _: &Tensor, fused: bool) -> Tensor {
     }
 }
 
+fn bias(x: &Tensor, b: &Tensor, _: &Tensor, fused: bool) -> Tensor {
+    if fused {
+        add_bias(x, b).unwrap()
+    } else {
+        x.broadcast_add(b).unwrap()
+    }
+}
+
 /// (name, op, x shape, p1 shape, p2 shape). Widths that are not multiples of 8 exercise the
 /// kernels' tails.
 fn cases(big: bool) -> Vec<(&'static str, Op, Vec<usize>, Vec<usize>, Vec<usize>)> {
@@ -95,6 +104,7 @@ fn cases(big: bool) -> Vec<(&'static str, Op, Vec<usize>, Vec<usize>, Vec<usize>
         ("softmax", attn_softmax, vec![b, h, s, s], vec![b, 1, 1, s], vec![1]),
         ("gelu", gelu, vec![rows, width], vec![1], vec![1]),
         ("quick_gelu", quick_gelu, vec![rows, width], vec![1], vec![1]),
+        ("add_bias", bias, vec![rows, width], vec![width], vec![1]),
     ]
 }
 
