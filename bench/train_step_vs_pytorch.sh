@@ -3,7 +3,7 @@
 # alternated in one run so that machine noise hits both; run from anywhere in the repository:
 #
 #   bench/train_step_vs_pytorch.sh [--rounds 3] [--steps 6] [--presets tiny,small] \
-#       [--threads 1,2] [--compile] [--before PATH]
+#       [--threads 1,2] [--compile] [--before PATH] [--elementwise-1]
 #
 # Ours: the `train_step` bench of umdflow-model (release build, `cargo bench --no-run`), one
 # process per (preset, threads) with `UMD_BENCH_THREADS` = `CANDLE_NUM_THREADS` = threads.
@@ -12,13 +12,16 @@
 # (preset, threads) cell once per framework, the framework that goes first alternating by round.
 # `--compile` adds a `torch.compile` arm (slow to compile). `--before PATH` adds an earlier build
 # of the bench executable as a third arm (`ours-before`), e.g. a copy made before a change.
+# `--elementwise-1` adds, at more than one thread, the arm `ours-elementwise-1`: ours with
+# `CANDLE_NUM_THREADS=1`, which keeps candle's own element-wise ops (those not fused) off candle's
+# spinning pool; matrix products and the fused kernels still use the thread count.
 # Both matrix-product ceilings (2048³, best of 5) are measured at the start. Prints the per-cell ranges (min–max of the per-process
 # median step times) and the ratio of the medians; raw rows go to
 # bench/out/train_step_vs_pytorch.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3 steps=6 presets=tiny,small threads=1,2 compile=0 before=
+rounds=3 steps=6 presets=tiny,small threads=1,2 compile=0 before= elementwise1=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
@@ -27,7 +30,8 @@ while [ $# -gt 0 ]; do
         --threads) threads="$2"; shift 2 ;;
         --compile) compile=1; shift ;;
         --before) before="$2"; shift 2 ;;
-        *) echo "usage: $0 [--rounds N] [--steps N] [--presets tiny,small] [--threads 1,2] [--compile] [--before PATH]" >&2
+        --elementwise-1) elementwise1=1; shift ;;
+        *) echo "usage: $0 [--rounds N] [--steps N] [--presets tiny,small] [--threads 1,2] [--compile] [--before PATH] [--elementwise-1]" >&2
            exit 2 ;;
     esac
 done
@@ -64,8 +68,8 @@ if [ -n "$before" ] && [ ! -x "$before" ]; then
     echo "error: --before $before is not an executable" >&2
     exit 2
 fi
-run_ours() { # preset threads [executable]
-    CANDLE_NUM_THREADS=$2 UMD_BENCH_THREADS=$2 UMD_BENCH_PRESETS=$1 UMD_BENCH_STEPS=$steps \
+run_ours() { # preset threads [executable] [CANDLE_NUM_THREADS]
+    CANDLE_NUM_THREADS=${4:-$2} UMD_BENCH_THREADS=$2 UMD_BENCH_PRESETS=$1 UMD_BENCH_STEPS=$steps \
         UMD_BENCH_CEILING=0 "${3:-$bench}" | awk -F'|' -v p="$1" '$2 ~ " "p" " {gsub(/ /, "", $4); print $4}'
 }
 run_torch() { # preset threads [--compile]
@@ -94,6 +98,9 @@ for round in $(seq 1 "$rounds"); do
             if [ -n "$before" ]; then
                 record "$round" "$preset" "$t" ours-before "$(run_ours "$preset" "$t" "$before")"
             fi
+            if [ "$elementwise1" = 1 ] && [ "$t" -gt 1 ]; then
+                record "$round" "$preset" "$t" ours-elementwise-1 "$(run_ours "$preset" "$t" "$bench" 1)"
+            fi
             if [ "$compile" = 1 ] && [ "$round" = 1 ]; then
                 record "$round" "$preset" "$t" torch.compile "$(run_torch "$preset" "$t" --compile)"
             fi
@@ -110,12 +117,13 @@ for r in rows:
     cells.setdefault((r["preset"], int(r["threads"])), {}).setdefault(r["framework"], []).append(float(r["ms_per_step"]))
 def span(v):
     return f"{min(v):.0f}–{max(v):.0f}" if len(v) > 1 else f"{v[0]:.0f}"
-print("\n| preset | threads | ours before (ms/step) | ours | PyTorch eager | ours / PyTorch (medians) | torch.compile |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("\n| preset | threads | ours before (ms/step) | ours | ours, CANDLE_NUM_THREADS=1 | PyTorch eager | ours / PyTorch (medians) | torch.compile |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for (preset, t), f in sorted(cells.items(), key=lambda kv: (kv[0][0] != "tiny", kv[0][1])):
     ours, torch_ = f.get("ours", []), f.get("pytorch", [])
     ratio = statistics.median(ours) / statistics.median(torch_) if ours and torch_ else float("nan")
     comp = span(f["torch.compile"]) if "torch.compile" in f else "–"
     earlier = span(f["ours-before"]) if "ours-before" in f else "–"
-    print(f"| {preset} | {t} | {earlier} | {span(ours)} | {span(torch_)} | {ratio:.2f}× | {comp} |")
+    e1 = span(f["ours-elementwise-1"]) if "ours-elementwise-1" in f else "–"
+    print(f"| {preset} | {t} | {earlier} | {span(ours)} | {e1} | {span(torch_)} | {ratio:.2f}× | {comp} |")
 EOF
