@@ -39,7 +39,9 @@ pub fn layer_norm(
     beta: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    let same = |t: Option<&Tensor>| t.is_none_or(|t| t.dtype() == x.dtype() && t.device().same_device(x.device()));
+    let same = |t: Option<&Tensor>| {
+        t.is_none_or(|t| t.dtype() == x.dtype() && t.device().same_device(x.device()))
+    };
     if !(kernels::applies(x) && same(gamma) && same(beta)) {
         return composite::layer_norm(x, gamma, beta, eps);
     }

@@ -6,7 +6,12 @@
 fn minor_faults() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     let after_name = &stat[stat.rfind(')').unwrap() + 1..];
-    after_name.split_whitespace().nth(7).unwrap().parse().unwrap()
+    after_name
+        .split_whitespace()
+        .nth(7)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Faults of ten steps that each allocate, fill and free two 8 MiB buffers (the shape of a

@@ -27,7 +27,9 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 fn value<T: Float>(kind: Kind, x: T) -> T {
     match kind {
-        Kind::Gelu => T::of(0.5) * x * (T::ONE + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf()),
+        Kind::Gelu => {
+            T::of(0.5) * x * (T::ONE + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf())
+        }
         Kind::QuickGelu => x * (T::ONE / ((-(T::of(QUICK) * x)).exp() + T::ONE)),
     }
 }
@@ -74,7 +76,8 @@ impl CustomOp1 for Activation {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let dx = x.apply_op2_no_bwd(&grad.contiguous()?, &ActivationBackward { kind: self.kind })?;
+        let dx =
+            x.apply_op2_no_bwd(&grad.contiguous()?, &ActivationBackward { kind: self.kind })?;
         Ok(Some(dx))
     }
 }

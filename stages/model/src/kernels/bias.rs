@@ -82,7 +82,7 @@ fn column_sum<T: Float>(x: &[T], width: usize) -> Vec<T> {
         let mut acc = vec![T::ZERO; width];
         for row in chunk.chunks_exact(width) {
             for (a, v) in acc.iter_mut().zip(row) {
-                *a = *a + *v;
+                *a += *v;
             }
         }
         acc
@@ -95,7 +95,7 @@ fn column_sum<T: Float>(x: &[T], width: usize) -> Vec<T> {
     let mut total = vec![T::ZERO; width];
     for p in partials {
         for (t, v) in total.iter_mut().zip(p) {
-            *t = *t + v;
+            *t += v;
         }
     }
     total

@@ -8,11 +8,8 @@ use super::{Float, contiguous, dispatch_float, dot, for_row_blocks, rows_per_blo
 /// `y = (x − mean) / sqrt(var + eps) · gamma + beta` per row (biased variance), `x` contiguous
 /// [..., D], `gamma` and `beta` [D].
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(
-        &gamma.contiguous()?,
-        &beta.contiguous()?,
-        LayerNorm { eps },
-    )
+    x.contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNorm { eps })
 }
 
 struct LayerNorm {
@@ -29,16 +26,16 @@ fn moments<T: Float>(row: &[T], eps: f64) -> (T, T) {
     for chunk in chunks {
         for (lane, v) in lanes.iter_mut().zip(chunk) {
             let d = *v - mean;
-            *lane = *lane + d * d;
+            *lane += d * d;
         }
     }
     let mut squares = T::ZERO;
     for lane in lanes {
-        squares = squares + lane;
+        squares += lane;
     }
     for v in tail {
         let d = *v - mean;
-        squares = squares + d * d;
+        squares += d * d;
     }
     let var = squares / n;
     (mean, T::ONE / (var + T::of(eps)).sqrt())
@@ -142,8 +139,8 @@ fn backward<T: Float>(x: &[T], gamma: &[T], grad: &[T], eps: f64) -> Vec<T> {
             for i in 0..width {
                 x_hat[i] = (row[i] - mean) * rstd;
                 g_hat[i] = g[i] * gamma[i];
-                pg[i] = pg[i] + g[i] * x_hat[i];
-                pb[i] = pb[i] + g[i];
+                pg[i] += g[i] * x_hat[i];
+                pb[i] += g[i];
             }
             let mean_g = sum(&g_hat) / n;
             let mean_gx = dot(&g_hat, &x_hat) / n;
@@ -164,7 +161,7 @@ fn backward<T: Float>(x: &[T], gamma: &[T], grad: &[T], eps: f64) -> Vec<T> {
     }
     for partial in partials.chunks_exact(2 * width) {
         for (p, v) in params.iter_mut().zip(partial) {
-            *p = *p + *v;
+            *p += *v;
         }
     }
     out

@@ -139,15 +139,15 @@ pub fn sum<T: Float>(values: &[T]) -> T {
     let tail = chunks.remainder();
     for chunk in chunks {
         for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane = *lane + *v;
+            *lane += *v;
         }
     }
     let mut total = T::ZERO;
     for lane in lanes {
-        total = total + lane;
+        total += lane;
     }
     for v in tail {
-        total = total + *v;
+        total += *v;
     }
     total
 }
@@ -159,15 +159,15 @@ pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
     let (ta, tb) = (ca.remainder(), cb.remainder());
     for (xa, xb) in ca.zip(cb) {
         for k in 0..8 {
-            lanes[k] = lanes[k] + xa[k] * xb[k];
+            lanes[k] += xa[k] * xb[k];
         }
     }
     let mut total = T::ZERO;
     for lane in lanes {
-        total = total + lane;
+        total += lane;
     }
     for (x, y) in ta.iter().zip(tb) {
-        total = total + *x * *y;
+        total += *x * *y;
     }
     total
 }

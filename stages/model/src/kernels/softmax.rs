@@ -58,11 +58,11 @@ fn forward<T: Float>(x: &[T], bias: &[T], width: usize, per_group: usize, scale:
             let mut total = T::ZERO;
             for y in y.iter_mut() {
                 *y = (*y - max).exp();
-                total = total + *y;
+                total += *y;
             }
             let inv = T::ONE / total;
             for y in y.iter_mut() {
-                *y = *y * inv;
+                *y *= inv;
             }
         }
     });

@@ -89,9 +89,11 @@ fn bias(x: &Tensor, b: &Tensor, _: &Tensor, fused: bool) -> Tensor {
     }
 }
 
+type Case = (&'static str, Op, Vec<usize>, Vec<usize>, Vec<usize>);
+
 /// (name, op, x shape, p1 shape, p2 shape). Widths that are not multiples of 8 exercise the
 /// kernels' tails.
-fn cases(big: bool) -> Vec<(&'static str, Op, Vec<usize>, Vec<usize>, Vec<usize>)> {
+fn cases(big: bool) -> Vec<Case> {
     // `big`: more than one 16K-element block, so the parallel path and the cross-block
     // reduction of the layer norm's parameter gradients run.
     let (rows, width, b, h, s) = if big {
@@ -100,10 +102,28 @@ fn cases(big: bool) -> Vec<(&'static str, Op, Vec<usize>, Vec<usize>, Vec<usize>
         (5, 11, 2, 2, 5)
     };
     vec![
-        ("layer_norm", ln, vec![rows, width], vec![width], vec![width]),
-        ("softmax", attn_softmax, vec![b, h, s, s], vec![b, 1, 1, s], vec![1]),
+        (
+            "layer_norm",
+            ln,
+            vec![rows, width],
+            vec![width],
+            vec![width],
+        ),
+        (
+            "softmax",
+            attn_softmax,
+            vec![b, h, s, s],
+            vec![b, 1, 1, s],
+            vec![1],
+        ),
         ("gelu", gelu, vec![rows, width], vec![1], vec![1]),
-        ("quick_gelu", quick_gelu, vec![rows, width], vec![1], vec![1]),
+        (
+            "quick_gelu",
+            quick_gelu,
+            vec![rows, width],
+            vec![1],
+            vec![1],
+        ),
         ("add_bias", bias, vec![rows, width], vec![width], vec![1]),
     ]
 }
@@ -122,12 +142,24 @@ fn forward_matches_the_composite() {
 }
 
 /// Gradients of `Σ op(x, p1, p2) · w` with respect to x, p1 and p2 (those the op uses).
-fn gradients(op: Op, x: &Tensor, p1: &Tensor, p2: &Tensor, w: &Tensor, fused: bool) -> Vec<Vec<f64>> {
+fn gradients(
+    op: Op,
+    x: &Tensor,
+    p1: &Tensor,
+    p2: &Tensor,
+    w: &Tensor,
+    fused: bool,
+) -> Vec<Vec<f64>> {
     let vars: Vec<Var> = [x, p1, p2]
         .iter()
         .map(|t| Var::from_tensor(t).unwrap())
         .collect();
-    let y = op(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), fused);
+    let y = op(
+        vars[0].as_tensor(),
+        vars[1].as_tensor(),
+        vars[2].as_tensor(),
+        fused,
+    );
     let grads = (y * w).unwrap().sum_all().unwrap().backward().unwrap();
     vars.iter()
         .map(|v| grads.get(v.as_tensor()).map(values).unwrap_or_default())
@@ -161,7 +193,8 @@ fn gradients_match_finite_differences() {
                     let mut v = base.clone();
                     v[i] += delta;
                     let mut moved = inputs.clone();
-                    moved[which] = Tensor::from_vec(v, inputs[which].shape(), &Device::Cpu).unwrap();
+                    moved[which] =
+                        Tensor::from_vec(v, inputs[which].shape(), &Device::Cpu).unwrap();
                     loss(&moved)
                 };
                 let numeric = (at(h) - at(-h)) / (2.0 * h);
@@ -188,7 +221,10 @@ fn gradients_match_the_composite_in_f32() {
             for (which, (f, r)) in fused.iter().zip(&reference).enumerate() {
                 assert_eq!(f.len(), r.len(), "{name}, input {which}");
                 let scale = r.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-                let diff = f.iter().zip(r).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                let diff = f
+                    .iter()
+                    .zip(r)
+                    .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
                 assert!(
                     diff < 1e-5 * scale,
                     "{name} (big: {big}), input {which}: max difference {diff} (scale {scale})"
@@ -234,9 +270,14 @@ fn non_contiguous_inputs_and_bad_shapes() {
     let diff = max_abs_diff(&ln(&x, &g, &b, true), &ln(&x, &g, &b, false));
     assert!(diff < 1e-5, "{diff}");
     // A gamma of the wrong width is an error naming the kernel, not a panic.
-    let err = layer_norm(&x, &Tensor::ones(5, DType::F32, &Device::Cpu).unwrap(), &b, 1e-5)
-        .unwrap_err()
-        .to_string();
+    let err = layer_norm(
+        &x,
+        &Tensor::ones(5, DType::F32, &Device::Cpu).unwrap(),
+        &b,
+        1e-5,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("umd-layer-norm"), "{err}");
     // A bias that does not split the rows evenly likewise.
     let scores = random(&[3, 2, 4, 4], 17, DType::F32);
