@@ -3,7 +3,12 @@
 //! with candle in the same process.
 //!
 //! Run: `cargo bench -p umdflow-model` (env `UMD_BENCH_THREADS`, default 2; `UMD_BENCH_STEPS`,
-//! default 12 measured steps after 2 warm-up steps; `UMD_BENCH_PRESETS`, default `tiny,small`).
+//! default 12 measured steps after 2 warm-up steps; `UMD_BENCH_PRESETS`, default `tiny,small`,
+//! empty for the ceiling alone; `UMD_BENCH_CEILING=0` skips the ceiling).
+//!
+//! Like the `umdflow` binary, the benchmark gives candle's element-wise pool the thread count
+//! (`CANDLE_NUM_THREADS`, unless already set), so a 2-thread row really uses two threads there
+//! too. `bench/train_step_vs_pytorch.sh` runs it side by side with a PyTorch mirror.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -119,6 +124,14 @@ fn sgemm_ceiling(n: usize) -> f64 {
 
 fn main() {
     let threads = env("UMD_BENCH_THREADS", 2);
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: before any candle call or any other thread of this process.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
+    }
+    println!(
+        "threads: {threads} (rayon pool), CANDLE_NUM_THREADS={}",
+        std::env::var("CANDLE_NUM_THREADS").unwrap_or_default()
+    );
     if let Ok(t) = std::env::var("UMD_GEMM_THRESHOLD") {
         gemm::set_threading_threshold(t.parse().unwrap());
     }
@@ -133,14 +146,18 @@ fn main() {
         .num_threads(threads)
         .build()
         .unwrap();
-    let ceiling = pool.install(|| sgemm_ceiling(2048));
+    let ceiling = if env("UMD_BENCH_CEILING", 1) == 0 {
+        f64::NAN
+    } else {
+        pool.install(|| sgemm_ceiling(2048))
+    };
     println!("machine: sgemm 2048³ in candle, {threads} threads: {ceiling:.1} GFLOP/s");
     println!(
         "| preset | batch | ms/step (median) | samples/s | GFLOP/step | GFLOP/s | % of sgemm |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let presets = std::env::var("UMD_BENCH_PRESETS").unwrap_or_else(|_| "tiny,small".into());
-    for preset in presets.split(',') {
+    for preset in presets.split(',').filter(|p| !p.is_empty()) {
         let batch = 32usize;
         let settings = TrainSettings {
             preset: preset.into(),

@@ -5,9 +5,11 @@
 //! [`checkpoint`] (loading a pretrain output), [`losses`] (the MR losses), [`device`] (device
 //! selection) and [`batch`] (tensors from the dataset artifact).
 
+pub mod allocator;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod rng;

@@ -1,11 +1,16 @@
 //! The hot operations of the model, each behind one small function so that a fused kernel (a
 //! candle custom op with its own backward pass) can replace it later without touching the model.
 //!
-//! Everything here is built from differentiable candle primitives: candle's fused
-//! `candle_nn::LayerNorm` and `softmax_last_dim` record no backward pass and must not be used in
-//! training code.
+//! On the CPU in f32/f64, layer norm, softmax (with attention's scale and padding bias) and the
+//! activations run as fused kernels with their own backward pass ([`crate::kernels`]); elsewhere
+//! (CUDA, other dtypes) they fall back to the differentiable composites in [`composite`].
+//! candle's own fused `candle_nn::LayerNorm` and `softmax_last_dim` record no backward pass and
+//! must not be used in training code.
 
 use candle_core::{D, Result, Tensor};
+
+use crate::kernels;
+use crate::kernels::activation::Kind;
 
 /// `x · Wᵀ + b` for `x` of any rank, as ONE matrix product over all leading dimensions
 /// (candle would otherwise run one small product per batch element).
@@ -15,6 +20,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let rows = x.elem_count() / in_dim.max(1);
     let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
     let y = match bias {
+        Some(b) if kernels::applies(&y) && b.dtype() == y.dtype() => {
+            kernels::bias::add_bias(&y, b)?
+        }
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
@@ -31,46 +39,126 @@ pub fn layer_norm(
     beta: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
-    let scaled = match gamma {
-        Some(g) => normed.broadcast_mul(g)?,
-        None => normed,
+    let same = |t: Option<&Tensor>| {
+        t.is_none_or(|t| t.dtype() == x.dtype() && t.device().same_device(x.device()))
     };
-    match beta {
-        Some(b) => scaled.broadcast_add(b),
-        None => Ok(scaled),
+    if !(kernels::applies(x) && same(gamma) && same(beta)) {
+        return composite::layer_norm(x, gamma, beta, eps);
     }
+    let width = x.dim(D::Minus1)?;
+    let ones;
+    let gamma = match gamma {
+        Some(g) => g,
+        None => {
+            ones = Tensor::ones(width, x.dtype(), x.device())?;
+            &ones
+        }
+    };
+    let zeros;
+    let beta = match beta {
+        Some(b) => b,
+        None => {
+            zeros = Tensor::zeros(width, x.dtype(), x.device())?;
+            &zeros
+        }
+    };
+    kernels::layer_norm::layer_norm(x, gamma, beta, eps)
 }
 
 /// BERT's GELU (exact, with erf).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    if kernels::applies(x) {
+        return kernels::activation::activation(x, Kind::Gelu);
+    }
+    composite::gelu(x)
 }
 
 /// CLIP's QuickGELU, `x · σ(1.702 x)`.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    let sig = (x.affine(-1.702, 0.0)?.exp()? + 1.0)?.recip()?;
-    x * sig
+    if kernels::applies(x) {
+        return kernels::activation::activation(x, Kind::QuickGelu);
+    }
+    composite::quick_gelu(x)
 }
 
-/// Softmax over the last dimension (differentiable composite).
+/// Softmax over the last dimension.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::softmax(x, D::Minus1)
+    if kernels::applies(x) {
+        return kernels::softmax::scaled_softmax(x, 1.0, None);
+    }
+    composite::softmax(x)
 }
 
 /// Scaled dot-product attention. `q`: [B, H, Sq, dh], `k`/`v`: [B, H, Sk, dh]; `key_bias`:
 /// [B, 1, 1, Sk] additive (0 for real keys, a large negative number for padding) or None.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
-    let scores = match key_bias {
-        Some(bias) => scores.broadcast_add(bias)?,
-        None => scores,
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let scores = q.matmul(&k.t()?)?;
+    // The fused softmax maps each batch element's rows to one bias row: [B or 1, 1, 1, Sk].
+    let bias_fits = key_bias.is_none_or(|b| {
+        let d = b.dims();
+        d.len() == 4
+            && (d[0] == 1 || d[0] == scores.dims()[0])
+            && d[1] == 1
+            && d[2] == 1
+            && b.dtype() == scores.dtype()
+    });
+    let probs = if kernels::applies(&scores) && bias_fits {
+        kernels::softmax::scaled_softmax(&scores, scale, key_bias)?
+    } else {
+        composite::scaled_softmax(&scores, scale, key_bias)?
     };
-    softmax(&scores)?.matmul(v)
+    probs.matmul(v)
+}
+
+/// The same operations built from differentiable candle primitives: the fallback on devices and
+/// dtypes the fused kernels do not cover (CUDA), and the reference the kernels are tested against.
+pub mod composite {
+    use candle_core::{D, Result, Tensor};
+
+    pub fn layer_norm(
+        x: &Tensor,
+        gamma: Option<&Tensor>,
+        beta: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+        let scaled = match gamma {
+            Some(g) => normed.broadcast_mul(g)?,
+            None => normed,
+        };
+        match beta {
+            Some(b) => scaled.broadcast_add(b),
+            None => Ok(scaled),
+        }
+    }
+
+    pub fn gelu(x: &Tensor) -> Result<Tensor> {
+        x.gelu_erf()
+    }
+
+    pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+        let sig = (x.affine(-1.702, 0.0)?.exp()? + 1.0)?.recip()?;
+        x * sig
+    }
+
+    pub fn softmax(x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+
+    /// `softmax(x · scale + bias)` with `bias` broadcast to `x`.
+    pub fn scaled_softmax(x: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
+        let scores = (x * scale)?;
+        let scores = match bias {
+            Some(bias) => scores.broadcast_add(bias)?,
+            None => scores,
+        };
+        softmax(&scores)
+    }
 }
 
 #[cfg(test)]

@@ -189,7 +189,8 @@ impl StageKind for PretrainKind {
         // identical outputs.
         // 3: model_config.json records `vision_positions`.
         // 4: `weight_init` (default xavier), recorded in model_config.json.
-        4
+        // 5: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
+        5
     }
 
     fn summary(&self) -> &'static str {

@@ -141,6 +141,7 @@ pub fn pretrain_with(
     threads: usize,
     observer: &(dyn TrainObserver + Sync),
 ) -> Result<TrainOutcome> {
+    crate::allocator::retain_freed_memory();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()

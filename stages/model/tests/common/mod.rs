@@ -76,13 +76,17 @@ pub fn run_stage_resumable(
 /// candle 0.11 runs large element-wise ops on a process-wide pool of spinning worker threads,
 /// sized once from `CANDLE_NUM_THREADS` at first use; on a loaded machine the spinning slows a
 /// `tiny` step 10× (see docs/benchmarks.md). The tests keep element-wise ops on the calling
-/// thread; matrix products still use the stage's rayon pool.
+/// thread; matrix products still use the stage's rayon pool. A value already in the environment
+/// is kept (the `train_step` benchmark sets it to its thread count, as the CLI does).
 pub fn single_threaded_elementwise() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: runs once, before this test process makes its first candle call (every test
-        // reaches candle through the fixtures below), and no C code reads the environment then.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            // SAFETY: runs once, before this test process makes its first candle call (every
+            // test reaches candle through the fixtures below), and no C code reads the
+            // environment then.
+            unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+        }
     });
 }
 

@@ -98,7 +98,8 @@ impl StageKind for CalibrateKind {
     fn version(&self) -> u32 {
         // 2: training runs through pretrain's loop (non-finite gradient norms stop it; the EMA
         // momentum can follow a schedule); joint mode with EMA targets works.
-        2
+        // 3: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
+        3
     }
     fn summary(&self) -> &'static str {
         "TD-Calib: continued MR-Pretrain on the downstream training split (or the joint-loss mode)"

@@ -120,7 +120,8 @@ impl StageKind for CoordinateTuneKind {
         // encoder_heads` added.
         // 3: task and auxiliary heads get `lr_multiplier_head`; under AdamW the GM-Coord
         // coefficient scales the branch's step, not its gradient; task.json records the head.
-        3
+        // 4: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
+        4
     }
     fn summary(&self) -> &'static str {
         "Task fine-tuning (VQA, classification, retrieval) with GM-Coord gradient modulation"

@@ -55,7 +55,8 @@ impl StageKind for EvaluateKind {
         false
     }
     fn version(&self) -> u32 {
-        2
+        // 3: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
+        3
     }
     fn summary(&self) -> &'static str {
         "Test-split metrics (VQA, classification, retrieval), ECE, blank-image and blank-text passes"

@@ -96,7 +96,8 @@ impl StageKind for ProbeKind {
         false
     }
     fn version(&self) -> u32 {
-        2
+        // 3: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
+        3
     }
     fn summary(&self) -> &'static str {
         "Frozen-feature linear probe of a pretrain/calibrate checkpoint's image encoder, beside raw pixels; its MLM/ITM heads on held-out data"

@@ -1,0 +1,171 @@
+//! Softmax over the last dimension of `x · scale + bias`, fused: attention's scaling, padding bias
+//! and softmax in one pass forward and one backward.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::{Float, contiguous, dispatch_float, dot, for_row_blocks, storage};
+
+/// `softmax(x · scale + bias)` over the last dimension. `x`: [..., S]; `bias`: `None`, or a tensor
+/// of `groups × S` elements where group `r / (rows / groups)` belongs to row `r` of `x` (for
+/// attention scores [B, H, Sq, Sk] and a key bias [B, 1, 1, Sk]: one group per batch element).
+pub fn scaled_softmax(x: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
+    let width = x.dim(candle_core::D::Minus1)?;
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(width, x.dtype(), x.device())?,
+    };
+    x.contiguous()?.apply_op2(&bias, ScaledSoftmax { scale })
+}
+
+struct ScaledSoftmax {
+    scale: f64,
+}
+
+/// Rows of `x` per bias row, or an error when the bias does not split the rows evenly.
+fn rows_per_group(x: &Layout, bias: &Layout, kernel: &str) -> Result<(usize, usize)> {
+    let width = x.dims().last().copied().unwrap_or(1).max(1);
+    let rows = x.shape().elem_count() / width;
+    let bias_elems = bias.shape().elem_count();
+    if bias_elems == 0 || !bias_elems.is_multiple_of(width) {
+        candle_core::bail!(
+            "{kernel}: bias {:?} is not a whole number of rows of {width}",
+            bias.dims()
+        );
+    }
+    let groups = bias_elems / width;
+    if !rows.is_multiple_of(groups) {
+        candle_core::bail!(
+            "{kernel}: {groups} bias rows do not divide the {rows} rows of x {:?}",
+            x.dims()
+        );
+    }
+    Ok((width, rows / groups))
+}
+
+fn forward<T: Float>(x: &[T], bias: &[T], width: usize, per_group: usize, scale: f64) -> Vec<T> {
+    let scale = T::of(scale);
+    let mut out = vec![T::ZERO; x.len()];
+    for_row_blocks(&mut out, width, |first, block| {
+        for (k, y) in block.chunks_exact_mut(width).enumerate() {
+            let r = first + k;
+            let row = &x[r * width..(r + 1) * width];
+            let b = &bias[(r / per_group) * width..(r / per_group + 1) * width];
+            let mut max = T::neg_infinity();
+            for ((y, v), b) in y.iter_mut().zip(row).zip(b) {
+                *y = *v * scale + *b;
+                max = max.larger(*y);
+            }
+            let mut total = T::ZERO;
+            for y in y.iter_mut() {
+                *y = (*y - max).exp();
+                total += *y;
+            }
+            let inv = T::ONE / total;
+            for y in y.iter_mut() {
+                *y *= inv;
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp2 for ScaledSoftmax {
+    fn name(&self) -> &'static str {
+        "umd-scaled-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (width, per_group) = rows_per_group(l1, l2, self.name())?;
+        let out = dispatch_float!(s1, self.name(), |x| {
+            let x = contiguous(x, l1, self.name())?;
+            let bias = contiguous(super::same_dtype(s2, self.name())?, l2, self.name())?;
+            storage(forward(x, bias, width, per_group, self.scale))
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // d(softmax input) = y · (g − Σ g·y); x's gradient is that times the scale.
+        let grad = grad.contiguous()?;
+        let dx = y.apply_op2_no_bwd(&grad, &SoftmaxBackward { scale: self.scale })?;
+        // The attention bias is a constant (built from the padding mask); only a tracked bias
+        // gets a gradient, summed over the rows of its group.
+        let dbias = if bias.track_op() {
+            let d_input = y.apply_op2_no_bwd(&grad, &SoftmaxBackward { scale: 1.0 })?;
+            let width = bias.dim(candle_core::D::Minus1)?;
+            let groups = bias.elem_count() / width;
+            let rows = d_input.elem_count() / width;
+            Some(
+                d_input
+                    .reshape((groups, rows / groups, width))?
+                    .sum(1)?
+                    .reshape(bias.shape())?,
+            )
+        } else {
+            None
+        };
+        Ok((Some(dx), dbias))
+    }
+}
+
+/// `scale · y · (g − Σ g·y)` per row, from the softmax output `y` and its gradient `g`.
+struct SoftmaxBackward {
+    scale: f64,
+}
+
+fn backward<T: Float>(y: &[T], grad: &[T], width: usize, scale: f64) -> Vec<T> {
+    let scale = T::of(scale);
+    let mut out = vec![T::ZERO; y.len()];
+    for_row_blocks(&mut out, width, |first, block| {
+        for (k, d) in block.chunks_exact_mut(width).enumerate() {
+            let range = (first + k) * width..(first + k + 1) * width;
+            let (y, g) = (&y[range.clone()], &grad[range]);
+            let inner = dot(g, y);
+            for ((d, y), g) in d.iter_mut().zip(y).zip(g) {
+                *d = scale * *y * (*g - inner);
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "umd-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "umd-softmax-backward: gradient {:?} does not match the output {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let width = l1.dims().last().copied().unwrap_or(1).max(1);
+        let out = dispatch_float!(s1, self.name(), |y| {
+            let y = contiguous(y, l1, self.name())?;
+            let grad = contiguous(super::same_dtype(s2, self.name())?, l2, self.name())?;
+            storage(backward(y, grad, width, self.scale))
+        });
+        Ok((out, l1.shape().clone()))
+    }
+}
