@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -189,21 +189,31 @@ impl StageKind for CmdKind {
         for reader in readers {
             let _ = reader.join();
         }
-        if status.success() {
-            return Ok(());
-        }
-        let what = match status.code() {
-            Some(code) => format!("command exited with status {code}"),
-            None => format!("command was killed ({status})"),
-        };
-        Err(StageError::failed(match log.write_error() {
-            None => format!("{what} (see the stage log)"),
-            Some(err) => format!(
-                "{what}; the stage log could not be written ({err}); its last lines:\n{}",
-                log.tail()
-            ),
-        }))
+        verdict(status, ctx.cancelled(), &log)
     }
+}
+
+/// What a command that exited means for the stage. A run cancelled meanwhile is `Cancelled`
+/// even when the command exited 0: Slurm signals the whole job at a time limit or on `scancel`,
+/// and a shell whose `sleep` died may run its next command and exit 0 with its work unfinished.
+fn verdict(status: ExitStatus, cancelled: bool, log: &StageLog) -> Result<(), StageError> {
+    if cancelled {
+        return Err(StageError::Cancelled);
+    }
+    if status.success() {
+        return Ok(());
+    }
+    let what = match status.code() {
+        Some(code) => format!("command exited with status {code}"),
+        None => format!("command was killed ({status})"),
+    };
+    Err(StageError::failed(match log.write_error() {
+        None => format!("{what} (see the stage log)"),
+        Some(err) => format!(
+            "{what}; the stage log could not be written ({err}); its last lines:\n{}",
+            log.tail()
+        ),
+    }))
 }
 
 /// A command's process group (its id is the leader's pid).
@@ -387,6 +397,17 @@ mod tests {
                 .next()
                 .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         }
+    }
+
+    #[test]
+    fn a_command_that_exits_0_after_the_run_was_cancelled_is_not_a_result() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = StageLog::create(&dir.path().join("log"));
+        let success = ExitStatus::from_raw(0);
+        assert!(verdict(success, false, &log).is_ok());
+        let result = verdict(success, true, &log);
+        assert!(matches!(result, Err(StageError::Cancelled)), "{result:?}");
     }
 
     #[test]
