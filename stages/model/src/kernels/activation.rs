@@ -103,13 +103,7 @@ impl CustomOp2 for ActivationBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "umd-activation-backward: gradient {:?} does not match the input {:?}",
-                l2.dims(),
-                l1.dims()
-            );
-        }
+        super::gradient_matches(self.name(), l2, l1, "the input")?;
         let out = dispatch_float!(s1, self.name(), |x| {
             let x = contiguous(x, l1, self.name())?;
             let grad = contiguous(super::same_dtype(s2, self.name())?, l2, self.name())?;

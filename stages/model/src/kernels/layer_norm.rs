@@ -183,13 +183,7 @@ impl CustomOp3 for LayerNormBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let width = l2.shape().elem_count();
         let rows = l1.shape().elem_count() / width.max(1);
-        if l3.shape() != l1.shape() {
-            candle_core::bail!(
-                "umd-layer-norm-backward: gradient {:?} does not match x {:?}",
-                l3.dims(),
-                l1.dims()
-            );
-        }
+        super::gradient_matches(self.name(), l3, l1, "x")?;
         let out = dispatch_float!(s1, self.name(), |x| {
             let x = contiguous(x, l1, self.name())?;
             let gamma = contiguous(super::same_dtype(s2, self.name())?, l2, self.name())?;

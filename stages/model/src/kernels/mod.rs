@@ -113,6 +113,19 @@ pub fn contiguous<'a, T>(data: &'a [T], layout: &Layout, kernel: &str) -> Result
     }
 }
 
+/// An error naming the kernel unless a backward pass's incoming gradient has the shape of the
+/// forward tensor it belongs to (`of`: what that tensor is, e.g. `the input`).
+pub fn gradient_matches(kernel: &str, gradient: &Layout, forward: &Layout, of: &str) -> Result<()> {
+    if gradient.shape() != forward.shape() {
+        candle_core::bail!(
+            "{kernel}: gradient {:?} does not match {of} {:?}",
+            gradient.dims(),
+            forward.dims()
+        );
+    }
+    Ok(())
+}
+
 /// Calls `f(first_row, rows_out)` on blocks of [`rows_per_block`] rows of `out` (rows of `width`),
 /// in parallel on the current rayon pool when there is more than one block.
 pub fn for_row_blocks<T: Send>(

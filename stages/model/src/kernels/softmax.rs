@@ -153,13 +153,7 @@ impl CustomOp2 for SoftmaxBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "umd-softmax-backward: gradient {:?} does not match the output {:?}",
-                l2.dims(),
-                l1.dims()
-            );
-        }
+        super::gradient_matches(self.name(), l2, l1, "the output")?;
         let width = l1.dims().last().copied().unwrap_or(1).max(1);
         let out = dispatch_float!(s1, self.name(), |y| {
             let y = contiguous(y, l1, self.name())?;
