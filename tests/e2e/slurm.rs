@@ -971,7 +971,8 @@ fn without_keep_going_a_failing_task_cancels_the_array_s_pending_tasks_and_repor
     }
     let project = Project::new();
     let name = unique("slurm-array-stop");
-    // 12 tasks on the cluster's 8 CPUs: at least 4 still pend when seed 0 fails.
+    // 12 tasks on the cluster's 8 CPUs: at least 3 still pend when seed 0 fails, for 8 s, long
+    // enough for a driver on a loaded CI machine to see the failure first.
     project.write(
         "p.yaml",
         &format!(
@@ -980,7 +981,7 @@ seeds: 12
 stages:
   work:
     kind: cmd
-    run: 'if [ "$UMDFLOW_INSTANCE" = "work[seed=0]" ]; then exit 3; fi; sleep 3; {RECORD}'
+    run: 'if [ "$UMDFLOW_INSTANCE" = "work[seed=0]" ]; then exit 3; fi; sleep 8; {RECORD}'
     params: {{seed: "${{seed}}"}}
 {FAST_POLL}"#
         ),

@@ -423,24 +423,16 @@ fn pretrain_with_init(root: &Path, init: serde_json::Value) -> Result<PathBuf, S
 /// [`pretrain_with_init`] on the ingest artifact in `ingest_dir`.
 fn pretrain_on(ingest_dir: &Path, root: &Path, init: serde_json::Value) -> Result<PathBuf, String> {
     use std::sync::atomic::AtomicBool;
-    use umdflow_model::{MaskKind, PretrainKind};
+    use umdflow_model::PretrainKind;
     use umdflow_stages::NoProgress;
     let ingest = common::input("prep", "ingest", ingest_dir);
-    let mask_dir = root.join("mask");
-    common::run_stage(
-        &MaskKind,
-        serde_json::json!({"epochs": 1, "patch_size": 8, "seed": 4}),
-        std::slice::from_ref(&ingest),
-        &mask_dir,
-        &NoProgress,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let mask = serde_json::json!({"epochs": 1, "patch_size": 8, "seed": 4});
+    let inputs = common::mask_inputs(ingest, &root.join("mask"), mask);
     let out = root.join("out");
     common::run_stage(
         &PretrainKind,
         serde_json::json!({"max_steps": 0, "batch_size": 8, "device": "cpu", "init": init}),
-        &[ingest, common::input("masks", "mask", &mask_dir)],
+        &inputs,
         &out,
         &NoProgress,
         &AtomicBool::new(false),

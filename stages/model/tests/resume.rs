@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
-use umdflow_model::{MaskKind, PretrainKind};
+use umdflow_model::PretrainKind;
 use umdflow_stages::{InputArtifact, NoProgress, ProgressSink, Resume, StageError};
 
 const OUTPUTS: [&str; 5] = [
@@ -47,17 +47,8 @@ struct Setup {
 fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let ingest = common::input("prep", "ingest", common::ci_ingest_dir());
-    let mask_dir = tmp.path().join("mask");
-    common::run_stage(
-        &MaskKind,
-        json!({"epochs": 2, "patch_size": 8, "seed": 4}),
-        std::slice::from_ref(&ingest),
-        &mask_dir,
-        &NoProgress,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    let inputs = vec![ingest, common::input("masks", "mask", &mask_dir)];
+    let mask = json!({"epochs": 2, "patch_size": 8, "seed": 4});
+    let inputs = common::mask_inputs(ingest, &tmp.path().join("mask"), mask);
     Setup { tmp, inputs }
 }
 

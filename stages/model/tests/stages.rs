@@ -114,17 +114,8 @@ fn mask_then_pretrain_write_their_outputs() {
 fn pretrain_stops_when_cancelled() {
     let tmp = tempfile::tempdir().unwrap();
     let ingest = common::input("prep", "ingest", common::ci_ingest_dir());
-    let mask_dir = tmp.path().join("mask");
-    common::run_stage(
-        &MaskKind,
-        json!({"epochs": 1, "patch_size": 8}),
-        std::slice::from_ref(&ingest),
-        &mask_dir,
-        &NoProgress,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    let inputs = [ingest, common::input("masks", "mask", &mask_dir)];
+    let mask = json!({"epochs": 1, "patch_size": 8});
+    let inputs = common::mask_inputs(ingest, &tmp.path().join("mask"), mask);
     let result = common::run_stage(
         &PretrainKind,
         json!({"max_steps": 3}),

@@ -121,6 +121,21 @@ pub fn ci_dataset() -> Dataset {
     Dataset::load(ci_ingest_dir()).expect("load the ci artifact")
 }
 
+/// Runs the real `mask` stage (params `mask`) on `ingest` into `mask_dir`; returns the inputs a
+/// `pretrain` takes: the ingest, then the mask plan.
+pub fn mask_inputs(ingest: InputArtifact, mask_dir: &Path, mask: Value) -> Vec<InputArtifact> {
+    run_stage(
+        &umdflow_model::MaskKind,
+        mask,
+        std::slice::from_ref(&ingest),
+        mask_dir,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    vec![ingest, input("masks", "mask", mask_dir)]
+}
+
 pub fn input(stage: &str, kind: &str, dir: &Path) -> InputArtifact {
     InputArtifact {
         stage: stage.into(),
