@@ -28,7 +28,8 @@
 # stage, so each Snakemake first run is limited to LIMIT seconds (default 240): one that is still
 # going is interrupted and reported as "> LIMIT s, k of N jobs done" (a lower bound, never an
 # estimate); its outputs are then completed with Snakemake's local executor so that the no-op rerun
-# through Slurm can still be timed. LIMIT=1500 measures the whole chain (about 20 min here).
+# through Slurm can still be timed. LIMIT=1500 measures the whole chain (about 20 min here);
+# WORKLOADS=chain (or fanout) runs one workload only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -39,6 +40,7 @@ POLL=${POLL:-0.5}
 INIT=${INIT:-1}
 JOBS=${JOBS:-250}
 LIMIT=${LIMIT:-240} # seconds for one Snakemake first run; see run_snakemake
+WORKLOADS=${WORKLOADS:-chain fanout} # a subset, e.g. WORKLOADS=chain LIMIT=1500
 umdflow=$(realpath "${UMDFLOW_BIN:-target/release/umdflow}")
 [ -x "$umdflow" ] || { echo "error: no umdflow binary at $umdflow (set UMDFLOW_BIN)" >&2; exit 2; }
 sinfo -h >/dev/null 2>&1 || { echo "error: no Slurm cluster answers (sinfo failed)" >&2; exit 2; }
@@ -223,7 +225,7 @@ echo "snakemake $("$snakemake" --version), $("$venv/bin/pip" show snakemake-exec
     sed -n 's/^Version: /snakemake-executor-plugin-slurm /p'), $(sinfo -V)" >&2
 load_before=$(load)
 started=$(date -u +%H:%M:%S)
-for workload in chain fanout; do
+for workload in $WORKLOADS; do
     echo "umdflow $workload ..." >&2
     run_umdflow "$workload"
     echo "snakemake $workload ..." >&2
@@ -235,7 +237,7 @@ echo "umdflow poll_seconds $POLL; snakemake --jobs $JOBS, init status check $INI
 echo
 echo "| workload | phase | umdflow | Snakemake | Snakemake / umdflow |"
 echo "|---|---|---:|---:|---:|"
-for workload in chain fanout; do
+for workload in $WORKLOADS; do
     label="$CHAIN-stage chain"
     [ "$workload" = fanout ] && label="1 + $FANOUT fan-out"
     for phase in first rerun; do

@@ -56,6 +56,12 @@ fn unique(name: &str) -> String {
     format!("{name}-{nanos}-{}", std::process::id())
 }
 
+/// A fresh project and a pipeline name no earlier test run used (`prefix` plus a unique tail), or
+/// `None` after the skip line when no cluster answers.
+fn slurm_project(test: &str, prefix: &str) -> Option<(Project, String)> {
+    cluster(test).then(|| (Project::new(), unique(prefix)))
+}
+
 /// Look at the queue often: the tests wait on it.
 const FAST_POLL: &str = "executor:\n  poll_seconds: 0.2\n";
 
@@ -179,11 +185,9 @@ fn the_ablation_ci_preset_through_slurm_writes_the_local_lock_file() {
 
 #[test]
 fn a_failing_job_shows_its_log_and_stops_only_its_descendants() {
-    if !cluster("failing_job") {
+    let Some((project, name)) = slurm_project("failing_job", "slurm-failing") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-failing");
+    };
     project.write(
         "p.yaml",
         &format!(
@@ -242,11 +246,9 @@ executor: {{kind: slurm, poll_seconds: 0.2}}
 
 #[test]
 fn without_keep_going_a_failure_cancels_the_pending_jobs_and_running_ones_finish() {
-    if !cluster("no_keep_going") {
+    let Some((project, name)) = slurm_project("no_keep_going", "slurm-stop") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-stop");
+    };
     // `bad` fails only once `other` runs: on a busy node `other` could still be pending when
     // `bad` ends, and pending jobs are rightly cancelled (exit 4 means it never started).
     let started = project.path("other-started").display().to_string();
@@ -284,11 +286,9 @@ stages:
 
 #[test]
 fn a_local_and_a_slurm_run_on_one_cache_compute_no_stage_twice() {
-    if !cluster("local_and_slurm") {
+    let Some((project, name)) = slurm_project("local_and_slurm", "slurm-shared") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-shared");
+    };
     let mut text = format!("name: {name}\nseeds: 4\nstages:\n");
     text.push_str(&format!(
         "  shared:\n    kind: cmd\n    run: 'sleep 0.5; {RECORD}'\n"
@@ -346,11 +346,9 @@ fn a_local_and_a_slurm_run_on_one_cache_compute_no_stage_twice() {
 
 #[test]
 fn two_hundred_trivial_instances_are_submitted_and_finish() {
-    if !cluster("two_hundred") {
+    let Some((project, name)) = slurm_project("two_hundred", "slurm-many") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-many");
+    };
     project.write(
         "p.yaml",
         &format!(
@@ -479,11 +477,9 @@ fn active_jobs(prefix: &str) -> usize {
 
 #[test]
 fn ctrl_c_cancels_the_jobs_and_keeps_what_is_committed() {
-    if !cluster("ctrl_c") {
+    let Some((project, name)) = slurm_project("ctrl_c", "slurm-ctrl-c") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-ctrl-c");
+    };
     project.write("p.yaml", &slow_chain(&name));
     let args = ["run", "p.yaml", "--executor", "slurm", "--no-lock-file"];
     let mut child = project
@@ -514,11 +510,9 @@ fn ctrl_c_cancels_the_jobs_and_keeps_what_is_committed() {
 
 #[test]
 fn status_lists_a_running_pipeline_s_jobs_and_cancel_cancels_them() {
-    if !cluster("status_cancel") {
+    let Some((project, name)) = slurm_project("status_cancel", "slurm-status") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-status");
+    };
     project.write("p.yaml", &slow_chain(&name));
     let mut child = project
         .command(&[
@@ -590,11 +584,9 @@ fn an_executor_block_that_would_break_the_driver_is_refused_with_its_line() {
 
 #[test]
 fn a_stage_s_resources_become_its_job_s_request_and_its_thread_count() {
-    if !cluster("resources") {
+    let Some((project, name)) = slurm_project("resources", "slurm-resources") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-resources");
+    };
     project.write(
         "p.yaml",
         &format!(
@@ -640,11 +632,9 @@ stages:
 /// With `max_resubmits: 0` a job killed by its time limit is final, as before resubmission.
 #[test]
 fn a_job_past_its_time_limit_is_reported_as_timed_out_with_its_log() {
-    if !cluster("time_limit") {
+    let Some((project, name)) = slurm_project("time_limit", "slurm-timeout") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-timeout");
+    };
     // Slurm's smallest limit is one minute; it ends the job about a minute later.
     project.write(
         "p.yaml",
@@ -775,11 +765,9 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
 
 #[test]
 fn ready_instances_of_a_stage_go_out_as_one_array_and_their_dependents_wait_on_their_tasks() {
-    if !cluster("array") {
+    let Some((project, name)) = slurm_project("array", "slurm-array") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-array");
+    };
     project.write("p.yaml", &fan(&name, 6));
     let (run, err) = finished_run(spawn_run(&project, &[]));
     assert_eq!(run["executed"], 12, "{run}");
@@ -799,11 +787,9 @@ fn ready_instances_of_a_stage_go_out_as_one_array_and_their_dependents_wait_on_t
 
 #[test]
 fn a_failing_array_task_shows_its_own_log_and_stops_only_its_descendants() {
-    if !cluster("array_failure") {
+    let Some((project, name)) = slurm_project("array_failure", "slurm-array-fail") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-array-fail");
+    };
     project.write(
         "p.yaml",
         &format!(
@@ -856,11 +842,9 @@ stages:
 
 #[test]
 fn a_killed_driver_s_jobs_are_adopted_by_one_new_driver_and_none_is_submitted_twice() {
-    if !cluster("adopt") {
+    let Some((project, name)) = slurm_project("adopt", "slurm-adopt") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-adopt");
+    };
     // work[seed=0] fails at once in the first run (and after[seed=0] is cancelled by Slurm): the
     // new driver submits those two again, and adopts the others that still wait or run.
     let fail_once = r#"if [ "$UMDFLOW_INSTANCE" = "work[seed=0]" ] && [ ! -e failed-once ]; then touch failed-once; exit 3; fi; "#;
@@ -938,11 +922,9 @@ fn a_killed_driver_s_jobs_are_adopted_by_one_new_driver_and_none_is_submitted_tw
 
 #[test]
 fn a_second_driver_started_a_moment_later_waits_and_computes_nothing_twice() {
-    if !cluster("staggered") {
+    let Some((project, name)) = slurm_project("staggered", "slurm-staggered") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-staggered");
+    };
     project.write("p.yaml", &fan(&name, 4));
     let first = spawn_run(&project, &[("SLEEP", "1")]);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -966,11 +948,9 @@ fn a_second_driver_started_a_moment_later_waits_and_computes_nothing_twice() {
 
 #[test]
 fn without_keep_going_a_failing_task_cancels_the_array_s_pending_tasks_and_reports_them_skipped() {
-    if !cluster("array_stop") {
+    let Some((project, name)) = slurm_project("array_stop", "slurm-array-stop") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-array-stop");
+    };
     // 12 tasks on the cluster's 8 CPUs: at least 3 still pend when seed 0 fails, for 8 s, long
     // enough for a driver on a loaded CI machine to see the failure first.
     project.write(
@@ -1013,11 +993,9 @@ stages:
 
 #[test]
 fn an_array_cancelled_from_outside_reports_its_pending_tasks_as_skipped() {
-    if !cluster("array_cancel") {
+    let Some((project, name)) = slurm_project("array_cancel", "slurm-array-cancel") else {
         return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-array-cancel");
+    };
     // 12 tasks on the cluster's 8 CPUs: some still pend when `umdflow cancel` runs, and Slurm
     // forgets a pending task at once when it is cancelled.
     project.write(
@@ -1057,35 +1035,59 @@ stages:
     assert_eq!(active_jobs(&format!("{name}/")), 0);
 }
 
-#[test]
-fn a_job_killed_by_its_time_limit_is_resubmitted_and_resumes_from_its_checkpoint() {
-    if !cluster("time_limit_resume") {
-        return;
-    }
-    let project = Project::new();
-    let name = unique("slurm-resume");
-    // 120 one-second units of work, counted in the resume folder: more than one attempt can do
-    // under a one-minute limit (Slurm ends a job 60 to about 90 s after it started), so the stage
-    // finishes only if a resubmitted job continues from the count the killed one left.
-    project.write(
-        "p.yaml",
-        &format!(
-            r#"name: {name}
+/// `work`: `units` one-second units of work, counted in its resume folder (and copied to the file
+/// `progress` when given), with `work starts at N` in the journal at each start; `work_extra` is
+/// added to its block. `after` copies its result.
+fn counting_pipeline(name: &str, units: u32, progress: Option<&str>, work_extra: &str) -> String {
+    let copy = progress.map_or(String::new(), |p| {
+        format!("        echo \"$n\" > {p}.tmp && mv {p}.tmp {p}\n")
+    });
+    format!(
+        r#"name: {name}
 stages:
   work:
     kind: cmd
     run: |
       n=$(cat "$UMDFLOW_RESUME_DIR/n" 2>/dev/null || echo 0)
       echo "work starts at $n" >> "$JOURNAL"
-      while [ "$n" -lt 120 ]; do
+      while [ "$n" -lt {units} ]; do
         sleep 1; n=$((n + 1))
         echo "$n" > "$UMDFLOW_RESUME_DIR/n.tmp" && mv "$UMDFLOW_RESUME_DIR/n.tmp" "$UMDFLOW_RESUME_DIR/n"
-      done
+{copy}      done
       echo "$n" > "$UMDFLOW_OUT/n.txt"
-    resources: {{time: 1}}
-  after: {{kind: cmd, inputs: [work], run: 'cp "$UMDFLOW_INPUT_WORK/n.txt" "$UMDFLOW_OUT/"'}}
+{work_extra}  after: {{kind: cmd, inputs: [work], run: 'cp "$UMDFLOW_INPUT_WORK/n.txt" "$UMDFLOW_OUT/"'}}
 {FAST_POLL}"#
-        ),
+    )
+}
+
+/// The journal's `work starts at N` counts, in order.
+fn work_starts(project: &Project) -> Vec<u32> {
+    project
+        .journal()
+        .iter()
+        .filter_map(|line| line.strip_prefix("work starts at "))
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+/// No resume folder is left once the keys committed.
+fn assert_no_resume_folders(project: &Project) {
+    let resume = project.path(".umdflow/resume");
+    let left = std::fs::read_dir(&resume).map_or(0, |dir| dir.count());
+    assert_eq!(left, 0, "resume folders left in {}", resume.display());
+}
+
+#[test]
+fn a_job_killed_by_its_time_limit_is_resubmitted_and_resumes_from_its_checkpoint() {
+    let Some((project, name)) = slurm_project("time_limit_resume", "slurm-resume") else {
+        return;
+    };
+    // 120 one-second units of work, counted in the resume folder: more than one attempt can do
+    // under a one-minute limit (Slurm ends a job 60 to about 90 s after it started), so the stage
+    // finishes only if a resubmitted job continues from the count the killed one left.
+    project.write(
+        "p.yaml",
+        &counting_pipeline(&name, 120, None, "    resources: {time: 1}\n"),
     );
     let run = project.json(
         &["run", "p.yaml", "--executor", "slurm", "--no-lock-file"],
@@ -1097,20 +1099,56 @@ stages:
         work["reason"].as_str().unwrap().contains("after TIMEOUT"),
         "{work}"
     );
-    let starts: Vec<u32> = project
-        .journal()
-        .iter()
-        .filter_map(|line| line.strip_prefix("work starts at "))
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let starts = work_starts(&project);
     assert!(starts.len() >= 2, "{starts:?}");
     assert_eq!(starts[0], 0, "{starts:?}");
     assert!(
         starts.windows(2).all(|w| w[1] > w[0]),
         "each attempt continues where the last stopped: {starts:?}"
     );
-    // The resume folder is gone once the key committed.
-    let resume = project.path(".umdflow/resume");
-    let left = std::fs::read_dir(&resume).map_or(0, |dir| dir.count());
-    assert_eq!(left, 0, "resume folders left in {}", resume.display());
+    assert_no_resume_folders(&project);
+}
+
+#[test]
+fn a_job_the_cluster_requeues_runs_again_and_resumes_from_its_checkpoint() {
+    let Some((project, name)) = slurm_project("requeue_resume", "slurm-requeue") else {
+        return;
+    };
+    // 30 one-second units of work, counted in the resume folder and copied to `progress`. The test
+    // requeues the running job once 5 are done, as a cluster preempting with `PreemptMode=REQUEUE`
+    // does: Slurm kills it and runs it again under the same job id, which must continue the count.
+    let progress = project.path("progress").display().to_string();
+    project.write("p.yaml", &counting_pipeline(&name, 30, Some(&progress), ""));
+    let child = spawn_run(&project, &[]);
+    let done = || {
+        std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    wait_until("5 units of work done", || done() >= 5);
+    let work = format!("{name}/work");
+    let ids: Vec<String> = tasks_named(&work)
+        .into_iter()
+        .filter(|(_, n)| *n == work)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids.len(), 1, "one job for work: {ids:?}");
+    let requeue = Command::new("scontrol")
+        .args(["requeue", &ids[0]])
+        .output()
+        .expect("scontrol");
+    assert!(
+        requeue.status.success(),
+        "scontrol requeue {}: {}",
+        ids[0],
+        String::from_utf8_lossy(&requeue.stderr)
+    );
+    let (run, err) = finished_run(child);
+    assert_eq!(with_status(&run, "executed"), ["after", "work"], "{run}\n{err}");
+    let starts = work_starts(&project);
+    assert_eq!(starts.len(), 2, "one start, one after the requeue: {starts:?}");
+    assert_eq!(starts[0], 0, "{starts:?}");
+    assert!(starts[1] >= 5, "the requeued job continues the count: {starts:?}");
+    assert_no_resume_folders(&project);
 }
