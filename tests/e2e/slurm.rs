@@ -1145,10 +1145,21 @@ fn a_job_the_cluster_requeues_runs_again_and_resumes_from_its_checkpoint() {
         String::from_utf8_lossy(&requeue.stderr)
     );
     let (run, err) = finished_run(child);
-    assert_eq!(with_status(&run, "executed"), ["after", "work"], "{run}\n{err}");
+    assert_eq!(
+        with_status(&run, "executed"),
+        ["after", "work"],
+        "{run}\n{err}"
+    );
     let starts = work_starts(&project);
-    assert_eq!(starts.len(), 2, "one start, one after the requeue: {starts:?}");
+    assert_eq!(
+        starts.len(),
+        2,
+        "one start, one after the requeue: {starts:?}"
+    );
     assert_eq!(starts[0], 0, "{starts:?}");
-    assert!(starts[1] >= 5, "the requeued job continues the count: {starts:?}");
+    assert!(
+        starts[1] >= 5,
+        "the requeued job continues the count: {starts:?}"
+    );
     assert_no_resume_folders(&project);
 }
