@@ -232,15 +232,30 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-/// candle sizes its own pool of spinning element-wise threads once per process from
-/// CANDLE_NUM_THREADS (default: every core), whatever the stage asks for; with several stages
-/// running at once that oversubscribes the machine many times over. Give it the per-stage budget
-/// unless the user set it.
-fn limit_candle_threads(threads_per_stage: usize) {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: called from main before any stage or worker thread is started.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads_per_stage.to_string()) };
+/// Sets, once and before any stage or worker thread starts, how candle's CPU code uses threads
+/// (a value the user set is kept):
+/// - `CANDLE_NUM_THREADS=1`: candle's own pool for large element-wise ops spins, serialises its
+///   callers on one lock and makes them spin-wait for its workers; with it at 2 threads a `tiny`
+///   step took 2× as long (docs/benchmarks.md, issue 13). Element-wise ops then run on the
+///   calling thread; the training step's independent passes use the stage's threads instead.
+/// - `RAYON_NUM_THREADS=threads_per_stage`: candle reads it at every matrix product to choose how
+///   many pieces to cut the product into (without it, it parses /proc/cpuinfo at every product).
+///   rayon's global pool (the cache's hashing) would read it too, so that pool is given every
+///   core explicitly.
+fn set_compute_threads(threads_per_stage: usize, cores: usize) {
+    for (name, value) in [
+        ("CANDLE_NUM_THREADS", 1),
+        ("RAYON_NUM_THREADS", threads_per_stage.max(1)),
+    ] {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: called from main before any other thread of the process is started.
+            unsafe { std::env::set_var(name, value.to_string()) };
+        }
     }
+    // An error means the global pool exists already (its size is then fixed anyway).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.max(1))
+        .build_global();
 }
 
 /// The parsed `--gpus` (one value, so clap must not take it for a list of values).
@@ -379,7 +394,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             // Slurm jobs inherit this environment: each worker sets its own budget instead.
             if slurm.is_none() {
-                limit_candle_threads(options.threads_per_stage);
+                set_compute_threads(options.threads_per_stage, cores);
             }
             install_ctrl_c();
             let lock = match (no_lock_file, lock_file) {
@@ -438,7 +453,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 umdflow_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            limit_candle_threads(threads);
+            set_compute_threads(threads, cores);
             install_ctrl_c();
             cancel_on_sigterm();
             let outcome = worker::run_instance(&loaded, &instance, &options, force, &CANCEL)?;

@@ -336,3 +336,42 @@ fn resources_are_not_in_the_key() {
     assert_eq!(rerun["executed"], 0, "{rerun}");
     assert_eq!(lock(&project)["instances"], before["instances"]);
 }
+
+/// What a stage of a run with `--threads-per-stage 3` saw in `CANDLE_NUM_THREADS|RAYON_NUM_THREADS`,
+/// with `env` added to umdflow's environment.
+fn candle_thread_settings(env: &[(&str, &str)]) -> String {
+    let project = Project::new();
+    project.write(
+        "p.yaml",
+        r#"name: env
+stages:
+  a:
+    kind: cmd
+    run: 'echo "$(printenv CANDLE_NUM_THREADS || echo unset)|$(printenv RAYON_NUM_THREADS || echo unset)" > seen.txt'
+"#,
+    );
+    let mut command = project.command(&["run", "p.yaml", "--threads-per-stage", "3"]);
+    command
+        .env_remove("CANDLE_NUM_THREADS")
+        .env_remove("RAYON_NUM_THREADS");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("run umdflow");
+    assert!(output.status.success(), "{}", stderr(&output));
+    std::fs::read_to_string(project.path("seen.txt"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// candle's element-wise pool is off and a matrix product is cut into as many pieces as a stage
+/// has threads (docs/method.md); values the user set are kept.
+#[test]
+fn stages_get_candles_thread_settings_from_the_budget() {
+    assert_eq!(candle_thread_settings(&[]), "1|3");
+    assert_eq!(
+        candle_thread_settings(&[("CANDLE_NUM_THREADS", "2"), ("RAYON_NUM_THREADS", "5")]),
+        "2|5"
+    );
+}

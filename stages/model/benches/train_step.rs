@@ -6,9 +6,10 @@
 //! default 12 measured steps after 2 warm-up steps; `UMD_BENCH_PRESETS`, default `tiny,small`,
 //! empty for the ceiling alone; `UMD_BENCH_CEILING=0` skips the ceiling).
 //!
-//! Like the `umdflow` binary, the benchmark gives candle's element-wise pool the thread count
-//! (`CANDLE_NUM_THREADS`, unless already set), so a 2-thread row really uses two threads there
-//! too. `bench/train_step_vs_pytorch.sh` runs it side by side with a PyTorch mirror.
+//! Like the `umdflow` binary, the benchmark sets `CANDLE_NUM_THREADS=1` (candle's spinning
+//! element-wise pool off) and `RAYON_NUM_THREADS` to the thread count (the pieces candle cuts a
+//! matrix product into), each unless already set. `bench/train_step_vs_pytorch.sh` runs it side
+//! by side with a PyTorch mirror.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -124,13 +125,17 @@ fn sgemm_ceiling(n: usize) -> f64 {
 
 fn main() {
     let threads = env("UMD_BENCH_THREADS", 2);
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: before any candle call or any other thread of this process.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
+    for (name, value) in [("CANDLE_NUM_THREADS", 1), ("RAYON_NUM_THREADS", threads)] {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: before any candle call or any other thread of this process.
+            unsafe { std::env::set_var(name, value.to_string()) };
+        }
     }
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
     println!(
-        "threads: {threads} (rayon pool), CANDLE_NUM_THREADS={}",
-        std::env::var("CANDLE_NUM_THREADS").unwrap_or_default()
+        "threads: {threads} (rayon pool), CANDLE_NUM_THREADS={}, RAYON_NUM_THREADS={}",
+        var("CANDLE_NUM_THREADS"),
+        var("RAYON_NUM_THREADS")
     );
     if let Ok(t) = std::env::var("UMD_GEMM_THRESHOLD") {
         gemm::set_threading_threshold(t.parse().unwrap());

@@ -9,6 +9,7 @@ pub mod allocator;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod gradients;
 pub mod kernels;
 pub mod model;
 pub mod ops;

@@ -229,7 +229,7 @@ impl EmaTarget {
 }
 
 /// Feature targets [B, L, Dimg] (patch tokens) and [B, T, Dtxt].
-fn feature_targets(
+pub(crate) fn feature_targets(
     net: &UmdModel,
     vision: &EncoderOutput,
     text: &EncoderOutput,
@@ -261,176 +261,294 @@ fn flatten_rows(x: &Tensor) -> Result<Tensor> {
     Ok(x.reshape((x.elem_count() / d, d))?)
 }
 
-/// Computes every enabled loss for one batch.
+/// Which passes and encoder outputs an objective needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Passes {
+    pub mim: bool,
+    pub mlm: bool,
+    pub itm: bool,
+    pub full_vision: bool,
+    pub full_text: bool,
+    pub features: bool,
+    pub stopgrad: bool,
+}
+
+impl Passes {
+    pub fn of(obj: &ObjectiveConfig) -> Self {
+        let stopgrad = obj.target_network == TargetNetwork::Stopgrad;
+        let features = obj.feamim || obj.feamlm;
+        let mim = obj.mim || obj.feamim;
+        let mlm = obj.mlm || obj.feamlm;
+        Passes {
+            mim,
+            mlm,
+            itm: obj.itm,
+            full_vision: obj.itm || mlm || (features && stopgrad),
+            full_text: obj.itm || mim || (features && stopgrad),
+            features,
+            stopgrad,
+        }
+    }
+}
+
+/// One loss term of a pass: its name, its scalar value and whether it is a feature-level term
+/// (weighted by `alpha` in the total).
+pub(crate) struct Term {
+    pub name: &'static str,
+    pub loss: Tensor,
+    pub feature: bool,
+}
+
+pub(crate) fn no_ema() -> ModelError {
+    ModelError::Config("target_network `ema` needs the EMA target model".into())
+}
+
+pub(crate) fn missing() -> ModelError {
+    ModelError::Config("internal: a pass needs an encoder output that was not computed".into())
+}
+
+/// The EMA network's feature targets (image, text), or an error when the objective reads an EMA
+/// target and none was given.
+pub(crate) fn ema_targets(
+    ema: Option<&EmaTarget>,
+    batch: &Batch,
+    obj: &ObjectiveConfig,
+) -> Result<(Tensor, Tensor)> {
+    let ema = ema.ok_or_else(no_ema)?;
+    let v = ema.model.vision.forward(&batch.patches, None)?;
+    let t = ema.model.text.forward(&batch.input_ids, &batch.text_mask)?;
+    feature_targets(&ema.model, &v, &t, obj.target_layer, obj.normalize_targets)
+}
+
+/// The stop-gradient feature targets read from the online encoders' unmasked outputs.
+pub(crate) fn stopgrad_targets(
+    model: &UmdModel,
+    vision: Option<&EncoderOutput>,
+    text: Option<&EncoderOutput>,
+    obj: &ObjectiveConfig,
+) -> Result<(Tensor, Tensor)> {
+    feature_targets(
+        model,
+        vision.ok_or_else(missing)?,
+        text.ok_or_else(missing)?,
+        obj.target_layer,
+        obj.normalize_targets,
+    )
+}
+
+/// The MIM pass: the image encoder on the visible patches, the fusion up to `mim_layer` with the
+/// unmasked text (`text`: its encoder output), the decoder; MIM and FeaMIM terms.
+pub(crate) fn mim_pass(
+    model: &UmdModel,
+    batch: &Batch,
+    obj: &ObjectiveConfig,
+    text: &Tensor,
+    targets: Option<&(Tensor, Tensor)>,
+) -> Result<Vec<Term>> {
+    let c = &model.config;
+    let mut terms = Vec::new();
+    let visible = model.vision.forward(&batch.patches, Some(&batch.keep))?;
+    let fused = model.fuse(text, &batch.text_mask, &visible.last, c.mim_layer)?;
+    let decoded = model
+        .mim_head
+        .decode(&fused.image[c.mim_layer], &batch.restore)?;
+    if obj.mim {
+        let pixels = model.mim_head.pixels(&decoded)?;
+        let targets = if obj.norm_pix {
+            &batch.pixel_targets
+        } else {
+            &batch.patches
+        };
+        terms.push(Term {
+            name: "mim",
+            loss: losses::masked_patch_mse(&pixels, targets, &batch.removed)?,
+            feature: false,
+        });
+    }
+    if obj.feamim {
+        let (image_targets, _) = targets.ok_or_else(missing)?;
+        let pred = flatten_rows(&model.feamim_head.forward(&decoded)?)?;
+        let weights = if obj.masked_only {
+            batch.removed.flatten_all()?
+        } else {
+            batch.removed.ones_like()?.flatten_all()?
+        };
+        terms.push(Term {
+            name: "feamim",
+            loss: losses::feature_loss(
+                &pred,
+                &flatten_rows(image_targets)?,
+                &weights,
+                obj.distance,
+            )?,
+            feature: true,
+        });
+    }
+    Ok(terms)
+}
+
+/// The MLM pass: the text encoder on the corrupted text, the fusion with the unmasked image
+/// (`vision`: its encoder output); MLM and FeaMLM terms.
+pub(crate) fn mlm_pass(
+    model: &UmdModel,
+    batch: &Batch,
+    obj: &ObjectiveConfig,
+    vision: &Tensor,
+    targets: Option<&(Tensor, Tensor)>,
+) -> Result<Vec<Term>> {
+    let c = &model.config;
+    let mut terms = Vec::new();
+    let corrupted = model.text.forward(&batch.masked_ids, &batch.text_mask)?;
+    let fused = model.fuse(&corrupted.last, &batch.text_mask, vision, c.fusion_layers)?;
+    let text_rows = flatten_rows(fused.text.last().ok_or_else(missing)?)?;
+    if obj.mlm && batch.mlm_positions.elem_count() > 0 {
+        let logits = model
+            .mlm_head
+            .forward(&text_rows.index_select(&batch.mlm_positions, 0)?)?;
+        terms.push(Term {
+            name: "mlm",
+            loss: losses::cross_entropy(&logits, &batch.mlm_labels)?,
+            feature: false,
+        });
+    }
+    if obj.feamlm {
+        let (_, text_targets) = targets.ok_or_else(missing)?;
+        let pred = model.feamlm_head.forward(&text_rows)?;
+        let weights = if obj.masked_only {
+            batch.mlm_weights.flatten_all()?
+        } else {
+            batch.text_mask.flatten_all()?
+        };
+        terms.push(Term {
+            name: "feamlm",
+            loss: losses::feature_loss(
+                &pred,
+                &flatten_rows(text_targets)?,
+                &weights,
+                obj.distance,
+            )?,
+            feature: true,
+        });
+    }
+    Ok(terms)
+}
+
+/// The ITM pass: the fusion on the in-batch image-text pairs (`vision`, `text`: the unmasked
+/// encoder outputs); the ITM term.
+pub(crate) fn itm_pass(
+    model: &UmdModel,
+    batch: &Batch,
+    vision: &Tensor,
+    text: &Tensor,
+) -> Result<Vec<Term>> {
+    let c = &model.config;
+    let images = vision.index_select(&batch.itm_image, 0)?;
+    let fused = model.fuse(text, &batch.text_mask, &images, c.fusion_layers)?;
+    let logits = model.itm_logits(&model.pooled(&fused)?)?;
+    Ok(vec![Term {
+        name: "itm",
+        loss: losses::cross_entropy(&logits, &batch.itm_labels)?,
+        feature: false,
+    }])
+}
+
+/// `Σ data terms + alpha · Σ feature terms`, each sum in the order of `terms`; None without terms.
+pub(crate) fn weighted_sum(terms: &[Term], alpha: f64) -> Result<Option<Tensor>> {
+    let mut total: Option<Tensor> = None;
+    for term in terms.iter().filter(|t| !t.feature) {
+        total = Some(match total {
+            Some(t) => (t + &term.loss)?,
+            None => term.loss.clone(),
+        });
+    }
+    for term in terms.iter().filter(|t| t.feature) {
+        let weighted = (&term.loss * alpha)?;
+        total = Some(match total {
+            Some(t) => (t + weighted)?,
+            None => weighted,
+        });
+    }
+    Ok(total)
+}
+
+/// The terms' values in [`TERM_ORDER`] and their total (`Σ data + alpha · Σ features`, data terms
+/// in the order mim, mlm, itm).
+pub(crate) fn loss_terms(terms: &[Term], alpha: f64) -> Result<LossTerms> {
+    let mut values = Vec::with_capacity(terms.len());
+    for term in terms {
+        values.push((
+            term.name,
+            term.loss
+                .to_dtype(candle_core::DType::F32)?
+                .to_scalar::<f32>()?,
+        ));
+    }
+    values.sort_by_key(|(name, _)| TERM_ORDER.iter().position(|n| n == name));
+    let total = weighted_sum(terms, alpha)?
+        .ok_or_else(|| ModelError::Config("no loss term produced a value for this batch".into()))?;
+    Ok(LossTerms { total, values })
+}
+
+/// Computes every enabled loss for one batch, as one graph (the caller back-propagates
+/// `total`). [`crate::gradients::mr_gradients`] computes the same losses with the independent
+/// passes on separate threads and returns their gradients.
 pub fn mr_losses(
     model: &UmdModel,
     ema: Option<&EmaTarget>,
     batch: &Batch,
     obj: &ObjectiveConfig,
 ) -> Result<LossTerms> {
-    let c = &model.config;
-    let stopgrad = obj.target_network == TargetNetwork::Stopgrad;
-    let need_features = obj.feamim || obj.feamlm;
-    let mim_pass = obj.mim || obj.feamim;
-    let mlm_pass = obj.mlm || obj.feamlm;
-    let need_full_vision = obj.itm || mlm_pass || (need_features && stopgrad);
-    let need_full_text = obj.itm || mim_pass || (need_features && stopgrad);
-
-    let full_vision = if need_full_vision {
+    let needs = Passes::of(obj);
+    let full_vision = if needs.full_vision {
         Some(model.vision.forward(&batch.patches, None)?)
     } else {
         None
     };
-    let full_text = if need_full_text {
+    let full_text = if needs.full_text {
         Some(model.text.forward(&batch.input_ids, &batch.text_mask)?)
     } else {
         None
     };
-    let missing = || {
-        ModelError::Config("internal: a pass needs an encoder output that was not computed".into())
+    let targets = match (needs.features, needs.stopgrad) {
+        (false, _) => None,
+        (true, false) => Some(ema_targets(ema, batch, obj)?),
+        (true, true) => Some(stopgrad_targets(
+            model,
+            full_vision.as_ref(),
+            full_text.as_ref(),
+            obj,
+        )?),
     };
-
-    let targets = if need_features {
-        Some(match (ema, stopgrad) {
-            (Some(ema), false) => {
-                let v = ema.model.vision.forward(&batch.patches, None)?;
-                let t = ema.model.text.forward(&batch.input_ids, &batch.text_mask)?;
-                feature_targets(&ema.model, &v, &t, obj.target_layer, obj.normalize_targets)?
-            }
-            (None, false) => {
-                return Err(ModelError::Config(
-                    "target_network `ema` needs the EMA target model".into(),
-                ));
-            }
-            (_, true) => feature_targets(
-                model,
-                full_vision.as_ref().ok_or_else(missing)?,
-                full_text.as_ref().ok_or_else(missing)?,
-                obj.target_layer,
-                obj.normalize_targets,
-            )?,
-        })
-    } else {
-        None
-    };
-
-    let mut values = Vec::new();
-    let mut data_terms: Vec<Tensor> = Vec::new();
-    let mut feature_terms: Vec<Tensor> = Vec::new();
-    let mut record = |name: &'static str, loss: Tensor, feature: bool| -> Result<()> {
-        values.push((
-            name,
-            loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?,
-        ));
-        if feature {
-            feature_terms.push(loss)
-        } else {
-            data_terms.push(loss)
-        }
-        Ok(())
-    };
-
-    if mim_pass {
-        let text = full_text.as_ref().ok_or_else(missing)?;
-        let visible = model.vision.forward(&batch.patches, Some(&batch.keep))?;
-        let fused = model.fuse(&text.last, &batch.text_mask, &visible.last, c.mim_layer)?;
-        let decoded = model
-            .mim_head
-            .decode(&fused.image[c.mim_layer], &batch.restore)?;
-        if obj.mim {
-            let pixels = model.mim_head.pixels(&decoded)?;
-            let targets = if obj.norm_pix {
-                &batch.pixel_targets
-            } else {
-                &batch.patches
-            };
-            record(
-                "mim",
-                losses::masked_patch_mse(&pixels, targets, &batch.removed)?,
-                false,
-            )?;
-        }
-        if obj.feamim {
-            let (image_targets, _) = targets.as_ref().ok_or_else(missing)?;
-            let pred = flatten_rows(&model.feamim_head.forward(&decoded)?)?;
-            let weights = if obj.masked_only {
-                batch.removed.flatten_all()?
-            } else {
-                batch.removed.ones_like()?.flatten_all()?
-            };
-            record(
-                "feamim",
-                losses::feature_loss(&pred, &flatten_rows(image_targets)?, &weights, obj.distance)?,
-                true,
-            )?;
-        }
+    let last =
+        |out: &Option<EncoderOutput>| out.as_ref().map(|o| o.last.clone()).ok_or_else(missing);
+    let mut terms = Vec::new();
+    if needs.mim {
+        terms.extend(mim_pass(
+            model,
+            batch,
+            obj,
+            &last(&full_text)?,
+            targets.as_ref(),
+        )?);
     }
-    if mlm_pass {
-        let vision = full_vision.as_ref().ok_or_else(missing)?;
-        let corrupted = model.text.forward(&batch.masked_ids, &batch.text_mask)?;
-        let fused = model.fuse(
-            &corrupted.last,
-            &batch.text_mask,
-            &vision.last,
-            c.fusion_layers,
-        )?;
-        let text_rows = flatten_rows(fused.text.last().ok_or_else(missing)?)?;
-        if obj.mlm && batch.mlm_positions.elem_count() > 0 {
-            let logits = model
-                .mlm_head
-                .forward(&text_rows.index_select(&batch.mlm_positions, 0)?)?;
-            record(
-                "mlm",
-                losses::cross_entropy(&logits, &batch.mlm_labels)?,
-                false,
-            )?;
-        }
-        if obj.feamlm {
-            let (_, text_targets) = targets.as_ref().ok_or_else(missing)?;
-            let pred = model.feamlm_head.forward(&text_rows)?;
-            let weights = if obj.masked_only {
-                batch.mlm_weights.flatten_all()?
-            } else {
-                batch.text_mask.flatten_all()?
-            };
-            record(
-                "feamlm",
-                losses::feature_loss(&pred, &flatten_rows(text_targets)?, &weights, obj.distance)?,
-                true,
-            )?;
-        }
+    if needs.mlm {
+        terms.extend(mlm_pass(
+            model,
+            batch,
+            obj,
+            &last(&full_vision)?,
+            targets.as_ref(),
+        )?);
     }
-    if obj.itm {
-        let vision = full_vision.as_ref().ok_or_else(missing)?;
-        let text = full_text.as_ref().ok_or_else(missing)?;
-        let images = vision.last.index_select(&batch.itm_image, 0)?;
-        let fused = model.fuse(&text.last, &batch.text_mask, &images, c.fusion_layers)?;
-        let logits = model.itm_logits(&model.pooled(&fused)?)?;
-        record(
-            "itm",
-            losses::cross_entropy(&logits, &batch.itm_labels)?,
-            false,
-        )?;
+    if needs.itm {
+        terms.extend(itm_pass(
+            model,
+            batch,
+            &last(&full_vision)?,
+            &last(&full_text)?,
+        )?);
     }
-
-    let mut total: Option<Tensor> = None;
-    for term in data_terms {
-        total = Some(match total {
-            Some(t) => (t + term)?,
-            None => term,
-        });
-    }
-    for term in feature_terms {
-        let weighted = (term * obj.alpha)?;
-        total = Some(match total {
-            Some(t) => (t + weighted)?,
-            None => weighted,
-        });
-    }
-    let total = total
-        .ok_or_else(|| ModelError::Config("no loss term produced a value for this batch".into()))?;
-    values.sort_by_key(|(name, _)| TERM_ORDER.iter().position(|n| n == name));
-    Ok(LossTerms { total, values })
+    loss_terms(&terms, obj.alpha)
 }
 
 /// The order of the loss terms in curves and metrics.

@@ -190,7 +190,9 @@ impl StageKind for PretrainKind {
         // 3: model_config.json records `vision_positions`.
         // 4: `weight_init` (default xavier), recorded in model_config.json.
         // 5: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
-        5
+        // 6: the step's passes are back-propagated separately and their gradients added in a
+        // fixed order (`gradients::mr_gradients`), which rounds differently.
+        6
     }
 
     fn summary(&self) -> &'static str {

@@ -11,9 +11,10 @@ use crate::batch::build_batch;
 use crate::checkpoint::CheckpointInfo;
 use crate::config::{ModelConfig, VisionPositions, WeightInit};
 use crate::error::{ModelError, Result};
+use crate::gradients::mr_gradients;
 use crate::masking::MaskPlan;
 use crate::model::UmdModel;
-use crate::objective::{EmaTarget, ObjectiveConfig, mr_losses};
+use crate::objective::{EmaTarget, ObjectiveConfig};
 use crate::optim::{OptimConfig, Optimiser};
 use crate::pretrained::EncoderInit;
 use crate::resume::{Checkpointer, Progress, Training};
@@ -95,11 +96,12 @@ pub fn model_config_for(dataset: &Dataset, plan: &MaskPlan, preset: &str) -> Res
 /// Trains a freshly initialised model (seeded by `settings.seed`) on the plan's samples, with
 /// CPU matrix products on a pool of `threads` worker threads.
 ///
-/// candle's CPU matrix products split their work over the *current* rayon pool, so running
-/// inside a pool of `threads` bounds them (candle still cuts the work into as many pieces as
-/// the machine has cores, or `RAYON_NUM_THREADS`). Same seed and thread count give the same
-/// checkpoint bit for bit; the products split rows, never the summation, so in practice the
-/// thread count does not change the result either.
+/// Each step runs its independent passes side by side on this pool ([`mr_gradients`]), and
+/// candle's CPU matrix products and the fused kernels split their work over the *current* rayon
+/// pool, so running inside a pool of `threads` bounds them (candle still cuts a product into as
+/// many pieces as the machine has cores, or `RAYON_NUM_THREADS`). Same seed gives the same
+/// checkpoint bit for bit, whatever the thread count: the passes' gradients are added in a fixed
+/// order, and the products and kernels split rows, never a sum.
 pub fn pretrain(
     dataset: &Dataset,
     plan: &MaskPlan,
@@ -351,7 +353,7 @@ pub fn run_mr_steps(
                 &mut itm_rng,
                 device,
             )?;
-            let terms = mr_losses(model, ema.as_ref(), &batch, obj)?;
+            let (terms, grads) = mr_gradients(model, ema.as_ref(), &batch, obj)?;
             let total_value = terms
                 .total
                 .to_dtype(candle_core::DType::F32)?
@@ -370,7 +372,6 @@ pub fn run_mr_steps(
                     value: total_value,
                 });
             }
-            let grads = terms.total.backward()?;
             let lr = run.optim.lr_at(step, total);
             let grad_norm = optimiser.step(&grads, lr)?;
             if !grad_norm.is_finite() {

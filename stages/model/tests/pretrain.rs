@@ -125,15 +125,19 @@ fn total_loss_falls_on_synthrad_ci() {
 }
 
 fn checkpoint_bytes(seed: u64) -> Vec<u8> {
+    // Two threads: the CI machine's count.
+    checkpoint_bytes_on(seed, 2)
+}
+
+fn checkpoint_bytes_on(seed: u64, threads: usize) -> Vec<u8> {
     let dataset = common::ci_dataset();
     let plan = common::plan_for(&dataset, 1, 0);
-    // Two threads: the CI machine's count; determinism is promised per thread count.
     let outcome = pretrain(
         &dataset,
         &plan,
         &settings(seed, 4),
         &Device::Cpu,
-        2,
+        threads,
         &Silent,
     )
     .unwrap();
@@ -150,6 +154,16 @@ fn one_seed_gives_a_bit_identical_checkpoint() {
     assert!(
         checkpoint_bytes(8) != a,
         "seed 8 wrote the same checkpoint as seed 7"
+    );
+}
+
+#[test]
+fn the_thread_count_does_not_change_the_checkpoint() {
+    // The passes run side by side and their gradients are added in a fixed order; the products
+    // and kernels split rows, never a sum (docs/method.md).
+    assert!(
+        checkpoint_bytes_on(7, 1) == checkpoint_bytes(7),
+        "1 and 2 threads wrote different checkpoints"
     );
 }
 

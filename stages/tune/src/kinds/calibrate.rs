@@ -99,7 +99,9 @@ impl StageKind for CalibrateKind {
         // 2: training runs through pretrain's loop (non-finite gradient norms stop it; the EMA
         // momentum can follow a schedule); joint mode with EMA targets works.
         // 3: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
-        3
+        // 4: pretrain's loop adds the passes' gradients in a fixed order, which rounds
+        // differently (`umdflow_model::gradients::mr_gradients`).
+        4
     }
     fn summary(&self) -> &'static str {
         "TD-Calib: continued MR-Pretrain on the downstream training split (or the joint-loss mode)"
