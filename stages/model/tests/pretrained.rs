@@ -91,7 +91,11 @@ fn vision_encoder(image_size: usize, layers: Option<usize>) -> (VisionEncoder, M
 }
 
 /// umdflow's ViT holding the image-encoder fixture `name`'s weights.
-fn encoder_of(name: &str, image_size: usize, layers: Option<usize>) -> (VisionEncoder, ModelConfig) {
+fn encoder_of(
+    name: &str,
+    image_size: usize,
+    layers: Option<usize>,
+) -> (VisionEncoder, ModelConfig) {
     let init = load_image_encoder(&fixture(name), image_size, layers, &Device::Cpu)
         .expect("the fixture loads");
     let config = config_for(&[&init], image_size, 16);
@@ -250,12 +254,7 @@ fn plain_vit_positions_are_resampled_and_its_layers_cut_as_asked() {
     let out = encoder
         .forward(&patches(&r["pixel_values_24"], 4), None)
         .unwrap();
-    assert_close(
-        "ViT at 24 px",
-        &out.last,
-        &r["last_hidden_state_24"],
-        None,
-    );
+    assert_close("ViT at 24 px", &out.last, &r["last_hidden_state_24"], None);
 
     let (encoder, config) = encoder_of("vit", 16, Some(1));
     assert_eq!(config.vision_layers, 1);
@@ -564,7 +563,8 @@ fn the_folded_grey_input_gives_what_clip_computes_on_the_normalised_rgb_image() 
     let (rgb, _) = vision_encoder(32, None);
     let dir = fixture("clip-vit");
     let mut init = load_image_encoder(&dir, 32, None, &Device::Cpu).unwrap();
-    let norm = ImageNormalization::read(&dir, 3, ImageFamily::Clip.default_normalization()).unwrap();
+    let norm =
+        ImageNormalization::read(&dir, 3, ImageFamily::Clip.default_normalization()).unwrap();
     assert_eq!(norm.mean, CLIP_MEAN.to_vec());
     init.fold_pixel_input(1, &norm, MODEL_INPUT_SCALE, MODEL_INPUT_SHIFT)
         .unwrap();
