@@ -9,6 +9,11 @@ Writes `stages/model/tests/fixtures/hf/` (the folder the tests read):
   post-layer-norm of all tokens; the same model at 48 px with `interpolate_pos_encoding=True`; and
   the position table resampled to 5x5 and 6x6 patches with `torch.nn.functional.interpolate`
   (bicubic, align_corners=False, transformers' own `interpolate_pos_encoding`).
+- `vit/`: a plain `ViTModel` (2 layers, width 16, 16 px images, 4 px patches, GELU, epsilon 1e-12,
+  with its pooler) saved with `save_pretrained`, its `preprocessor_config.json` (mean = std = 0.5),
+  and `reference.safetensors`: the input pixels, the embeddings' output, every hidden state and the
+  last hidden state (after the final `layernorm`, on every token, the class token first); the same
+  model at 24 px with `interpolate_pos_encoding=True`, and its position table resampled to 6x6.
 - `roberta/`: a `RobertaModel` (2 layers, width 32) with a byte-level BPE `tokenizer.json` trained
   here on a few medical sentences; `bert/`: a `BertModel` with a WordPiece `tokenizer.json`. Each
   has `reference.safetensors` (input ids, attention mask, embeddings' output, every hidden state,
@@ -19,7 +24,10 @@ need it:
 
     /work/venv-torch/bin/python scripts/make-hf-fixtures.py
 
-Seeded: rerunning it with the same package versions writes identical files.
+Seeded: rerunning it on the same machine with the same package versions writes identical files. On
+another machine or torch build the weights and tokenizers come out identical, but the reference
+outputs may differ in the last bits (about 1e-6, seen between the committed files and torch 2.15.0 on
+the session-5 machine); keep the committed references unless a fixture's model itself changes.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from transformers import (
     CLIPVisionModel,
     RobertaConfig,
     RobertaModel,
+    ViTConfig,
+    ViTModel,
 )
 
 OUT = Path(__file__).resolve().parent.parent / "stages/model/tests/fixtures/hf"
@@ -75,6 +85,7 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     clip()
+    vit()
     roberta_dir, roberta_tok = OUT / "roberta", byte_level_bpe()
     text_model(roberta_dir, roberta_tok, "roberta")
     text_model(OUT / "bert", wordpiece(), "bert")
@@ -161,6 +172,63 @@ def clip() -> None:
         for side in (40, 48):
             dummy = torch.zeros((1, (side // 8) ** 2 + 1, 32))
             ref[f"positions_{side}"] = model.embeddings.interpolate_pos_encoding(dummy, side, side)[0]
+    save(ref, out / "reference.safetensors")
+
+
+def vit() -> None:
+    out = OUT / "vit"
+    config = ViTConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+    )
+    torch.manual_seed(SEED)
+    model = ViTModel(config, add_pooling_layer=True).eval()
+    perturb(model, SEED + 4)
+    with torch.no_grad():
+        # The plain ViT has no `ln_pre`: its first layer norm reads the embeddings as they are.
+        # A small patch projection keeps their variance near 1e-3, where the ViT's epsilon 1e-12
+        # and CLIP's 1e-5 differ by about 0.5 %, so a wrong epsilon shows at the tests' 1e-4.
+        model.embeddings.patch_embeddings.projection.weight.mul_(0.02)
+        model.embeddings.patch_embeddings.projection.bias.mul_(0.1)
+    model.save_pretrained(out)
+    # What `ViTImageProcessor.save_pretrained` writes (by hand, as for CLIP).
+    preprocessor = {
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "ViTImageProcessor",
+        "image_std": [0.5, 0.5, 0.5],
+        "resample": 2,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"height": 16, "width": 16},
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+
+    g = torch.Generator().manual_seed(SEED + 5)
+    pixels = torch.randn((2, 3, 16, 16), generator=g)
+    pixels_24 = torch.randn((1, 3, 24, 24), generator=g)
+    ref = {"pixel_values": pixels, "pixel_values_24": pixels_24}
+    with torch.no_grad():
+        embeddings = model.embeddings(pixels)
+        run = model(pixel_values=pixels, output_hidden_states=True)
+        assert torch.equal(run.hidden_states[0], embeddings)
+        ref["embeddings"] = embeddings
+        for k, h in enumerate(run.hidden_states):
+            ref[f"hidden_states.{k}"] = h
+        ref["last_hidden_state"] = run.last_hidden_state
+
+        run_24 = model(pixel_values=pixels_24, interpolate_pos_encoding=True)
+        ref["last_hidden_state_24"] = run_24.last_hidden_state
+        dummy = torch.zeros((1, (24 // 4) ** 2 + 1, 16))
+        ref["positions_24"] = model.embeddings.interpolate_pos_encoding(dummy, 24, 24)[0]
     save(ref, out / "reference.safetensors")
 
 

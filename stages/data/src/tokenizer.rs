@@ -7,8 +7,10 @@ use std::path::Path;
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::ModelWrapper;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{
@@ -33,6 +35,17 @@ pub struct SpecialIds {
     pub cls: u32,
     pub sep: u32,
     pub mask: u32,
+}
+
+/// How a tokenizer cuts words into pieces, which decides how its pieces join back into words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceScheme {
+    /// WordPiece (umdflow's and BERT's): a piece that continues a word starts with `##`.
+    WordPiece,
+    /// Byte-level BPE (RoBERTa's): a piece that follows a space starts with `Ġ` (the byte-level
+    /// alphabet's space); no piece crosses the pre-tokenizer's split between letters, digits and
+    /// other characters.
+    ByteLevelBpe,
 }
 
 #[derive(Debug)]
@@ -132,6 +145,25 @@ impl TextTokenizer {
     /// Every token with its id, special tokens included.
     pub fn vocab(&self) -> std::collections::HashMap<String, u32> {
         self.inner.get_vocab(true)
+    }
+
+    /// The vocabulary entry of `id` as the tokenizer stores it (`##ules`, `Ġeffusion`), or None
+    /// outside the vocabulary.
+    pub fn piece(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// How the pieces join into words: WordPiece, or byte-level BPE (a BPE model with the
+    /// byte-level pre-tokenizer). None for any other tokenizer (SentencePiece's `▁`, a plain
+    /// BPE, a unigram model), whose words umdflow does not reassemble.
+    pub fn piece_scheme(&self) -> Option<PieceScheme> {
+        match (self.inner.get_model(), self.inner.get_pre_tokenizer()) {
+            (ModelWrapper::WordPiece(_), _) => Some(PieceScheme::WordPiece),
+            (ModelWrapper::BPE(_), Some(PreTokenizerWrapper::ByteLevel(_))) => {
+                Some(PieceScheme::ByteLevelBpe)
+            }
+            _ => None,
+        }
     }
 
     /// Size of the vocabulary, special tokens included.

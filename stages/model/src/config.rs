@@ -20,6 +20,23 @@ pub enum VisionPositions {
     Sincos,
 }
 
+/// The activation inside the ViT's MLPs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisionActivation {
+    /// CLIP's `x · σ(1.702 x)` (M3AE's image encoder).
+    #[default]
+    QuickGelu,
+    /// The exact (erf) GELU of the plain ViT (`google/vit-*`).
+    Gelu,
+}
+
+impl VisionActivation {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// How new weight matrices are drawn (embedding tables are N(0, 0.02) under both).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,6 +102,30 @@ pub struct ModelConfig {
     /// normal). Kept so that heads added later (fine-tuning) are drawn the same way.
     #[serde(default)]
     pub weight_init: WeightInit,
+    /// The ViT's patch embedding has a bias (the plain ViT's; CLIP's has none). Written only when
+    /// true, so CLIP-layout models keep their `model_config.json` byte for byte.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub vision_patch_bias: bool,
+    /// The ViT normalises its embeddings before the first block (`ln_pre`, CLIP's; the plain ViT
+    /// has none). Written only when false.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub vision_ln_pre: bool,
+    /// The ViT MLPs' activation. Written only when not CLIP's `quick_gelu`.
+    #[serde(default, skip_serializing_if = "VisionActivation::is_default")]
+    pub vision_activation: VisionActivation,
+}
+
+/// Serde's default for fields that are true unless a file says otherwise.
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// The named size presets.
@@ -145,6 +186,9 @@ impl ModelConfig {
             text_norm_eps: None,
             vision_positions: VisionPositions::Learned,
             weight_init: WeightInit::Normal,
+            vision_patch_bias: false,
+            vision_ln_pre: true,
+            vision_activation: VisionActivation::QuickGelu,
         };
         config.validate()?;
         Ok(config)
@@ -242,5 +286,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("divide image_size"), "{err}");
+    }
+
+    #[test]
+    fn the_plain_vit_switches_are_written_only_when_set_and_default_when_absent() {
+        let clip = ModelConfig::preset("tiny", 32, 1, 8, 100, 16).unwrap();
+        let text = serde_json::to_string(&clip).unwrap();
+        for field in ["vision_patch_bias", "vision_ln_pre", "vision_activation"] {
+            assert!(!text.contains(field), "{field} in {text}");
+        }
+        // A file saved before the switches existed reads as the CLIP layout.
+        assert_eq!(serde_json::from_str::<ModelConfig>(&text).unwrap(), clip);
+
+        let vit = ModelConfig {
+            vision_patch_bias: true,
+            vision_ln_pre: false,
+            vision_activation: VisionActivation::Gelu,
+            ..clip
+        };
+        let text = serde_json::to_string(&vit).unwrap();
+        assert!(
+            text.contains("\"vision_patch_bias\":true")
+                && text.contains("\"vision_ln_pre\":false")
+                && text.contains("\"vision_activation\":\"gelu\""),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<ModelConfig>(&text).unwrap(), vit);
     }
 }

@@ -89,18 +89,43 @@ impl ObjectiveConfig {
     /// Checks the choices against the model sizes; returns a message naming the bad field.
     pub fn validate(&self, model: &ModelConfig) -> std::result::Result<(), (String, String)> {
         self.validate_choices()?;
-        if let Some(k) = self.target_layer {
-            let max = model.vision_layers.min(model.text_layers);
-            if k == 0 || k > max {
-                return Err((
-                    "target_layer".into(),
-                    format!(
-                        "must be null (projected output) or an encoder block in 1..={max}, got {k}"
-                    ),
-                ));
-            }
+        self.validate_depths(&[
+            ("image encoder", model.vision_layers),
+            ("text encoder", model.text_layers),
+        ])
+    }
+
+    /// Checks `target_layer` against the depths of the encoders it reads (`(name, blocks)`; an
+    /// encoder left out is not checked, as when its depth comes from a pretrained folder only
+    /// read at run time). The message names every depth given.
+    pub fn validate_depths(
+        &self,
+        encoders: &[(&str, usize)],
+    ) -> std::result::Result<(), (String, String)> {
+        let Some(k) = self.target_layer else {
+            return Ok(());
+        };
+        let Some(max) = encoders.iter().map(|&(_, blocks)| blocks).min() else {
+            return Ok(());
+        };
+        if (1..=max).contains(&k) {
+            return Ok(());
         }
-        Ok(())
+        let depths = encoders
+            .iter()
+            .map(|(name, blocks)| {
+                let plural = if *blocks == 1 { "" } else { "s" };
+                format!("the {name} has {blocks} block{plural}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err((
+            "target_layer".into(),
+            format!(
+                "must be null (projected output) or an encoder block in 1..={max}, got {k} \
+                 ({depths})"
+            ),
+        ))
     }
 
     /// The checks that need no model sizes (a stage that reads its model from a checkpoint can

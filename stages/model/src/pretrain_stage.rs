@@ -64,7 +64,7 @@ pub struct PretrainParams {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InitParams {
-    /// A CLIP vision encoder (`config.json`, `model.safetensors`, optionally
+    /// A CLIP vision encoder or a plain ViT (`config.json`, `model.safetensors`, optionally
     /// `preprocessor_config.json`).
     pub image: Option<String>,
     /// A BERT or RoBERTa encoder (`config.json`, `model.safetensors`).
@@ -111,9 +111,23 @@ impl PretrainParams {
             problems.push(Problem::new("params.device", message));
         }
         // Layer counts and widths do not depend on the data, so the preset can be checked with
-        // stand-in sizes.
+        // stand-in sizes. An encoder `init` loads takes its depth from its folder: the loss is
+        // checked against it when the stage runs (`train::pretrain_with`).
         if let Ok(mut model) = ModelConfig::preset(&self.preset, 32, 1, 8, 8, 8) {
-            if let Err((field, message)) = self.loss.validate(&model) {
+            let init = self.init.clone().unwrap_or_default();
+            let preset_depths: Vec<(&str, usize)> = [
+                ("image encoder", model.vision_layers, init.image.is_none()),
+                ("text encoder", model.text_layers, init.text.is_none()),
+            ]
+            .into_iter()
+            .filter(|&(_, _, from_preset)| from_preset)
+            .map(|(name, blocks, _)| (name, blocks))
+            .collect();
+            if let Err((field, message)) = self
+                .loss
+                .validate_choices()
+                .and_then(|()| self.loss.validate_depths(&preset_depths))
+            {
                 problems.push(Problem::new(format!("params.loss.{field}"), message));
             }
             model.vision_positions = self.vision_positions;

@@ -168,6 +168,12 @@ fn pretrain_here(
     config.vision_positions = settings.vision_positions;
     config.weight_init = settings.weight_init;
     config.validate()?;
+    // The encoders' depths are known only now when `init` loaded one (CLIP with
+    // `image_layers: 11` has 11 blocks whatever the preset says).
+    settings
+        .objective
+        .validate(&config)
+        .map_err(|(field, message)| ModelError::Config(format!("loss.{field}: {message}")))?;
     let feature_dims = settings.objective.feature_dims(&config);
     let mut store = ParamStore::new(device, settings.seed).with_weight_init(config.weight_init);
     let model = UmdModel::new(&mut store, &config, feature_dims)?;

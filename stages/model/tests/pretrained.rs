@@ -1,5 +1,6 @@
 //! Pretrained encoders from Hugging Face folders: umdflow's encoders, given the weights of tiny
-//! random `CLIPVisionModel`, `RobertaModel` and `BertModel`s saved by `transformers`, compute what
+//! random `CLIPVisionModel`, `ViTModel`, `RobertaModel` and `BertModel`s saved by `transformers`,
+//! compute what
 //! the Python models computed on the same inputs (to 1e-4), and a file that does not fit the layout
 //! is refused with every offending tensor named.
 //!
@@ -12,12 +13,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use umdflow_model::config::ModelConfig;
+use umdflow_model::config::{ModelConfig, VisionActivation};
 use umdflow_model::model::encoders::{TextEncoder, VisionEncoder};
 use umdflow_model::ops;
 use umdflow_model::pretrained::{
-    CLIP_MEAN, EncoderInit, ImageNormalization, MODEL_INPUT_SCALE, MODEL_INPUT_SHIFT,
-    load_image_encoder, load_text_encoder,
+    CLIP_MEAN, EncoderInit, ImageFamily, ImageNormalization, MODEL_INPUT_SCALE, MODEL_INPUT_SHIFT,
+    VIT_MEAN, VIT_STD, load_image_encoder, load_text_encoder,
 };
 use umdflow_model::store::ParamStore;
 
@@ -86,8 +87,17 @@ fn patches(pixels: &Tensor, patch: usize) -> Tensor {
 }
 
 fn vision_encoder(image_size: usize, layers: Option<usize>) -> (VisionEncoder, ModelConfig) {
-    let init = load_image_encoder(&fixture("clip-vit"), image_size, layers, &Device::Cpu)
-        .expect("the CLIP fixture loads");
+    encoder_of("clip-vit", image_size, layers)
+}
+
+/// umdflow's ViT holding the image-encoder fixture `name`'s weights.
+fn encoder_of(
+    name: &str,
+    image_size: usize,
+    layers: Option<usize>,
+) -> (VisionEncoder, ModelConfig) {
+    let init = load_image_encoder(&fixture(name), image_size, layers, &Device::Cpu)
+        .expect("the fixture loads");
     let config = config_for(&[&init], image_size, 16);
     let mut store = ParamStore::new(&Device::Cpu, 0);
     let encoder = VisionEncoder::new(&mut store, &config).unwrap();
@@ -179,6 +189,181 @@ fn clip_keeps_only_the_layers_asked_for() {
         err.contains("3 image-encoder layers asked for") && err.contains("has 2"),
         "{err}"
     );
+}
+
+#[test]
+fn plain_vit_matches_transformers_on_the_same_pixels() {
+    let r = reference("vit");
+    let (encoder, config) = encoder_of("vit", 16, None);
+    assert_eq!(
+        (
+            config.vision_width,
+            config.vision_layers,
+            config.vision_heads,
+            config.vision_mlp
+        ),
+        (16, 2, 2, 32)
+    );
+    assert_eq!((config.patch_size, config.channels), (4, 3));
+    // The plain ViT's parts: a patch bias, no `ln_pre`, exact GELU, epsilon 1e-12.
+    assert!(config.vision_patch_bias && !config.vision_ln_pre);
+    assert_eq!(config.vision_activation, VisionActivation::Gelu);
+    assert_eq!(config.vision_norm_eps, Some(1e-12));
+    assert!(encoder.patch_bias.is_some() && encoder.ln_pre.is_none());
+    let x = patches(&r["pixel_values"], 4);
+
+    // The embeddings' output (the first block's input: no `ln_pre`), with the patch bias.
+    let (b, l, _) = x.dims3().unwrap();
+    let w = config.vision_width;
+    let tokens = ops::linear(&x, &encoder.patch_embed, encoder.patch_bias.as_ref())
+        .unwrap()
+        .broadcast_add(&encoder.positional_embedding.narrow(0, 1, l).unwrap())
+        .unwrap();
+    let cls = (&encoder.class_embedding + encoder.positional_embedding.get(0).unwrap())
+        .unwrap()
+        .reshape((1, 1, w))
+        .unwrap()
+        .broadcast_as((b, 1, w))
+        .unwrap();
+    let embeddings = Tensor::cat(&[&cls, &tokens], 1).unwrap();
+    assert_close("ViT embeddings", &embeddings, &r["embeddings"], None);
+
+    let out = encoder.forward(&x, None).unwrap();
+    assert_close("ViT layer 1", &out.blocks[0], &r["hidden_states.1"], None);
+    assert_close("ViT layer 2", &out.blocks[1], &r["hidden_states.2"], None);
+    // The final `layernorm` on every token; row 0 is the class token the pooler reads.
+    assert_close(
+        "ViT last hidden state",
+        &out.last,
+        &r["last_hidden_state"],
+        None,
+    );
+}
+
+#[test]
+fn plain_vit_positions_are_resampled_and_its_layers_cut_as_asked() {
+    let r = reference("vit");
+    let init = load_image_encoder(&fixture("vit"), 24, None, &Device::Cpu).unwrap();
+    assert_close(
+        "ViT positions at 24 px",
+        &init.tensors["vision_encoder.positional_embedding"],
+        &r["positions_24"],
+        None,
+    );
+    let (encoder, _) = encoder_of("vit", 24, None);
+    let out = encoder
+        .forward(&patches(&r["pixel_values_24"], 4), None)
+        .unwrap();
+    assert_close("ViT at 24 px", &out.last, &r["last_hidden_state_24"], None);
+
+    let (encoder, config) = encoder_of("vit", 16, Some(1));
+    assert_eq!(config.vision_layers, 1);
+    let out = encoder
+        .forward(&patches(&r["pixel_values"], 4), None)
+        .unwrap();
+    assert_close(
+        "ViT layer 1 of 1",
+        &out.blocks[0],
+        &r["hidden_states.1"],
+        None,
+    );
+}
+
+#[test]
+fn a_vit_classifier_checkpoint_gives_its_encoder_and_sets_the_head_aside() {
+    // `google/vit-base-patch16-224` is a ViTForImageClassification: `vit.`-prefixed tensors, a
+    // `classifier`, no pooler.
+    let dir = edited_copy("vit", |t| {
+        let names: Vec<String> = t.keys().cloned().collect();
+        for name in names {
+            let tensor = t.remove(&name).unwrap();
+            if !name.starts_with("pooler.") {
+                t.insert(format!("vit.{name}"), tensor);
+            }
+        }
+        let any = t["vit.layernorm.bias"].clone();
+        t.insert("classifier.bias".into(), any);
+    });
+    let head = load_image_encoder(dir.path(), 16, None, &Device::Cpu).expect("loads");
+    let bare = load_image_encoder(&fixture("vit"), 16, None, &Device::Cpu).unwrap();
+    assert_eq!(head.tensors.len(), bare.tensors.len());
+    for (name, tensor) in &bare.tensors {
+        assert_eq!(
+            max_abs_diff(&head.tensors[name], tensor, None),
+            0.0,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_vit_without_its_patch_bias_or_of_an_unknown_type_is_refused() {
+    let missing = edited_copy("vit", |t| {
+        t.remove("embeddings.patch_embeddings.projection.bias");
+    });
+    let err = load_image_encoder(missing.path(), 16, None, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ViT layout")
+            && err.contains(
+                "missing tensor `embeddings.patch_embeddings.projection.bias` (expected shape [16])"
+            ),
+        "{err}"
+    );
+
+    let swin = edited_copy("vit", |_| {});
+    let path = swin.path().join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("\"vit\"", "\"swin\"")).unwrap();
+    let err = load_image_encoder(swin.path(), 16, None, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json")
+            && err.contains("model_type `swin`")
+            && err.contains("`clip_vision_model`")
+            && err.contains("plain ViT (`vit`)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_vit_folder_without_a_preprocessor_file_is_normalised_with_vits_own_mean_and_std() {
+    let bare = edited_copy("vit", |_| {});
+    let fallback = ImageFamily::Vit.default_normalization();
+    let norm = ImageNormalization::read(bare.path(), 3, fallback.clone()).unwrap();
+    assert_eq!((norm.mean, norm.std), (VIT_MEAN.to_vec(), VIT_STD.to_vec()));
+    // The fixture's own file says the same; CLIP's numbers would be wrong for a ViT.
+    let norm = ImageNormalization::read(&fixture("vit"), 3, fallback).unwrap();
+    assert_eq!(norm.mean, VIT_MEAN.to_vec());
+}
+
+#[test]
+fn the_folded_grey_input_gives_what_the_plain_vit_computes_on_the_normalised_rgb_image() {
+    let r = reference("vit");
+    let (rgb, _) = encoder_of("vit", 16, None);
+    let dir = fixture("vit");
+    let mut init = load_image_encoder(&dir, 16, None, &Device::Cpu).unwrap();
+    let norm = ImageNormalization::read(&dir, 3, ImageFamily::Vit.default_normalization()).unwrap();
+    init.fold_pixel_input(1, &norm, MODEL_INPUT_SCALE, MODEL_INPUT_SHIFT)
+        .unwrap();
+    let config = config_for(&[&init], 16, 16);
+    let mut store = ParamStore::new(&Device::Cpu, 0);
+    let grey = VisionEncoder::new(&mut store, &config).unwrap();
+    init.copy_into(&store).unwrap();
+    let x = candle_nn::ops::sigmoid(&r["pixel_values"].narrow(1, 0, 1).unwrap()).unwrap();
+    // (x − 0.5) / 0.5 on three channels.
+    let rgb_input = Tensor::cat(&[&x, &x, &x], 1)
+        .unwrap()
+        .affine(2.0, -1.0)
+        .unwrap();
+    let grey_input = x
+        .affine(MODEL_INPUT_SCALE as f64, MODEL_INPUT_SHIFT as f64)
+        .unwrap();
+    let expected = rgb.forward(&patches(&rgb_input, 4), None).unwrap();
+    let got = grey.forward(&patches(&grey_input, 4), None).unwrap();
+    assert_close("ViT folded grey input", &got.last, &expected.last, None);
 }
 
 /// Runs the text fixture `name` through umdflow's text encoder and compares with the reference;
@@ -378,7 +563,8 @@ fn the_folded_grey_input_gives_what_clip_computes_on_the_normalised_rgb_image() 
     let (rgb, _) = vision_encoder(32, None);
     let dir = fixture("clip-vit");
     let mut init = load_image_encoder(&dir, 32, None, &Device::Cpu).unwrap();
-    let norm = ImageNormalization::read(&dir, 3).unwrap();
+    let norm =
+        ImageNormalization::read(&dir, 3, ImageFamily::Clip.default_normalization()).unwrap();
     assert_eq!(norm.mean, CLIP_MEAN.to_vec());
     init.fold_pixel_input(1, &norm, MODEL_INPUT_SCALE, MODEL_INPUT_SHIFT)
         .unwrap();
@@ -422,16 +608,31 @@ fn pretrain_with_init(root: &Path, init: serde_json::Value) -> Result<PathBuf, S
 
 /// [`pretrain_with_init`] on the ingest artifact in `ingest_dir`.
 fn pretrain_on(ingest_dir: &Path, root: &Path, init: serde_json::Value) -> Result<PathBuf, String> {
+    pretrain_patches(ingest_dir, root, 8, serde_json::json!({"init": init}))
+}
+
+/// Runs `mask` (patch `patch`) and `pretrain` for 0 steps with `extra` params on the ingest in
+/// `ingest_dir`; the pipeline folder is `root/out`.
+fn pretrain_patches(
+    ingest_dir: &Path,
+    root: &Path,
+    patch: usize,
+    extra: serde_json::Value,
+) -> Result<PathBuf, String> {
     use std::sync::atomic::AtomicBool;
     use umdflow_model::PretrainKind;
     use umdflow_stages::NoProgress;
     let ingest = common::input("prep", "ingest", ingest_dir);
-    let mask = serde_json::json!({"epochs": 1, "patch_size": 8, "seed": 4});
+    let mask = serde_json::json!({"epochs": 1, "patch_size": patch, "seed": 4});
     let inputs = common::mask_inputs(ingest, &root.join("mask"), mask);
     let out = root.join("out");
+    let mut params = serde_json::json!({"max_steps": 0, "batch_size": 8, "device": "cpu"});
+    for (key, value) in extra.as_object().expect("an object of params") {
+        params[key] = value.clone();
+    }
     common::run_stage(
         &PretrainKind,
-        serde_json::json!({"max_steps": 0, "batch_size": 8, "device": "cpu", "init": init}),
+        params,
         &inputs,
         &out,
         &NoProgress,
@@ -574,4 +775,133 @@ fn a_text_init_with_too_few_positions_for_the_ingest_is_refused_before_training(
         "{err}"
     );
     assert!(!tmp.path().join("out/checkpoint.safetensors").exists());
+}
+
+#[test]
+fn pretrain_starts_from_a_plain_vit_and_its_checkpoint_rebuilds_the_same_encoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vit = fixture("vit");
+    let out = pretrain_patches(
+        common::ci_ingest_dir(),
+        tmp.path(),
+        4,
+        serde_json::json!({"init": {"image": vit.display().to_string()}}),
+    )
+    .expect("pretrain with a ViT init");
+    // The checkpoint loads only into a model built from its model_config.json with the ViT's
+    // parts (the loader refuses a left-over or missing tensor).
+    let (store, model, info) =
+        umdflow_model::checkpoint::load_checkpoint(&out, &Device::Cpu).unwrap();
+    let m = &info.model;
+    assert!(m.vision_patch_bias && !m.vision_ln_pre);
+    assert_eq!(m.vision_activation, VisionActivation::Gelu);
+    assert_eq!(
+        (m.vision_width, m.vision_layers, m.patch_size, m.channels),
+        (16, 2, 4, 1)
+    );
+    assert_eq!(m.vision_norm_eps, Some(1e-12));
+    assert!(model.vision.patch_bias.is_some() && model.vision.ln_pre.is_none());
+    assert!(store.param("vision_encoder.ln_pre.weight").is_none());
+    let text = std::fs::read_to_string(out.join("model_config.json")).unwrap();
+    assert!(
+        text.contains("\"vision_patch_bias\": true")
+            && text.contains("\"vision_ln_pre\": false")
+            && text.contains("\"vision_activation\": \"gelu\""),
+        "{text}"
+    );
+
+    // The 4x4 grid resampled to the data's 8x8, the pixels folded: exactly what the loader gives
+    // (0 training steps).
+    let folders = umdflow_model::pretrained::InitFolders {
+        image: Some(&vit),
+        ..Default::default()
+    };
+    let data = common::ci_dataset();
+    let expected =
+        umdflow_model::pretrained::load_for_data(&folders, &data, 4, &Device::Cpu).unwrap();
+    // class token, patch weight and bias, positions, ln_post and two blocks of 16 tensors.
+    assert_eq!(expected[0].tensors.len(), 4 + 2 + 2 * 16);
+    for (name, tensor) in &expected[0].tensors {
+        let saved = store.param(name).expect(name).var.as_tensor().clone();
+        assert_eq!(max_abs_diff(&saved, tensor, None), 0.0, "{name}");
+    }
+}
+
+/// A copy of the fixture `name` with one block more: its last block (`{blocks}{last}.…`) repeated
+/// as block `last + 1`, and `num_hidden_layers` raised to match.
+fn deeper_copy(name: &str, blocks: &str, last: usize) -> tempfile::TempDir {
+    let dir = edited_copy(name, |t| {
+        let from = format!("{blocks}{last}.");
+        let copies: Vec<(String, Tensor)> = t
+            .iter()
+            .filter_map(|(n, tensor)| {
+                let rest = n.strip_prefix(&from)?;
+                Some((format!("{blocks}{}.{rest}", last + 1), tensor.clone()))
+            })
+            .collect();
+        assert!(!copies.is_empty());
+        t.extend(copies);
+    });
+    let path = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let needle = format!("\"num_hidden_layers\": {}", last + 1);
+    assert!(text.contains(&needle), "{text}");
+    std::fs::write(
+        &path,
+        text.replace(&needle, &format!("\"num_hidden_layers\": {}", last + 2)),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn target_layer_is_checked_against_the_loaded_encoders_depth_not_the_presets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = fixture("clip-vit").display().to_string();
+    // `tiny` has 2-block encoders, so target_layer 2 passes the preset's check; the CLIP encoder
+    // cut to 1 block has no block 2.
+    let err = pretrain_patches(
+        common::ci_ingest_dir(),
+        &tmp.path().join("deep"),
+        8,
+        serde_json::json!({
+            "init": {"image": clip, "image_layers": 1},
+            "loss": {"target_layer": 2},
+        }),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("loss.target_layer")
+            && err.contains("got 2")
+            && err.contains("the image encoder has 1 block;")
+            && err.contains("the text encoder has 2 blocks"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("deep/out/checkpoint.safetensors").exists());
+
+    // Encoders of 3 blocks from their folders: target_layer 3 is past `tiny`'s depth, and right.
+    let deep_clip = deeper_copy("clip-vit", "encoder.layers.", 1);
+    let deep_roberta = deeper_copy("roberta", "encoder.layer.", 1);
+    let init = serde_json::json!({
+        "image": deep_clip.path().display().to_string(),
+        "text": deep_roberta.path().display().to_string(),
+    });
+    let decl_params = serde_json::json!({"init": init, "loss": {"target_layer": 3}});
+    let ingest = ingest_with_tokenizer(tmp.path(), "roberta", 12);
+    let out = pretrain_patches(&ingest, &tmp.path().join("three"), 8, decl_params)
+        .expect("target_layer 3 of 3-block encoders");
+    let (_, _, info) = umdflow_model::checkpoint::load_checkpoint(&out, &Device::Cpu).unwrap();
+    assert_eq!((info.model.vision_layers, info.model.text_layers), (3, 3));
+    // Without `init`, the preset's 2 blocks are what target_layer 3 is checked against.
+    let err = pretrain_patches(
+        &ingest,
+        &tmp.path().join("preset"),
+        8,
+        serde_json::json!({"loss": {"target_layer": 3}}),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("got 3") && err.contains("the image encoder has 2 blocks"),
+        "{err}"
+    );
 }

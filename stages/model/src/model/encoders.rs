@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use crate::config::{ModelConfig, VisionPositions};
+use crate::config::{ModelConfig, VisionActivation, VisionPositions};
 use crate::error::Result;
 use crate::model::heads::sincos_2d;
 use crate::model::layers::{Activation, Block, Embedding, Norm, key_bias};
@@ -19,14 +19,19 @@ pub struct EncoderOutput {
 
 /// CLIP-style ViT: linear patch embedding (a stride-`patch` convolution without bias), class
 /// token, learned (or fixed sin-cos, see [`VisionPositions`]) positions, `ln_pre`, pre-LN blocks
-/// with QuickGELU, `ln_post`.
+/// with QuickGELU, `ln_post`. The plain ViT (`google/vit-*`) differs in three switches of
+/// [`ModelConfig`]: a patch-embedding bias (`vision_patch_bias`), no `ln_pre` (`vision_ln_pre`)
+/// and exact GELU (`vision_activation`); its final `layernorm` is `ln_post`.
 /// Parameters under `vision_encoder.`.
 #[derive(Debug, Clone)]
 pub struct VisionEncoder {
     pub patch_embed: Tensor,
+    /// `patch_embed.bias` [width], when `vision_patch_bias`.
+    pub patch_bias: Option<Tensor>,
     pub class_embedding: Tensor,
     pub positional_embedding: Tensor,
-    pub ln_pre: Norm,
+    /// None when `vision_ln_pre` is false.
+    pub ln_pre: Option<Norm>,
     pub blocks: Vec<Block>,
     pub ln_post: Norm,
 }
@@ -44,6 +49,16 @@ impl VisionEncoder {
                 fan_out: w,
             },
         )?;
+        let patch_bias = if c.vision_patch_bias {
+            Some(store.get(
+                &format!("{p}.patch_embed.bias"),
+                &[w],
+                ParamRole::Bias,
+                Init::Zeros,
+            )?)
+        } else {
+            None
+        };
         let class_embedding = store.get(
             &format!("{p}.class_embedding"),
             &[w],
@@ -64,7 +79,15 @@ impl VisionEncoder {
                 store.device(),
             )?,
         };
-        let ln_pre = Norm::new(store, &format!("{p}.ln_pre"), w, c.vision_eps())?;
+        let ln_pre = if c.vision_ln_pre {
+            Some(Norm::new(store, &format!("{p}.ln_pre"), w, c.vision_eps())?)
+        } else {
+            None
+        };
+        let activation = match c.vision_activation {
+            VisionActivation::QuickGelu => Activation::QuickGelu,
+            VisionActivation::Gelu => Activation::Gelu,
+        };
         let blocks = (0..c.vision_layers)
             .map(|k| {
                 Block::new(
@@ -73,7 +96,7 @@ impl VisionEncoder {
                     w,
                     c.vision_heads,
                     c.vision_mlp,
-                    Activation::QuickGelu,
+                    activation,
                     true,
                     c.vision_eps(),
                 )
@@ -82,6 +105,7 @@ impl VisionEncoder {
         let ln_post = Norm::new(store, &format!("{p}.ln_post"), w, c.vision_eps())?;
         Ok(VisionEncoder {
             patch_embed,
+            patch_bias,
             class_embedding,
             positional_embedding,
             ln_pre,
@@ -97,7 +121,7 @@ impl VisionEncoder {
     pub fn forward(&self, patches: &Tensor, keep: Option<&Tensor>) -> Result<EncoderOutput> {
         let (b, l, _) = patches.dims3()?;
         let width = self.class_embedding.dim(0)?;
-        let x = crate::ops::linear(patches, &self.patch_embed, None)?;
+        let x = crate::ops::linear(patches, &self.patch_embed, self.patch_bias.as_ref())?;
         let x = x.broadcast_add(&self.positional_embedding.narrow(0, 1, l)?)?;
         let x = match keep {
             Some(keep) => {
@@ -113,7 +137,10 @@ impl VisionEncoder {
         let cls = (&self.class_embedding + self.positional_embedding.get(0)?)?
             .reshape((1, 1, width))?
             .broadcast_as((b, 1, width))?;
-        let mut x = self.ln_pre.forward(&Tensor::cat(&[&cls, &x], 1)?)?;
+        let mut x = Tensor::cat(&[&cls, &x], 1)?;
+        if let Some(ln_pre) = &self.ln_pre {
+            x = ln_pre.forward(&x)?;
+        }
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             x = block.forward(&x, None)?;

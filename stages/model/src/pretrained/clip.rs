@@ -1,5 +1,6 @@
 //! CLIP's vision tower (`CLIPVisionModel`, or the vision half of a full `CLIPModel` such as
-//! `openai/clip-vit-base-patch16`) onto umdflow's ViT (`vision_encoder.*`).
+//! `openai/clip-vit-base-patch16`) onto umdflow's ViT (`vision_encoder.*`) in its default, CLIP
+//! layout (no patch bias, `ln_pre`).
 //!
 //! The name table, Hugging Face → umdflow (`{P}` is `vision_model.` in a full CLIP checkpoint and
 //! empty in a `CLIPVisionModel` saved by transformers 5):
@@ -19,13 +20,13 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
 use super::hf_config::HfConfig;
-use super::interpolate::bicubic_resize_grid;
+use super::image::{VisionDefaults, VisionShape};
 use super::tensors::{BlockNames, CheckpointTensors, Mapped};
-use super::{CONFIG_FILE, EncoderInit, EncoderSizes, EncoderSlot, WEIGHTS_FILE};
-use crate::error::{ModelError, Result};
+use super::{EncoderInit, ImageFamily, WEIGHTS_FILE};
+use crate::error::Result;
 
 /// `CLIPEncoderLayer`'s parts (pre-LN: `layer_norm1` before the attention).
 const CLIP_BLOCK: BlockNames = BlockNames {
@@ -39,70 +40,27 @@ const CLIP_BLOCK: BlockNames = BlockNames {
     ln2: "layer_norm2",
 };
 
-/// Reads a CLIP vision encoder from `dir` for images of `image_size` pixels, keeping its first
-/// `layers` blocks (None: all of them).
-pub fn load_image_encoder(
+/// transformers' `CLIPVisionConfig` defaults.
+const CLIP_DEFAULTS: VisionDefaults = VisionDefaults {
+    patch_size: 32,
+    norm_eps: 1e-5,
+    hidden_act: "quick_gelu",
+};
+
+/// Reads the CLIP vision encoder of `dir`, whose settings are `config` and whose tensors carry
+/// `prefix` (`vision_model.` in a full CLIP checkpoint), for images of `image_size` pixels,
+/// keeping its first `layers` blocks (None: all of them).
+pub(super) fn load(
     dir: &Path,
+    config: &HfConfig,
+    prefix: &str,
     image_size: usize,
     layers: Option<usize>,
     device: &Device,
 ) -> Result<EncoderInit> {
-    let file = HfConfig::read(&dir.join(CONFIG_FILE))?;
-    let model_type = file.text("model_type", "")?;
-    let (config, prefix) = match model_type.as_str() {
-        // A full CLIPModel: the vision tower's settings are nested, its tensors prefixed.
-        "clip" => (
-            file.nested("vision_config")?
-                .ok_or_else(|| file.error("vision_config", "the vision tower's settings"))?,
-            "vision_model.",
-        ),
-        "clip_vision_model" => (file, ""),
-        other => {
-            return Err(ModelError::File {
-                path: dir.join(CONFIG_FILE).display().to_string(),
-                message: format!(
-                    "model_type `{other}`: the image encoder reads CLIP (`clip` or \
-                     `clip_vision_model`)"
-                ),
-            });
-        }
-    };
-    // transformers' CLIPVisionConfig defaults, for keys the file leaves out.
-    let width = config.count("hidden_size", 768)?;
-    let heads = config.count("num_attention_heads", 12)?;
-    let mlp = config.count("intermediate_size", 3072)?;
-    let depth = config.count("num_hidden_layers", 12)?;
-    let channels = config.count("num_channels", 3)?;
-    let source_size = config.count("image_size", 224)?;
-    let patch = config.count("patch_size", 32)?;
-    let norm_eps = config.positive("layer_norm_eps", 1e-5)?;
-    config.require("hidden_act", "quick_gelu", &["quick_gelu"])?;
-    if !width.is_multiple_of(heads) {
-        return Err(config.error("num_attention_heads", "a divisor of hidden_size"));
-    }
-    if !source_size.is_multiple_of(patch) {
-        return Err(config.error("patch_size", "a divisor of image_size"));
-    }
-    if !image_size.is_multiple_of(patch) {
-        return Err(ModelError::Config(format!(
-            "the images are {image_size} px, not a multiple of the pretrained patch size {patch} \
-             ({})",
-            dir.display()
-        )));
-    }
-    let layers = match layers {
-        None => depth,
-        Some(n) if (1..=depth).contains(&n) => n,
-        Some(n) => {
-            return Err(ModelError::Config(format!(
-                "{n} image-encoder layers asked for; {} has {depth}",
-                dir.display()
-            )));
-        }
-    };
-
+    let shape = VisionShape::read(config, &CLIP_DEFAULTS, image_size, layers)?;
+    let (width, channels, patch) = (shape.width, shape.channels, shape.patch);
     let mut file = CheckpointTensors::read(&dir.join(WEIGHTS_FILE), device)?;
-    let (from, to) = (source_size / patch, image_size / patch);
     let mut out = Mapped::new("vision_encoder.");
     let p = prefix;
     out.put(
@@ -123,35 +81,30 @@ pub fn load_image_encoder(
     let positions = file.take(
         &format!("{p}embeddings.position_embedding.weight"),
         &[],
-        &[1 + from * from, width],
+        &[1 + shape.from_grid * shape.from_grid, width],
     );
     out.put(
         "positional_embedding",
         positions
-            .map(|t| resample_positions(&t, from, to, device))
+            .map(|t| shape.positions_for_data(&t, device))
             .transpose()?,
     );
     out.norm(&mut file, &format!("{p}pre_layrnorm"), "ln_pre", width);
     out.norm(&mut file, &format!("{p}post_layernorm"), "ln_post", width);
-    for k in 0..layers {
+    for k in 0..shape.layers {
         let hf = format!("{p}encoder.layers.{k}");
         out.block(
             &mut file,
             (&hf, &format!("blocks.{k}")),
             &CLIP_BLOCK,
             width,
-            mlp,
+            shape.mlp,
         );
     }
-    let dropped = |name: &str| {
-        name.strip_prefix(&format!("{p}encoder.layers."))
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|k| k.parse::<usize>().ok())
-            .is_some_and(|k| k >= layers && k < depth)
-    };
+    let blocks = format!("{p}encoder.layers.");
     file.ignore(|name| {
         name == format!("{p}embeddings.position_ids")
-            || dropped(name)
+            || shape.dropped_block(name, &blocks)
             || (!p.is_empty()
                 && (name.starts_with("text_model.")
                     || name.starts_with("visual_projection.")
@@ -161,30 +114,8 @@ pub fn load_image_encoder(
     file.finish("CLIP vision")?;
     Ok(EncoderInit {
         source: dir.display().to_string(),
-        slot: EncoderSlot::Image {
-            patch_size: patch,
-            channels,
-        },
-        sizes: EncoderSizes {
-            width,
-            layers,
-            heads,
-            mlp,
-            norm_eps,
-        },
+        slot: shape.slot(ImageFamily::Clip),
+        sizes: shape.sizes(),
         tensors: out.tensors,
     })
-}
-
-/// The class row kept, the `from`×`from` patch rows resampled to `to`×`to`.
-fn resample_positions(table: &Tensor, from: usize, to: usize, device: &Device) -> Result<Tensor> {
-    if from == to {
-        return Ok(table.clone());
-    }
-    let width = table.dim(1)?;
-    let rows = table.to_vec2::<f32>()?;
-    let grid: Vec<f32> = rows[1..].iter().flatten().copied().collect();
-    let mut values = rows[0].clone();
-    values.extend(bicubic_resize_grid(&grid, from, to, width));
-    Ok(Tensor::from_vec(values, (1 + to * to, width), device)?)
 }

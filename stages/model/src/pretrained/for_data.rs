@@ -16,7 +16,7 @@ pub const MODEL_INPUT_SHIFT: f32 = -1.0;
 /// Local Hugging Face folders to start from (already resolved against the pipeline's folder).
 #[derive(Debug, Clone, Default)]
 pub struct InitFolders<'a> {
-    /// A CLIP vision encoder.
+    /// A CLIP vision encoder or a plain ViT.
     pub image: Option<&'a Path>,
     /// A BERT or RoBERTa encoder.
     pub text: Option<&'a Path>,
@@ -37,11 +37,13 @@ pub fn load_for_data(
     let mut encoders = Vec::new();
     if let Some(dir) = folders.image {
         let mut image = load_image_encoder(dir, dataset.size, folders.image_layers, device)?;
-        let (pretrained_patch, channels) = match image.slot {
+        let (pretrained_patch, channels, family) = match image.slot {
             EncoderSlot::Image {
                 patch_size,
                 channels,
-            } => (patch_size, channels),
+                family,
+                ..
+            } => (patch_size, channels, family),
             EncoderSlot::Text { .. } => {
                 return Err(ModelError::Config(format!(
                     "{}: not an image encoder",
@@ -57,7 +59,7 @@ pub fn load_for_data(
                 dir.display()
             )));
         }
-        let norm = ImageNormalization::read(dir, channels)?;
+        let norm = ImageNormalization::read(dir, channels, family.default_normalization())?;
         image.fold_pixel_input(
             dataset.channels,
             &norm,

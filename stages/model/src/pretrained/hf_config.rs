@@ -102,6 +102,15 @@ impl HfConfig {
         }
     }
 
+    /// A boolean, or `default` when the key is absent.
+    pub(super) fn flag(&self, key: &str, default: bool) -> Result<bool> {
+        match self.fields.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(self.error(key, "true or false")),
+        }
+    }
+
     /// A string, or `default` when the key is absent.
     pub(super) fn text(&self, key: &str, default: &str) -> Result<String> {
         match self.fields.get(key) {

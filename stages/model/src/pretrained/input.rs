@@ -10,6 +10,9 @@
 //! `b[o] = −Σ_c (shift / scale + mean_c) / std_c · Σ_pixels W[o, c, ·]`, added to every patch row
 //! of the position table (the class token never passes through the patch embedding).
 //!
+//! A plain ViT normalises the same way (mean = std = 0.5 unless its folder says otherwise); its
+//! own patch-embedding bias is added after the kernel and is left as it is.
+//!
 //! The folded encoder computes what CLIP computes on the grey image repeated to 3 channels and
 //! normalised (tested), and the model, its checkpoint and every later stage keep one channel.
 
@@ -31,6 +34,11 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)] // transformers' digits, as written there
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
+/// The plain ViT's (`google/vit-*`) mean and standard deviation (transformers'
+/// `IMAGENET_STANDARD_MEAN/STD`), used when its folder has no `preprocessor_config.json`.
+pub const VIT_MEAN: [f32; 3] = [0.5, 0.5, 0.5];
+pub const VIT_STD: [f32; 3] = [0.5, 0.5, 0.5];
+
 /// `(x − mean[c]) / std[c]` per channel, for pixels `x` in [0, 1].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageNormalization {
@@ -39,9 +47,10 @@ pub struct ImageNormalization {
 }
 
 impl ImageNormalization {
-    /// `image_mean` and `image_std` of `dir/preprocessor_config.json`, or CLIP's when the file is
-    /// absent; each must have one positive-std entry per channel.
-    pub fn read(dir: &Path, channels: usize) -> Result<Self> {
+    /// `image_mean` and `image_std` of `dir/preprocessor_config.json`, or `fallback` (the
+    /// family's own, see [`super::ImageFamily::default_normalization`]) when the file is absent;
+    /// each must have one positive-std entry per channel.
+    pub fn read(dir: &Path, channels: usize, fallback: ImageNormalization) -> Result<Self> {
         let path = dir.join(PREPROCESSOR_FILE);
         let norm = if path.is_file() {
             let fail = |message: String| ModelError::File {
@@ -63,10 +72,7 @@ impl ImageNormalization {
                 std: list("image_std")?,
             }
         } else {
-            ImageNormalization {
-                mean: CLIP_MEAN.to_vec(),
-                std: CLIP_STD.to_vec(),
-            }
+            fallback
         };
         if norm.mean.len() != channels
             || norm.std.len() != channels
@@ -100,6 +106,8 @@ impl EncoderInit {
         let EncoderSlot::Image {
             patch_size,
             channels,
+            family,
+            activation,
         } = self.slot
         else {
             return Err(ModelError::Config(
@@ -160,6 +168,8 @@ impl EncoderInit {
         self.slot = EncoderSlot::Image {
             patch_size,
             channels: data_channels,
+            family,
+            activation,
         };
         Ok(())
     }
