@@ -35,6 +35,25 @@ const CALIBRATE: &str = r#"
     params: {epochs: 20, batch_size: 8, max_steps: 30, device: cpu, checkpoint_every: 2 steps}
 "#;
 
+/// A short pre-training, then fine-tuning long enough to be killed in the middle (30 steps), with
+/// GM-Coord's GE noise so that its stream matters too.
+const COORDINATE_TUNE: &str = r#"
+  downstream:
+    kind: ingest
+    inputs: [corpus]
+    params: {source: synthrad, preset: ci, domain: target, count: 64, seed: 1}
+  tune:
+    kind: coordinate-tune
+    inputs: [downstream, pretrain]
+    params:
+      task: classification
+      epochs: 10
+      batch_size: 16
+      device: cpu
+      gmcoord: {noise: true}
+      checkpoint_every: 2 steps
+"#;
+
 fn run_to_end(project: &Project, cache: &str) -> String {
     let run = project.json(&["run", "p.yaml", "--cache", cache], 0);
     assert_eq!(with_status(&run, "failed"), Vec::<String>::new(), "{run}");
@@ -53,21 +72,31 @@ fn checkpoint_in(project: &Project, cache: &str, name: &str) -> Option<std::path
 
 #[test]
 fn a_killed_pretrain_resumes_and_caches_what_an_uninterrupted_run_does() {
-    killed_then_resumed(PRETRAIN, "pretrain");
+    killed_then_resumed(PRETRAIN, "pretrain", "pretrain");
 }
 
 #[test]
 fn a_killed_calibrate_resumes_and_caches_what_an_uninterrupted_run_does() {
-    killed_then_resumed(&format!("{PRETRAIN}{CALIBRATE}"), "calibrate");
+    killed_then_resumed(&format!("{PRETRAIN}{CALIBRATE}"), "calibrate", "calibrate");
 }
 
-/// Runs `pipeline` to the end in one cache; in another, SIGKILLs the run once `stage` wrote a
-/// checkpoint, then runs it again: it must resume and cache the same results (equal lock files).
-fn killed_then_resumed(pipeline: &str, stage: &str) {
+#[test]
+fn a_killed_coordinate_tune_resumes_and_caches_what_an_uninterrupted_run_does() {
+    killed_then_resumed(
+        &format!("{PRETRAIN}{COORDINATE_TUNE}"),
+        "tune",
+        "coordinate-tune",
+    );
+}
+
+/// Runs `pipeline` to the end in one cache; in another, SIGKILLs the run once `stage` (of `kind`)
+/// wrote a checkpoint, then runs it again: it must resume and cache the same results (equal lock
+/// files).
+fn killed_then_resumed(pipeline: &str, stage: &str, kind: &str) {
     let project = Project::new();
     project.write("p.yaml", pipeline);
     let reference = run_to_end(&project, "reference");
-    let checkpoint_name = format!("{stage}.ckpt");
+    let checkpoint_name = format!("{kind}.ckpt");
 
     let mut child = project
         .command(&["run", "p.yaml", "--cache", "work"])

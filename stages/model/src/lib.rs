@@ -31,6 +31,7 @@ pub mod pretrain_stage;
 pub mod pretrained;
 pub mod resume;
 pub mod train;
+pub mod train_state;
 
 pub use mask_stage::MaskKind;
 pub use pretrain_stage::PretrainKind;

@@ -3,31 +3,36 @@
 //! uninterrupted run.
 //!
 //! One file in the instance's resume folder (`umdflow_stages::resume`) holds everything the next
-//! steps depend on: the parameters, the optimiser's moments and step count, the EMA target, the
-//! ITM-negative stream's state (batch order and masks are drawn per epoch from the seed, so they
-//! need none), and the step records so far (the loss curve). Layout: a magic line, the length of a
-//! JSON header, the header (format version, the instance's key, what trained, the step, the tensor
-//! names and shapes), the tensors' f32 bytes, and a blake3 hash of all of it. A file that is
-//! truncated, damaged, of another format or written for another key or run is ignored with a log
-//! line and training starts over: never a panic, never a wrong resume.
+//! steps depend on: the parameters, the optimiser's moments and step count, the EMA target, and the
+//! loop's own state ([`LoopState`]: its seeded streams and its step records so far; batch order and
+//! masks are drawn per epoch from the seed, so they need none). Layout: a magic line, the length of
+//! a JSON header, the header (format version, the instance's key, what trained, the step, the loop's
+//! state, the tensor names and shapes), the tensors' f32 bytes, and a blake3 hash of all of it. A
+//! file that is truncated, damaged, of another format or written for another key or run is ignored
+//! with a log line and training starts over: never a panic, never a wrong resume.
+//!
+//! [`LoopCheckpoints`] is a training loop's side of it (resume at the start, save when due and at a
+//! stop), shared by the MR loop (`pretrain`, `calibrate`) and fine-tuning (`coordinate-tune`).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use umdflow_stages::Interval;
 
 use crate::error::{ModelError, Result};
-use crate::objective::{EmaTarget, TERM_ORDER};
+use crate::objective::EmaTarget;
 use crate::optim::Optimiser;
 use crate::store::ParamStore;
-use crate::train::StepRecord;
 
 /// Bumped when the layout or the meaning of a field changes: older files are then ignored.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the loop's own state is one JSON value of the loop's choosing ([`LoopState`]).
+pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"umdckpt\n";
 const HASH_LEN: usize = 32;
 
@@ -38,20 +43,22 @@ pub struct Checkpointer {
     pub path: PathBuf,
     /// The instance's key: a checkpoint of another key is never used.
     pub key: String,
-    /// What trains (`pretrain`, `calibrate`): the loops of two kinds never share a file.
+    /// What trains (`pretrain`, `calibrate`, `coordinate-tune`): the loops of two kinds never
+    /// share a file.
     pub purpose: String,
     pub interval: Interval,
 }
 
-/// How far a run got: what the loop needs besides the tensors.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Progress {
-    /// Optimiser steps done.
-    pub step: u64,
-    pub samples_seen: u64,
-    /// The state of the ITM-negative stream after `step` steps.
-    pub itm_rng: u64,
-    pub records: Vec<StepRecord>,
+/// What a training loop carries from one step to the next besides the tensors of [`Training`]
+/// (its seeded streams, its step records), and how it is saved. Every piece must be in it: one
+/// left out makes a resumed run differ from an uninterrupted one.
+pub trait LoopState: Sized {
+    /// The saved form. Floats should be saved as their bits, so they come back exactly.
+    type Saved: Serialize + DeserializeOwned;
+    fn save(&self) -> Self::Saved;
+    /// The state back from its saved form, or why it is not a state after `step` steps (checked
+    /// before any tensor is touched).
+    fn restore(saved: Self::Saved, step: u64) -> std::result::Result<Self, String>;
 }
 
 /// The tensors of a run: parameters, optimiser and EMA target.
@@ -70,22 +77,10 @@ struct Header {
     purpose: String,
     total_steps: u64,
     step: u64,
-    samples_seen: u64,
     optimiser_steps: i32,
-    itm_rng: u64,
-    /// Floats as their bits, so they come back exactly.
-    records: Vec<SavedRecord>,
+    /// The loop's [`LoopState::Saved`].
+    state: serde_json::Value,
     tensors: Vec<SavedTensor>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SavedRecord {
-    step: u64,
-    epoch: usize,
-    lr: u64,
-    grad_norm: u64,
-    total: u32,
-    terms: Vec<(String, u32)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -140,20 +135,20 @@ impl<W: Write> Write for Hashed<W> {
 }
 
 impl Checkpointer {
-    /// Writes the run's state atomically: a temporary file, fsynced, renamed over the last
-    /// checkpoint, and the folder fsynced. A kill at any instant leaves the old or the new one.
-    pub fn save(&self, training: &Training<'_>, progress: &Progress) -> Result<()> {
+    /// Writes the run's state after `step` steps atomically: a temporary file, fsynced, renamed
+    /// over the last checkpoint, and the folder fsynced. A kill at any instant leaves the old or
+    /// the new one.
+    pub fn save<S: LoopState>(&self, training: &Training<'_>, step: u64, state: &S) -> Result<()> {
         let tensors = named_tensors(training);
+        let data_error = |e: serde_json::Error| ModelError::Data(e.to_string());
         let header = Header {
             format: FORMAT_VERSION,
             key: self.key.clone(),
             purpose: self.purpose.clone(),
             total_steps: training.total_steps,
-            step: progress.step,
-            samples_seen: progress.samples_seen,
+            step,
             optimiser_steps: training.optimiser.steps(),
-            itm_rng: progress.itm_rng,
-            records: progress.records.iter().map(save_record).collect(),
+            state: serde_json::to_value(state.save()).map_err(data_error)?,
             tensors: tensors
                 .iter()
                 .map(|(name, t)| SavedTensor {
@@ -162,7 +157,7 @@ impl Checkpointer {
                 })
                 .collect(),
         };
-        let header = serde_json::to_vec(&header).map_err(|e| ModelError::Data(e.to_string()))?;
+        let header = serde_json::to_vec(&header).map_err(data_error)?;
         let temporary = self
             .path
             .with_extension(format!("tmp-{}", std::process::id()));
@@ -198,14 +193,15 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Restores the run from the checkpoint file, if there is one that belongs to this run.
-    /// `Ok(None)`: there is none. `Err(why)`: there is one, but it is not used (the tensors are
-    /// then untouched, and the caller starts over saying why).
-    pub fn load(
+    /// Restores the run from the checkpoint file, if there is one that belongs to this run, and
+    /// returns its step and the loop's state. `Ok(None)`: there is none. `Err(why)`: there is
+    /// one, but it is not used (the tensors are then untouched, and the caller starts over saying
+    /// why).
+    pub fn load<S: LoopState>(
         &self,
         training: &mut Training<'_>,
         device: &Device,
-    ) -> std::result::Result<Option<Progress>, String> {
+    ) -> std::result::Result<Option<(u64, S)>, String> {
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -233,13 +229,15 @@ impl Checkpointer {
                 ));
             }
         }
-        if header.step > header.total_steps || header.records.len() as u64 != header.step {
+        if header.step > header.total_steps {
             return Err(format!(
-                "it claims {} steps with {} records",
-                header.step,
-                header.records.len()
+                "it claims step {} of {}",
+                header.step, header.total_steps
             ));
         }
+        let saved = serde_json::from_value(header.state)
+            .map_err(|e| format!("its training state is not readable: {e}"))?;
+        let state = S::restore(saved, header.step)?;
         let mut loaded = read_tensors(&header.tensors, data, device)?;
         // Check every tensor before changing any, so a bad file never leaves a half-restored run.
         let wanted: Vec<(String, Vec<usize>)> = named_tensors(training)
@@ -265,50 +263,144 @@ impl Checkpointer {
                 None => return Err(format!("it lacks tensor `{name}`")),
             }
         }
-        let records = header
-            .records
-            .iter()
-            .map(load_record)
-            .collect::<std::result::Result<Vec<_>, String>>()?;
-        let apply =
-            |loaded: &mut HashMap<String, Tensor>, training: &mut Training<'_>| -> Result<()> {
-                for (name, p) in training.store.iter() {
-                    if let Some(t) = loaded.remove(&format!("param.{name}")) {
-                        p.var.set(&t)?;
-                    }
-                }
-                if let Some(ema) = training.ema {
-                    for (name, p) in ema.store.iter() {
-                        if let Some(t) = loaded.remove(&format!("ema.{name}")) {
-                            p.var.set(&t)?;
-                        }
-                    }
-                }
-                let names: Vec<String> = training
-                    .optimiser
-                    .moments()
-                    .map(|(name, _, _)| name.to_string())
-                    .collect();
-                let mut moments = HashMap::new();
-                for name in names {
-                    if let (Some(m), Some(v)) = (
-                        loaded.remove(&format!("m.{name}")),
-                        loaded.remove(&format!("v.{name}")),
-                    ) {
-                        moments.insert(name, (m, v));
-                    }
-                }
-                training
-                    .optimiser
-                    .restore(header.optimiser_steps, &mut moments)
-            };
-        apply(&mut loaded, training).map_err(|e| format!("restoring it failed: {e}"))?;
-        Ok(Some(Progress {
-            step: header.step,
-            samples_seen: header.samples_seen,
-            itm_rng: header.itm_rng,
-            records,
-        }))
+        apply(&mut loaded, training, header.optimiser_steps)
+            .map_err(|e| format!("restoring it failed: {e}"))?;
+        Ok(Some((header.step, state)))
+    }
+}
+
+/// Puts the checked tensors into the run.
+fn apply(
+    loaded: &mut HashMap<String, Tensor>,
+    training: &mut Training<'_>,
+    optimiser_steps: i32,
+) -> Result<()> {
+    for (name, p) in training.store.iter() {
+        if let Some(t) = loaded.remove(&format!("param.{name}")) {
+            p.var.set(&t)?;
+        }
+    }
+    if let Some(ema) = training.ema {
+        for (name, p) in ema.store.iter() {
+            if let Some(t) = loaded.remove(&format!("ema.{name}")) {
+                p.var.set(&t)?;
+            }
+        }
+    }
+    let names: Vec<String> = training
+        .optimiser
+        .moments()
+        .map(|(name, _, _)| name.to_string())
+        .collect();
+    let mut moments = HashMap::new();
+    for name in names {
+        if let (Some(m), Some(v)) = (
+            loaded.remove(&format!("m.{name}")),
+            loaded.remove(&format!("v.{name}")),
+        ) {
+            moments.insert(name, (m, v));
+        }
+    }
+    training.optimiser.restore(optimiser_steps, &mut moments)
+}
+
+/// A training loop's side of checkpointing: it resumes from the checkpoint at the start, writes
+/// one when the interval says so and one more when the run is stopped.
+pub struct LoopCheckpoints<'a> {
+    checkpoints: &'a Checkpointer,
+    store: &'a ParamStore,
+    ema: Option<&'a EmaTarget>,
+    total_steps: u64,
+    /// A line for the stage's log.
+    note: &'a dyn Fn(&str),
+    /// The step and time of the last checkpoint written or resumed from.
+    saved_at: (u64, Instant),
+}
+
+impl<'a> LoopCheckpoints<'a> {
+    pub fn new(
+        checkpoints: &'a Checkpointer,
+        store: &'a ParamStore,
+        ema: Option<&'a EmaTarget>,
+        total_steps: u64,
+        note: &'a dyn Fn(&str),
+    ) -> Self {
+        LoopCheckpoints {
+            checkpoints,
+            store,
+            ema,
+            total_steps,
+            note,
+            saved_at: (0, Instant::now()),
+        }
+    }
+
+    fn training<'t>(&'t self, optimiser: &'t mut Optimiser) -> Training<'t> {
+        Training {
+            store: self.store,
+            optimiser,
+            ema: self.ema,
+            total_steps: self.total_steps,
+        }
+    }
+
+    /// Restores the run from its checkpoint if there is one of this run, and logs that it
+    /// resumed (`resumed from step N of M`) or why the checkpoint is ignored. Returns the step to
+    /// continue from and the loop's state then; None: start from step 0.
+    pub fn resume<S: LoopState>(
+        &mut self,
+        optimiser: &mut Optimiser,
+        device: &Device,
+    ) -> Option<(u64, S)> {
+        let mut training = self.training(optimiser);
+        match self.checkpoints.load::<S>(&mut training, device) {
+            Ok(None) => None,
+            Ok(Some((step, state))) => {
+                (self.note)(&format!("resumed from step {step} of {}", self.total_steps));
+                self.saved_at = (step, Instant::now());
+                Some((step, state))
+            }
+            Err(why) => {
+                (self.note)(&format!(
+                    "ignoring the checkpoint {}: {why}; training starts over",
+                    self.checkpoints.path.display()
+                ));
+                None
+            }
+        }
+    }
+
+    /// After `step` steps: writes a checkpoint if the interval says one is due. Never after the
+    /// last step: the outputs follow at once.
+    pub fn after_step<S: LoopState>(&mut self, optimiser: &mut Optimiser, step: u64, state: &S) {
+        if step < self.total_steps
+            && self
+                .checkpoints
+                .interval
+                .due(step, self.saved_at.1.elapsed())
+        {
+            self.save(optimiser, step, state);
+            self.saved_at = (step, Instant::now());
+        }
+    }
+
+    /// The run is stopped (a time limit's SIGTERM, Ctrl-C) after `step` steps: keeps what was
+    /// done since the last checkpoint, unless checkpoints are `off`.
+    pub fn at_stop<S: LoopState>(&self, optimiser: &mut Optimiser, step: u64, state: &S) {
+        if self.checkpoints.interval != Interval::Off && step > self.saved_at.0 {
+            self.save(optimiser, step, state);
+        }
+    }
+
+    /// A failure to write a checkpoint costs only the resume, so it is logged and training goes
+    /// on.
+    fn save<S: LoopState>(&self, optimiser: &mut Optimiser, step: u64, state: &S) {
+        let training = self.training(optimiser);
+        let path = &self.checkpoints.path;
+        match self.checkpoints.save(&training, step, state) {
+            Ok(()) => tracing::debug!(step, path = %path.display(), "checkpoint written"),
+            Err(e) => (self.note)(&format!("could not write a checkpoint at step {step}: {e}")),
+        }
     }
 }
 
@@ -359,41 +451,4 @@ fn read_tensors(
         return Err(format!("{} bytes follow the last tensor", data.len()));
     }
     Ok(tensors)
-}
-
-fn save_record(r: &StepRecord) -> SavedRecord {
-    SavedRecord {
-        step: r.step,
-        epoch: r.epoch,
-        lr: r.lr.to_bits(),
-        grad_norm: r.grad_norm.to_bits(),
-        total: r.total.to_bits(),
-        terms: r
-            .terms
-            .iter()
-            .map(|(name, v)| (name.to_string(), v.to_bits()))
-            .collect(),
-    }
-}
-
-fn load_record(r: &SavedRecord) -> std::result::Result<StepRecord, String> {
-    let terms = r
-        .terms
-        .iter()
-        .map(|(name, bits)| {
-            TERM_ORDER
-                .iter()
-                .find(|known| *known == name)
-                .map(|known| (*known, f32::from_bits(*bits)))
-                .ok_or_else(|| format!("step {} records an unknown loss term `{name}`", r.step))
-        })
-        .collect::<std::result::Result<Vec<_>, String>>()?;
-    Ok(StepRecord {
-        step: r.step,
-        epoch: r.epoch,
-        lr: f64::from_bits(r.lr),
-        grad_norm: f64::from_bits(r.grad_norm),
-        total: f32::from_bits(r.total),
-        terms,
-    })
 }

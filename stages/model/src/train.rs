@@ -17,9 +17,10 @@ use crate::model::UmdModel;
 use crate::objective::{EmaTarget, ObjectiveConfig};
 use crate::optim::{OptimConfig, Optimiser};
 use crate::pretrained::EncoderInit;
-use crate::resume::{Checkpointer, Progress, Training};
+use crate::resume::{Checkpointer, LoopCheckpoints};
 use crate::rng::SplitMix64;
 use crate::store::ParamStore;
+use crate::train_state::MrProgress;
 
 /// What to train and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -284,44 +285,27 @@ pub fn run_mr_steps(
     let mut optimiser = Optimiser::new(store, run.optim)?;
     let total = step_count(run.plan, run.batch_size, run.max_steps);
     observer.on_start(total);
-    let mut itm_rng = SplitMix64::derived(run.seed, run.streams.itm);
-    let mut records = Vec::with_capacity(total as usize);
+    let mut progress = MrProgress {
+        samples_seen: 0,
+        itm_rng: SplitMix64::derived(run.seed, run.streams.itm),
+        records: Vec::with_capacity(total as usize),
+    };
     let mut step = 0u64;
-    let mut samples_seen = 0u64;
-    if let Some(checkpoints) = run.checkpoints {
-        let mut training = Training {
-            store,
-            optimiser: &mut optimiser,
-            ema: ema.as_ref(),
-            total_steps: total,
-        };
-        match checkpoints.load(&mut training, device) {
-            Ok(None) => {}
-            Ok(Some(resumed)) => {
-                observer.note(&format!("resumed from step {} of {total}", resumed.step));
-                step = resumed.step;
-                samples_seen = resumed.samples_seen;
-                itm_rng = SplitMix64::new(resumed.itm_rng);
-                records = resumed.records;
-                if let Some(last) = records.last() {
-                    observer.on_step(last);
-                }
-            }
-            Err(why) => observer.note(&format!(
-                "ignoring the checkpoint {}: {why}; training starts over",
-                checkpoints.path.display()
-            )),
+    let note = |line: &str| observer.note(line);
+    let mut checkpoints = run
+        .checkpoints
+        .map(|c| LoopCheckpoints::new(c, store, ema.as_ref(), total, &note));
+    if let Some((resumed, state)) = checkpoints
+        .as_mut()
+        .and_then(|c| c.resume::<MrProgress>(&mut optimiser, device))
+    {
+        step = resumed;
+        progress = state;
+        if let Some(last) = progress.records.last() {
+            observer.on_step(last);
         }
     }
     let resumed_at = step;
-    let mut saved_at = (step, Instant::now());
-    let saver = run.checkpoints.map(|checkpoints| Saver {
-        checkpoints,
-        store,
-        ema: ema.as_ref(),
-        total,
-        observer,
-    });
     // Batch k of the run is the same batch whether or not the run resumed: epochs and their
     // order come from the seed, so resuming skips the first `resumed_at` batches.
     let mut batch_index = 0u64;
@@ -342,11 +326,8 @@ pub fn run_mr_steps(
             }
             if observer.cancelled() {
                 // Killed by a time limit or Ctrl-C: keep what was done since the last checkpoint.
-                if let Some(saver) = &saver
-                    && saver.checkpoints.interval != umdflow_stages::Interval::Off
-                    && step > saved_at.0
-                {
-                    saver.save(&mut optimiser, step, samples_seen, &itm_rng, &records);
+                if let Some(c) = &checkpoints {
+                    c.at_stop(&mut optimiser, step, &progress);
                 }
                 return Err(ModelError::Cancelled);
             }
@@ -356,7 +337,7 @@ pub fn run_mr_steps(
                 epoch,
                 positions,
                 obj.itm_negatives,
-                &mut itm_rng,
+                &mut progress.itm_rng,
                 device,
             )?;
             let (terms, grads) = mr_gradients(model, ema.as_ref(), &batch, obj)?;
@@ -399,59 +380,13 @@ pub fn run_mr_steps(
                 terms: terms.values,
             };
             observer.on_step(&record);
-            records.push(record);
-            samples_seen += positions.len() as u64;
+            progress.records.push(record);
+            progress.samples_seen += positions.len() as u64;
             step += 1;
-            if let Some(saver) = &saver
-                && step < total
-                && saver.checkpoints.interval.due(step, saved_at.1.elapsed())
-            {
-                saver.save(&mut optimiser, step, samples_seen, &itm_rng, &records);
-                saved_at = (step, Instant::now());
+            if let Some(c) = &mut checkpoints {
+                c.after_step(&mut optimiser, step, &progress);
             }
         }
     }
-    Ok((records, samples_seen))
-}
-
-/// What writing a checkpoint of a run needs besides its progress.
-struct Saver<'a> {
-    checkpoints: &'a Checkpointer,
-    store: &'a ParamStore,
-    ema: Option<&'a EmaTarget>,
-    total: u64,
-    observer: &'a (dyn TrainObserver + Sync),
-}
-
-impl Saver<'_> {
-    /// Writes a checkpoint after `step` steps. A failure to write one costs only the resume, so
-    /// it is logged and training goes on.
-    fn save(
-        &self,
-        optimiser: &mut Optimiser,
-        step: u64,
-        samples_seen: u64,
-        itm_rng: &SplitMix64,
-        records: &[StepRecord],
-    ) {
-        let training = Training {
-            store: self.store,
-            optimiser,
-            ema: self.ema,
-            total_steps: self.total,
-        };
-        let progress = Progress {
-            step,
-            samples_seen,
-            itm_rng: itm_rng.state(),
-            records: records.to_vec(),
-        };
-        let path = &self.checkpoints.path;
-        match self.checkpoints.save(&training, &progress) {
-            Ok(()) => tracing::debug!(step, path = %path.display(), "checkpoint written"),
-            Err(e) => self
-                .observer
-                .note(&format!("could not write a checkpoint at step {step}: {e}")),
-        }
-    }
+    Ok((progress.records, progress.samples_seen))
 }

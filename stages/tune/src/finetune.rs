@@ -13,6 +13,7 @@ use umdflow_model::model::layers::Linear;
 use umdflow_model::negatives::{NegativeSampling, draw_negative};
 use umdflow_model::objective::{EmaTarget, ObjectiveConfig, mr_losses};
 use umdflow_model::optim::{OptimConfig, Optimiser};
+use umdflow_model::resume::{Checkpointer, LoopCheckpoints};
 use umdflow_model::rng::SplitMix64;
 use umdflow_model::store::ParamStore;
 use umdflow_model::train::epoch_order;
@@ -22,6 +23,7 @@ use crate::coord::{
     modulate, true_label_confidence,
 };
 use crate::error::{Result, TuneError};
+use crate::finetune_state::TuneState;
 use crate::task::{HeadKind, PairRows, Task, TaskHead, TaskInfo, ce_loss, features, vqa_bce_loss};
 use crate::views::{SplitView, Train};
 
@@ -131,6 +133,8 @@ pub trait StepObserver {
     fn cancelled(&self) -> bool {
         false
     }
+    /// A line for the stage's log (resuming, checkpoints ignored).
+    fn note(&self, _line: &str) {}
 }
 
 pub struct Quiet;
@@ -259,7 +263,9 @@ fn task_loss(task: Task, logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
 }
 
 /// Fine-tunes `model` (whose parameters live in `store`) on the training view; creates the task
-/// head in `store` and returns it with the step log.
+/// head in `store` and returns it with the step log. With `checkpoints`, it checkpoints as they
+/// say and resumes from theirs when one of this run is there; the outcome is bit-identical to an
+/// uninterrupted run's.
 pub fn finetune(
     store: &mut ParamStore,
     model: &UmdModel,
@@ -267,6 +273,7 @@ pub fn finetune(
     settings: &FinetuneSettings,
     device: &Device,
     observer: &dyn StepObserver,
+    checkpoints: Option<&Checkpointer>,
 ) -> Result<(TaskHead, Vec<CoordStep>)> {
     let data = view.data();
     let task = settings.task;
@@ -308,19 +315,42 @@ pub fn finetune(
         Some(joint) if joint.objective.needs_ema() => Some(EmaTarget::new(store, model)?),
         _ => None,
     };
+    let store = &*store;
     let branches = BranchParams::from_store(store);
     let mut optimiser = Optimiser::new(store, &settings.optim)?;
     let total = (n_items.div_ceil(settings.batch_size) * settings.epochs) as u64;
     observer.on_start(total);
-    let mut neg_rng = SplitMix64::derived(settings.seed, "retrieval-negatives");
-    let mut noise_rng = SplitMix64::derived(settings.seed, "ogm-ge-noise");
-    let mut itm_rng = SplitMix64::derived(settings.seed, "joint-mr-itm");
-    let mut log = Vec::with_capacity(total as usize);
+    let mut state = TuneState::new(settings.seed, total);
     let mut step = 0u64;
+    let note = |line: &str| observer.note(line);
+    let mut checkpoints =
+        checkpoints.map(|c| LoopCheckpoints::new(c, store, ema.as_ref(), total, &note));
+    if let Some((resumed, saved)) = checkpoints
+        .as_mut()
+        .and_then(|c| c.resume::<TuneState>(&mut optimiser, device))
+    {
+        step = resumed;
+        state = saved;
+        if let Some(last) = state.log.last() {
+            observer.on_step(last);
+        }
+    }
+    // Batch k is the same batch whether or not the run resumed (epochs and their order come from
+    // the seed), so resuming skips the first `resumed_at` batches.
+    let resumed_at = step;
+    let mut batch_index = 0u64;
     for epoch in 0..settings.epochs {
         let order = epoch_order(settings.seed, epoch, n_items, "finetune-order");
         for items in order.chunks(settings.batch_size) {
+            batch_index += 1;
+            if batch_index <= resumed_at {
+                continue;
+            }
             if observer.cancelled() {
+                // Stopped by a time limit or Ctrl-C: keep what was done since the last checkpoint.
+                if let Some(c) = &checkpoints {
+                    c.at_stop(&mut optimiser, step, &state);
+                }
                 return Err(TuneError::Cancelled);
             }
             let batch = step_batch(
@@ -329,7 +359,7 @@ pub fn finetune(
                 items,
                 settings.negatives,
                 settings.negative_sampling,
-                &mut neg_rng,
+                &mut state.neg_rng,
             )?;
             let forward = features(model, &batch.pairs, device)?;
             let pooled = &forward.pooled;
@@ -391,7 +421,7 @@ pub fn finetune(
                     epoch,
                     &images,
                     joint.objective.itm_negatives,
-                    &mut itm_rng,
+                    &mut state.itm_rng,
                     device,
                 )?;
                 let terms = mr_losses(model, ema.as_ref(), &mr_batch, &joint.objective)?;
@@ -416,7 +446,7 @@ pub fn finetune(
                     &mut grads,
                     &branches,
                     &c,
-                    settings.gmcoord.noise.then_some(&mut noise_rng),
+                    settings.gmcoord.noise.then_some(&mut state.noise_rng),
                     settings.optim.algorithm,
                 )?;
                 (c, scale)
@@ -440,11 +470,14 @@ pub fn finetune(
                 mr_loss: mr_value,
             };
             observer.on_step(&record);
-            log.push(record);
+            state.log.push(record);
             step += 1;
+            if let Some(c) = &mut checkpoints {
+                c.after_step(&mut optimiser, step, &state);
+            }
         }
     }
-    Ok((head, log))
+    Ok((head, state.log))
 }
 
 /// A masking plan over every training image (plan position = view row) for the joint MR loss.

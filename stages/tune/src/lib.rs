@@ -9,6 +9,7 @@ pub mod coord;
 pub mod error;
 pub mod evaluate;
 pub mod finetune;
+pub mod finetune_state;
 pub mod kinds;
 pub mod metrics;
 pub mod plots;

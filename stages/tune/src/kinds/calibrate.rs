@@ -11,7 +11,8 @@ use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use super::{
-    TrainingSetup, failed, json, needs_inputs, stage_error, training_problems, with_threads, write,
+    TrainingSetup, checkpoint_problem, failed, json, needs_inputs, stage_error, training_problems,
+    with_threads, write,
 };
 use crate::calibrate::{
     CALIBRATION_FILE, CalibMode, CalibSettings, CalibrationRecord, PairText, calibrate,
@@ -77,8 +78,7 @@ impl TrainObserver for CalibProgress<'_, '_> {
         self.0.cancelled()
     }
     fn note(&self, line: &str) {
-        tracing::info!("{}: {line}", self.0.id);
-        let _ = self.0.log(line);
+        super::note(self.0, line);
     }
 }
 
@@ -131,9 +131,7 @@ impl StageKind for CalibrateKind {
                 format!("must lie in [0, 1], got {}", p.text_ratio),
             ));
         }
-        if let Err(message) = umdflow_stages::Interval::parse(&p.checkpoint_every) {
-            problems.push(Problem::new("params.checkpoint_every", message));
-        }
+        problems.extend(checkpoint_problem(&p.checkpoint_every));
         if !(p.mr_weight.is_finite() && p.mr_weight >= 0.0) {
             problems.push(Problem::new(
                 "params.mr_weight",

@@ -11,13 +11,14 @@ use umdflow_model::checkpoint::{CheckpointInfo, MODEL_CONFIG_FILE, save_checkpoi
 use umdflow_model::model::UmdModel;
 use umdflow_model::model::layers::Linear;
 use umdflow_model::optim::OptimConfig;
+use umdflow_model::pretrain_stage::checkpointer;
 use umdflow_model::store::ParamStore;
 use umdflow_stages::params::{resolve_typed, resolve_with_value, typed};
 use umdflow_stages::{Params, Problem, StageContext, StageDecl, StageError, StageKind};
 
 use super::{
-    TASK_FILE, TUNED_FILE, TrainingSetup, failed, json, needs_inputs, stage_error,
-    training_problems, with_threads, write,
+    TASK_FILE, TUNED_FILE, TrainingSetup, checkpoint_problem, failed, json, needs_inputs,
+    stage_error, training_problems, with_threads, write,
 };
 use crate::calibrate::{CALIBRATION_FILE, CalibMode, CalibrationRecord};
 use crate::error::{Result, TuneError};
@@ -46,6 +47,8 @@ pub struct CoordinateTuneParams {
     pub negative_sampling: NegativeSampling,
     pub optim: OptimConfig,
     pub gmcoord: GmCoordConfig,
+    /// How often to write a checkpoint to resume from (`10m`, `500 steps`, `off`); not keyed.
+    pub checkpoint_every: String,
 }
 
 impl Default for CoordinateTuneParams {
@@ -66,6 +69,7 @@ impl Default for CoordinateTuneParams {
                 ..OptimConfig::default()
             },
             gmcoord: GmCoordConfig::default(),
+            checkpoint_every: umdflow_stages::resume::DEFAULT_INTERVAL.into(),
         }
     }
 }
@@ -104,6 +108,9 @@ impl StepObserver for TuneProgress<'_, '_> {
     fn cancelled(&self) -> bool {
         self.0.cancelled()
     }
+    fn note(&self, line: &str) {
+        super::note(self.0, line);
+    }
 }
 
 impl StageKind for CoordinateTuneKind {
@@ -114,6 +121,10 @@ impl StageKind for CoordinateTuneKind {
     /// It finds its inputs by kind and never sees stage names, so renaming reruns nothing.
     fn sees_names(&self) -> bool {
         false
+    }
+    /// How often it checkpoints changes nothing it computes.
+    fn unkeyed_params(&self) -> &'static [&'static str] {
+        &["checkpoint_every"]
     }
     fn version(&self) -> u32 {
         // 2: with GM-Coord disabled, its modulation settings leave the key; `scores:
@@ -142,6 +153,7 @@ impl StageKind for CoordinateTuneKind {
             &[&["ingest"], &["pretrain", "calibrate"]],
         );
         problems.extend(training_problems(&p.device, p.batch_size, &p.optim));
+        problems.extend(checkpoint_problem(&p.checkpoint_every));
         if p.gmcoord.scores == ScoreSource::LinearSplit
             && p.task != Task::Retrieval
             && p.head != HeadKind::Linear
@@ -202,6 +214,7 @@ impl StageKind for CoordinateTuneKind {
             gmcoord: p.gmcoord.clone(),
             joint_mr,
         };
+        let checkpoints = checkpointer(ctx, &p.checkpoint_every, "coordinate-tune")?;
         let steps = with_threads(ctx.threads, || {
             finetune(
                 &mut store,
@@ -210,6 +223,7 @@ impl StageKind for CoordinateTuneKind {
                 &settings,
                 &device,
                 &TuneProgress(ctx),
+                checkpoints.as_ref(),
             )
             .map(|(_, log)| log)
             .map_err(|e| stage_error(ctx.id, e))

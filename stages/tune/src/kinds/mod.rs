@@ -62,6 +62,19 @@ fn training_problems(device: &str, batch_size: usize, optim: &OptimConfig) -> Ve
     problems
 }
 
+/// `params.checkpoint_every` of a training kind must be an interval (`10m`, `500 steps`, `off`).
+fn checkpoint_problem(every: &str) -> Option<Problem> {
+    umdflow_stages::Interval::parse(every)
+        .err()
+        .map(|message| Problem::new("params.checkpoint_every", message))
+}
+
+/// A line of a training loop (resuming, a checkpoint ignored) for the stage's log and the trace.
+fn note(ctx: &StageContext<'_>, line: &str) {
+    tracing::info!("{}: {line}", ctx.id);
+    let _ = ctx.log(line);
+}
+
 /// What a training kind (`calibrate`, `coordinate-tune`) loads before it trains: the device, the
 /// ingest's TRAINING split only, and the input checkpoint, checked to fit the data.
 struct TrainingSetup {

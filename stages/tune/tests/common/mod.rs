@@ -1,10 +1,15 @@
 //! What the tune crate's integration tests share: running one stage kind outside the engine.
 
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use serde_json::Value;
-use umdflow_stages::{InputArtifact, NoProgress, Params, StageContext, StageDecl, StageKind};
+use umdflow_stages::{
+    InputArtifact, NoProgress, Params, ProgressSink, Resume, StageContext, StageDecl, StageError,
+    StageKind,
+};
 
 /// A kind's resolved params for inputs named `(stage, kind)`; panics on problems.
 pub fn params(kind: &dyn StageKind, inputs: &[(String, String)], p: Value) -> Params {
@@ -19,6 +24,29 @@ pub fn params(kind: &dyn StageKind, inputs: &[(String, String)], p: Value) -> Pa
 
 /// Runs a kind with the given inputs `(kind, dir)` into `out` (created), as the engine would.
 pub fn run_kind(kind: &dyn StageKind, inputs: &[(&str, &Path)], p: Value, out: &Path) {
+    run_kind_resumable(
+        kind,
+        inputs,
+        p,
+        out,
+        &NoProgress,
+        &AtomicBool::new(false),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+}
+
+/// [`run_kind`] with a progress sink, a cancel flag and a resume folder, as the engine gives
+/// them; the stage log is `out/log.txt`.
+pub fn run_kind_resumable(
+    kind: &dyn StageKind,
+    inputs: &[(&str, &Path)],
+    p: Value,
+    out: &Path,
+    progress: &dyn ProgressSink,
+    cancel: &AtomicBool,
+    resume: Option<Resume<'_>>,
+) -> Result<(), StageError> {
     let named: Vec<(String, String)> = inputs
         .iter()
         .map(|(k, _)| (k.to_string(), k.to_string()))
@@ -33,7 +61,6 @@ pub fn run_kind(kind: &dyn StageKind, inputs: &[(&str, &Path)], p: Value, out: &
         })
         .collect();
     std::fs::create_dir_all(out).unwrap();
-    let cancel = AtomicBool::new(false);
     let ctx = StageContext {
         id: "test",
         name: "test",
@@ -45,10 +72,9 @@ pub fn run_kind(kind: &dyn StageKind, inputs: &[(&str, &Path)], p: Value, out: &
         log_path: &out.join("log.txt"),
         threads: 1,
         gpus: None,
-        progress: &NoProgress,
-        cancel: &cancel,
-        resume: None,
+        progress,
+        cancel,
+        resume,
     };
     kind.run(&ctx)
-        .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
 }
