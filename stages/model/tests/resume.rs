@@ -3,6 +3,9 @@
 //! starts over) and the output is still identical.
 
 mod common;
+mod damaged_checkpoints;
+
+use damaged_checkpoints::{Damaged, damaged_copies};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -191,31 +194,13 @@ fn a_damaged_or_foreign_checkpoint_is_ignored_and_training_starts_over() {
     let _ = run(&setup, &partial, Some(resume), &stop, &cancel);
     let good = std::fs::read(&checkpoint).unwrap();
 
-    let mut flipped = good.clone();
-    let middle = flipped.len() / 2;
-    flipped[middle] ^= 1;
-    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
-        (
-            "truncated",
-            good[..good.len() / 3].to_vec(),
-            KEY,
-            "hash does not match",
-        ),
-        ("one bit flipped", flipped, KEY, "hash does not match"),
-        (
-            "not a checkpoint",
-            b"hello".to_vec(),
-            KEY,
-            "not an umdflow training checkpoint",
-        ),
-        (
-            "another key's",
-            good.clone(),
-            "k-other",
-            "written with key k-pretrain",
-        ),
-    ];
-    for (what, bytes, key, why) in cases {
+    for Damaged {
+        what,
+        bytes,
+        key,
+        why,
+    } in damaged_copies(&good, KEY)
+    {
         std::fs::write(&checkpoint, &bytes).unwrap();
         let out = setup.tmp.path().join(what.replace(' ', "-"));
         let resume = Resume {
@@ -232,7 +217,7 @@ fn a_damaged_or_foreign_checkpoint_is_ignored_and_training_starts_over() {
         .unwrap();
         let log = log_of(&out);
         assert!(
-            log.contains("ignoring the checkpoint") && log.contains(why),
+            log.contains("ignoring the checkpoint") && log.contains(&why),
             "{what}: {log}"
         );
         assert!(!log.contains("resumed from"), "{what}: {log}");
