@@ -6,13 +6,11 @@ mod common;
 
 use candle_core::Device;
 use candle_core::backprop::GradStore;
-use umdflow_model::batch::{Batch, build_batch};
+use umdflow_model::batch::Batch;
 use umdflow_model::gradients::mr_gradients;
 use umdflow_model::losses::FeatureDistance;
 use umdflow_model::model::UmdModel;
-use umdflow_model::negatives::NegativeSampling;
 use umdflow_model::objective::{EmaTarget, ObjectiveConfig, TargetNetwork, mr_losses};
-use umdflow_model::rng::SplitMix64;
 use umdflow_model::store::ParamStore;
 use umdflow_model::train::model_config_for;
 
@@ -33,17 +31,7 @@ fn setup(objective: &ObjectiveConfig) -> Setup {
     let mut other = ParamStore::new(&Device::Cpu, 6);
     let other_model = UmdModel::new(&mut other, &config, objective.feature_dims(&config)).unwrap();
     let ema = EmaTarget::new(&other, &other_model).unwrap();
-    let positions: Vec<usize> = (0..16).collect();
-    let batch = build_batch(
-        &dataset,
-        &plan,
-        0,
-        &positions,
-        NegativeSampling::Random,
-        &mut SplitMix64::new(1),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let batch = common::first_batch(&dataset, &plan, 16);
     Setup {
         store,
         model,

@@ -42,17 +42,7 @@ fn gradient_reaches_every_parameter(objective: ObjectiveConfig) {
     let mut store = ParamStore::new(&Device::Cpu, 5);
     let model = UmdModel::new(&mut store, &config, objective.feature_dims(&config)).unwrap();
     let ema = EmaTarget::new(&store, &model).unwrap();
-    let positions: Vec<usize> = (0..8).collect();
-    let batch = build_batch(
-        &dataset,
-        &plan,
-        0,
-        &positions,
-        NegativeSampling::Random,
-        &mut SplitMix64::new(1),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let batch = common::first_batch(&dataset, &plan, 8);
     let terms = mr_losses(&model, Some(&ema), &batch, &objective).unwrap();
     assert_eq!(terms.values.len(), 5, "{:?}", terms.values);
     let grads = terms.total.backward().unwrap();
@@ -268,17 +258,7 @@ fn norm_pix_switches_the_mim_target() {
     };
     let mut store = ParamStore::new(&Device::Cpu, 2);
     let model = UmdModel::new(&mut store, &config, only_mim.feature_dims(&config)).unwrap();
-    let positions: Vec<usize> = (0..8).collect();
-    let batch = build_batch(
-        &dataset,
-        &plan,
-        0,
-        &positions,
-        NegativeSampling::Random,
-        &mut SplitMix64::new(1),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let batch = common::first_batch(&dataset, &plan, 8);
     let mim = |norm_pix: bool| {
         let objective = ObjectiveConfig {
             norm_pix,

@@ -6,10 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
+use candle_core::Device;
 use serde_json::{Value, json};
 use umdflow_data::IngestKind;
 use umdflow_data::artifact::Dataset;
+use umdflow_model::batch::{Batch, build_batch};
 use umdflow_model::masking::{MaskPlan, PlanSettings, TokenInfo};
+use umdflow_model::negatives::NegativeSampling;
+use umdflow_model::rng::SplitMix64;
 use umdflow_stages::{
     InputArtifact, NoProgress, Params, ProgressSink, Resume, StageContext, StageDecl, StageError,
     StageKind,
@@ -142,6 +146,22 @@ pub fn input(stage: &str, kind: &str, dir: &Path) -> InputArtifact {
         kind: kind.into(),
         dir: dir.to_path_buf(),
     }
+}
+
+/// The first `size` samples of the plan's epoch 0 as one CPU batch (random ITM negatives, stream
+/// seed 1).
+pub fn first_batch(dataset: &Dataset, plan: &MaskPlan, size: usize) -> Batch {
+    let positions: Vec<usize> = (0..size).collect();
+    build_batch(
+        dataset,
+        plan,
+        0,
+        &positions,
+        NegativeSampling::Random,
+        &mut SplitMix64::new(1),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 /// A masking plan over the training split (patch 8, M3AE ratios).
