@@ -17,13 +17,9 @@ use resume_support::{StopAt, check_unusable_checkpoints};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use candle_core::Device;
 use serde_json::{Value, json};
 use umdflow_data::IngestKind;
 use umdflow_model::ModelConfig;
-use umdflow_model::checkpoint::{CheckpointInfo, save_checkpoint};
-use umdflow_model::model::{FeatureDims, UmdModel};
-use umdflow_model::store::ParamStore;
 use umdflow_stages::{NoProgress, ProgressSink, Resume, StageError};
 use umdflow_tune::{CalibrateKind, CoordinateTuneKind};
 
@@ -80,19 +76,7 @@ fn checkpoint(dir: &Path, ingest: &Path) {
     let vocab = meta["vocab_size"].as_u64().unwrap() as usize;
     let channels = meta["channels"].as_u64().unwrap() as usize;
     let config = ModelConfig::preset("tiny", size, channels, 8, vocab, MAX_LEN).unwrap();
-    let dims = FeatureDims {
-        image: config.fusion_width,
-        text: config.fusion_width,
-    };
-    let mut store = ParamStore::new(&Device::Cpu, 11);
-    UmdModel::new(&mut store, &config, dims).unwrap();
-    let info = CheckpointInfo {
-        preset: "tiny".into(),
-        model: config,
-        feature_dims: dims,
-    };
-    std::fs::create_dir_all(dir).unwrap();
-    save_checkpoint(dir, &store, &info).unwrap();
+    common::save_fresh_checkpoint(dir, config);
 }
 
 /// Two epochs of batches of 6 (at least 8 steps), a checkpoint every 2.

@@ -7,13 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use common::params;
 use serde_json::{Value, json};
 use umdflow_data::artifact::{Counts, Dataset, Meta, VqaSet};
-use umdflow_model::checkpoint::{CheckpointInfo, save_checkpoint};
-use umdflow_model::model::{FeatureDims, UmdModel};
-use umdflow_model::store::ParamStore;
 use umdflow_model::{ModelConfig, rng::SplitMix64};
 use umdflow_stages::{StageDecl, StageKind};
 use umdflow_tune::{CalibrateKind, CoordinateTuneKind, EvaluateKind};
@@ -147,21 +143,9 @@ fn pretrained(dir: &Path) {
 
 /// A fresh tiny checkpoint, with `change` applied to its configuration first.
 fn pretrained_with(dir: &Path, change: impl FnOnce(&mut ModelConfig)) {
-    std::fs::create_dir_all(dir).unwrap();
     let mut config = ModelConfig::preset("tiny", SIZE, 1, 8, VOCAB, T).unwrap();
     change(&mut config);
-    let dims = FeatureDims {
-        image: config.fusion_width,
-        text: config.fusion_width,
-    };
-    let mut store = ParamStore::new(&Device::Cpu, 11);
-    UmdModel::new(&mut store, &config, dims).unwrap();
-    let info = CheckpointInfo {
-        preset: "tiny".into(),
-        model: config,
-        feature_dims: dims,
-    };
-    save_checkpoint(dir, &store, &info).unwrap();
+    common::save_fresh_checkpoint(dir, config);
 }
 
 /// Runs a kind with the given inputs `(kind, dir)` into a fresh folder and returns it.

@@ -5,7 +5,12 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use candle_core::Device;
 use serde_json::Value;
+use umdflow_model::ModelConfig;
+use umdflow_model::checkpoint::{CheckpointInfo, save_checkpoint};
+use umdflow_model::model::{FeatureDims, UmdModel};
+use umdflow_model::store::ParamStore;
 use umdflow_stages::{
     InputArtifact, NoProgress, Params, ProgressSink, Resume, StageContext, StageDecl, StageError,
     StageKind,
@@ -77,4 +82,21 @@ pub fn run_kind_resumable(
         resume,
     };
     kind.run(&ctx)
+}
+
+/// Saves a freshly initialised `tiny` checkpoint of `config` (parameter seed 11) in `dir`.
+pub fn save_fresh_checkpoint(dir: &Path, config: ModelConfig) {
+    let dims = FeatureDims {
+        image: config.fusion_width,
+        text: config.fusion_width,
+    };
+    let mut store = ParamStore::new(&Device::Cpu, 11);
+    UmdModel::new(&mut store, &config, dims).unwrap();
+    let info = CheckpointInfo {
+        preset: "tiny".into(),
+        model: config,
+        feature_dims: dims,
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    save_checkpoint(dir, &store, &info).unwrap();
 }
