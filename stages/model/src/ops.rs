@@ -1,8 +1,8 @@
 //! The hot operations of the model, each behind one small function so that a fused kernel (a
 //! candle custom op with its own backward pass) can replace it later without touching the model.
 //!
-//! On the CPU in f32/f64, layer norm, softmax (with attention's scale and padding bias) and the
-//! activations run as fused kernels with their own backward pass ([`crate::kernels`]); elsewhere
+//! On the CPU in f32/f64, linear layers, layer norm, softmax (with attention's scale and padding
+//! bias) and the activations run as fused kernels with their own backward pass ([`crate::kernels`]); elsewhere
 //! (CUDA, other dtypes) they fall back to the differentiable composites in [`composite`].
 //! candle's own fused `candle_nn::LayerNorm` and `softmax_last_dim` record no backward pass and
 //! must not be used in training code.
@@ -18,13 +18,16 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let in_dim = x.dim(D::Minus1)?;
     let mut out_dims = x.dims().to_vec();
     let rows = x.elem_count() / in_dim.max(1);
-    let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
-    let y = match bias {
-        Some(b) if kernels::applies(&y) && b.dtype() == y.dtype() => {
-            kernels::bias::add_bias(&y, b)?
+    let x2 = x.reshape((rows, in_dim))?;
+    let same = |t: &Tensor| t.dtype() == x.dtype() && t.device().same_device(x.device());
+    let y = if kernels::applies(x) && same(weight) && bias.is_none_or(same) {
+        kernels::linear::linear(&x2, weight, bias)?
+    } else {
+        let y = x2.matmul(&weight.t()?)?;
+        match bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
         }
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
     };
     if let Some(last) = out_dims.last_mut() {
         *last = weight.dim(0)?;

@@ -25,6 +25,9 @@ const QUICK: f64 = 1.702;
 /// 1 / sqrt(2π).
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
+// Both inline into loops that match on the kind outside (see `forward`), so each loop has
+// constant-folded, branch-free arithmetic that the compiler vectorises.
+#[inline(always)]
 fn value<T: Float>(kind: Kind, x: T) -> T {
     match kind {
         Kind::Gelu => {
@@ -34,6 +37,7 @@ fn value<T: Float>(kind: Kind, x: T) -> T {
     }
 }
 
+#[inline(always)]
 fn derivative<T: Float>(kind: Kind, x: T) -> T {
     match kind {
         Kind::Gelu => {
@@ -47,13 +51,15 @@ fn derivative<T: Float>(kind: Kind, x: T) -> T {
     }
 }
 
-/// Applies `f` element-wise into a new vector, in blocks on the current rayon pool.
-fn map<T: Float>(len: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    let mut out = vec![T::ZERO; len];
+/// `f(x, g)` element by element into a new vector, in blocks on the current rayon pool (`g` is
+/// `x` itself where there is no second operand). Slices, not indices, so the loop vectorises.
+fn map<T: Float>(x: &[T], g: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
+    let mut out = vec![T::ZERO; x.len()];
     // Blocks of 16K elements: treat the data as rows of one element.
     for_row_blocks(&mut out, 1, |first, block| {
-        for (k, y) in block.iter_mut().enumerate() {
-            *y = f(first + k);
+        let end = first + block.len();
+        for ((y, &x), &g) in block.iter_mut().zip(&x[first..end]).zip(&g[first..end]) {
+            *y = f(x, g);
         }
     });
     out
@@ -70,7 +76,7 @@ impl CustomOp1 for Activation {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = dispatch_float!(s, self.name(), |x| {
             let x = contiguous(x, l, self.name())?;
-            storage(map(x.len(), |i| value(self.kind, x[i])))
+            storage(forward(self.kind, x))
         });
         Ok((out, l.shape().clone()))
     }
@@ -82,8 +88,18 @@ impl CustomOp1 for Activation {
     }
 }
 
+fn forward<T: Float>(kind: Kind, x: &[T]) -> Vec<T> {
+    match kind {
+        Kind::Gelu => map(x, x, |x, _| value(Kind::Gelu, x)),
+        Kind::QuickGelu => map(x, x, |x, _| value(Kind::QuickGelu, x)),
+    }
+}
+
 fn backward<T: Float>(kind: Kind, x: &[T], grad: &[T]) -> Vec<T> {
-    map(x.len(), |i| grad[i] * derivative(kind, x[i]))
+    match kind {
+        Kind::Gelu => map(x, grad, |x, g| g * derivative(Kind::Gelu, x)),
+        Kind::QuickGelu => map(x, grad, |x, g| g * derivative(Kind::QuickGelu, x)),
+    }
 }
 
 /// `g · f'(x)` from the activation's input `x` and output gradient `g`.

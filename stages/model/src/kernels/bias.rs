@@ -1,74 +1,14 @@
-//! Adding a bias row to every row of a matrix (a linear layer's `+ b`), fused: the backward pass
-//! hands the output gradient through and sums it over rows in one contiguous pass, where candle's
+//! A bias's gradient: the sum over rows of the output gradient, in one contiguous pass (candle's
 //! broadcast add materialises a zero gradient of the broadcast bias, adds into it and reduces it
-//! with a strided sum.
+//! with a strided sum). The forward `+ b` is folded into the product in [`super::linear`].
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::{Float, contiguous, dispatch_float, for_row_blocks, rows_per_block, storage};
+use super::{Float, contiguous, dispatch_float, rows_per_block, storage};
 
-/// `y + b` for `y` [rows, n] and `b` [n].
-pub fn add_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    y.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
-}
-
-struct AddBias;
-
-fn forward<T: Float>(y: &[T], bias: &[T]) -> Vec<T> {
-    let width = bias.len();
-    let mut out = vec![T::ZERO; y.len()];
-    for_row_blocks(&mut out, width, |first, block| {
-        let rows = &y[first * width..first * width + block.len()];
-        for (o, r) in block.chunks_exact_mut(width).zip(rows.chunks_exact(width)) {
-            for ((o, v), b) in o.iter_mut().zip(r).zip(bias) {
-                *o = *v + *b;
-            }
-        }
-    });
-    out
-}
-
-impl CustomOp2 for AddBias {
-    fn name(&self) -> &'static str {
-        "umd-add-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let width = l2.shape().elem_count();
-        if l1.dims().last() != Some(&width) {
-            candle_core::bail!(
-                "umd-add-bias: bias {:?} does not match the rows of {:?}",
-                l2.dims(),
-                l1.dims()
-            );
-        }
-        let out = dispatch_float!(s1, self.name(), |y| {
-            let y = contiguous(y, l1, self.name())?;
-            let bias = contiguous(super::same_dtype(s2, self.name())?, l2, self.name())?;
-            storage(forward(y, bias))
-        });
-        Ok((out, l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _y: &Tensor,
-        bias: &Tensor,
-        _out: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dbias = grad
-            .contiguous()?
-            .apply_op1_no_bwd(&ColumnSum)?
-            .reshape(bias.shape())?;
-        Ok((Some(grad.clone()), Some(dbias)))
-    }
+/// The sums over rows of `x` [rows, n] (any leading dimensions count as rows): [n].
+pub fn column_sums(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&ColumnSum)
 }
 
 /// The sum over rows of a [rows, n] matrix: per block of rows a partial sum, added in block order

@@ -15,7 +15,9 @@
 
 pub mod activation;
 pub mod bias;
+pub mod fast_math;
 pub mod layer_norm;
+pub mod linear;
 pub mod softmax;
 #[cfg(test)]
 mod tests;
@@ -54,21 +56,27 @@ pub trait Float:
 impl Float for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    #[inline(always)]
     fn of(v: f64) -> Self {
         v as f32
     }
+    #[inline(always)]
     fn exp(self) -> Self {
-        f32::exp(self)
+        fast_math::exp(self)
     }
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
+    #[inline(always)]
     fn erf(self) -> Self {
-        candle_core::cpu::erf::erf_f32(self)
+        fast_math::erf(self)
     }
+    #[inline(always)]
     fn larger(self, other: Self) -> Self {
         f32::max(self, other)
     }
+    #[inline(always)]
     fn neg_infinity() -> Self {
         f32::NEG_INFINITY
     }
@@ -77,21 +85,27 @@ impl Float for f32 {
 impl Float for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    #[inline(always)]
     fn of(v: f64) -> Self {
         v
     }
+    #[inline(always)]
     fn exp(self) -> Self {
         f64::exp(self)
     }
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f64::sqrt(self)
     }
+    #[inline(always)]
     fn erf(self) -> Self {
         candle_core::cpu::erf::erf_f64(self)
     }
+    #[inline(always)]
     fn larger(self, other: Self) -> Self {
         f64::max(self, other)
     }
+    #[inline(always)]
     fn neg_infinity() -> Self {
         f64::NEG_INFINITY
     }

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::activation::{Kind, activation};
-use super::bias::add_bias;
+use super::linear::linear;
 use super::layer_norm::layer_norm;
 use super::softmax::scaled_softmax;
 use crate::ops::composite;
@@ -81,11 +81,22 @@ fn quick_gelu(x: &Tensor, _: &Tensor, _: &Tensor, fused: bool) -> Tensor {
     }
 }
 
-fn bias(x: &Tensor, b: &Tensor, _: &Tensor, fused: bool) -> Tensor {
+/// x [rows, width] · W [width, width]ᵀ + b (square, so the output has x's shape).
+fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor, fused: bool) -> Tensor {
     if fused {
-        add_bias(x, b).unwrap()
+        linear(x, w, Some(b)).unwrap()
     } else {
-        x.broadcast_add(b).unwrap()
+        x.matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap()
+    }
+}
+
+/// The same without a bias, with W read through a transposed view (any strides are read in place).
+fn linear_strided(x: &Tensor, w: &Tensor, _: &Tensor, fused: bool) -> Tensor {
+    let wt = w.t().unwrap();
+    if fused {
+        linear(x, &wt, None).unwrap()
+    } else {
+        x.matmul(&wt.t().unwrap()).unwrap()
     }
 }
 
@@ -124,7 +135,20 @@ fn cases(big: bool) -> Vec<Case> {
             vec![1],
             vec![1],
         ),
-        ("add_bias", bias, vec![rows, width], vec![width], vec![1]),
+        (
+            "linear",
+            linear_bias,
+            vec![rows, width],
+            vec![width, width],
+            vec![width],
+        ),
+        (
+            "linear_strided",
+            linear_strided,
+            vec![rows, width],
+            vec![width, width],
+            vec![1],
+        ),
     ]
 }
 

@@ -1,0 +1,268 @@
+//! A linear layer `x · Wᵀ (+ b)` as one op over the `gemm` crate (the matrix-product code candle
+//! itself calls), with its own backward pass. Against candle's `matmul(x, W.t())` + bias add:
+//! - the bias is written into the output first and the product accumulates onto it (PyTorch's
+//!   `addmm`): no separate bias pass, and no output zero-filled before the product writes it;
+//! - the backward computes the weight gradient `gᵀ · x` directly in W's `[out, in]` layout, where
+//!   candle's graph computes it transposed and then copies it into place;
+//! - no product output is zero-filled first (candle's CPU matmul fills every output with zeros).
+//!
+//! Any 2-D strides are read in place (the gemm crate takes row and column strides), so views such
+//! as `gᵀ` cost no copy. The product splits over the current rayon pool (the stage's threads); the
+//! gemm crate splits the output, never the sum over `k`, so the bytes do not depend on the count.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+
+use super::{Float, dispatch_float, same_dtype, storage};
+
+/// `x · Wᵀ + b` for `x` [rows, in], `weight` [out, in], `bias` [out].
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => x.apply_op3(weight, b, LinearBias),
+        None => x.apply_op2(weight, Linear),
+    }
+}
+
+/// A read-only 2-D view of a storage: element (i, j) is `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Matrix<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, T> Matrix<'a, T> {
+    fn of(data: &'a [T], layout: &Layout, kernel: &str, what: &str) -> Result<Self> {
+        let (dims, stride) = (layout.dims(), layout.stride());
+        if dims.len() != 2 {
+            candle_core::bail!("{kernel}: {what} must be a matrix, got shape {dims:?}");
+        }
+        let (rows, cols) = (dims[0], dims[1]);
+        let (rs, cs) = (stride[0], stride[1]);
+        let start = layout.start_offset();
+        // The last element read must lie inside the storage.
+        let last = start + rows.saturating_sub(1) * rs + cols.saturating_sub(1) * cs;
+        if rows > 0 && cols > 0 && last >= data.len() {
+            candle_core::bail!("{kernel}: {what}'s layout reaches past its storage");
+        }
+        Ok(Matrix {
+            data: &data[start.min(data.len())..],
+            rows,
+            cols,
+            rs,
+            cs,
+        })
+    }
+}
+
+/// `lhs · rhs` into a new row-major vector, onto `bias` repeated on every row when given.
+fn product<T: Float>(lhs: Matrix<T>, rhs: Matrix<T>, bias: Option<&[T]>) -> Vec<T> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let mut out: Vec<T> = Vec::with_capacity(m * n);
+    if let Some(bias) = bias {
+        for _ in 0..m {
+            out.extend_from_slice(bias);
+        }
+    }
+    if m == 0 || n == 0 {
+        return out;
+    }
+    if k == 0 {
+        // Nothing to add: the bias rows, or zeros.
+        out.resize(m * n, T::ZERO);
+        return out;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    let read_dst = bias.is_some();
+    // SAFETY: `out` has room for m·n elements; with `read_dst` false gemm writes every one of them
+    // without reading (so uninitialised memory is never read), with it true they were all written
+    // above. `lhs` and `rhs` cover every element their strides reach (checked in `Matrix::of`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// Checks the shapes of `x` [rows, in] · `weight` [out, in]ᵀ and returns the output shape.
+fn output_shape(kernel: &str, x: &Layout, weight: &Layout) -> Result<Shape> {
+    let (xd, wd) = (x.dims(), weight.dims());
+    if xd.len() != 2 || wd.len() != 2 || xd[1] != wd[1] {
+        candle_core::bail!("{kernel}: input {xd:?} does not match weight {wd:?} ([out, in])");
+    }
+    Ok(Shape::from((xd[0], wd[0])))
+}
+
+fn forward<T: Float>(
+    kernel: &str,
+    x: (&[T], &Layout),
+    weight: (&CpuStorage, &Layout),
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<CpuStorage> {
+    let x = Matrix::of(x.0, x.1, kernel, "the input")?;
+    let w = Matrix::of(same_dtype::<T>(weight.0, kernel)?, weight.1, kernel, "the weight")?;
+    // Wᵀ: swap the roles of rows and columns.
+    let wt = Matrix {
+        rows: w.cols,
+        cols: w.rows,
+        rs: w.cs,
+        cs: w.rs,
+        ..w
+    };
+    let bias = match bias {
+        Some((s, l)) => {
+            let values = super::contiguous(same_dtype::<T>(s, kernel)?, l, kernel)?;
+            if values.len() != w.rows {
+                candle_core::bail!("{kernel}: bias {:?} does not match {} outputs", l.dims(), w.rows);
+            }
+            Some(values)
+        }
+        None => None,
+    };
+    Ok(storage(product(x, wt, bias)))
+}
+
+/// `x · Wᵀ`.
+struct Linear;
+
+/// `x · Wᵀ + b`.
+struct LinearBias;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "umd-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = output_shape(self.name(), l1, l2)?;
+        let out = dispatch_float!(s1, self.name(), |x| forward(
+            self.name(),
+            (x, l1),
+            (s2, l2),
+            None
+        )?);
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = input_and_weight_gradients(x, weight, grad)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for LinearBias {
+    fn name(&self) -> &'static str {
+        "umd-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = output_shape(self.name(), l1, l2)?;
+        let out = dispatch_float!(s1, self.name(), |x| forward(
+            self.name(),
+            (x, l1),
+            (s2, l2),
+            Some((s3, l3))
+        )?);
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = input_and_weight_gradients(x, weight, grad)?;
+        let db = super::bias::column_sums(grad)?.reshape(bias.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `g · W` (the input's gradient, [rows, in]) and `gᵀ · x` (the weight's, [out, in]).
+fn input_and_weight_gradients(x: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dx = grad.apply_op2_no_bwd(weight, &Product)?;
+    let dw = grad.t()?.apply_op2_no_bwd(x, &Product)?;
+    Ok((dx, dw))
+}
+
+/// `a · b` for matrices of any strides, recording no backward pass (for gradients).
+struct Product;
+
+impl CustomOp2 for Product {
+    fn name(&self) -> &'static str {
+        "umd-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch_float!(s1, self.name(), |a| {
+            let a = Matrix::of(a, l1, self.name(), "the left factor")?;
+            let b = Matrix::of(same_dtype(s2, self.name())?, l2, self.name(), "the right factor")?;
+            if a.cols != b.rows {
+                candle_core::bail!(
+                    "{}: {:?} · {:?} do not chain",
+                    self.name(),
+                    l1.dims(),
+                    l2.dims()
+                );
+            }
+            let shape = Shape::from((a.rows, b.cols));
+            (storage(product(a, b, None)), shape)
+        });
+        Ok(out)
+    }
+}
