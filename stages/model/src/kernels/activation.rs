@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::{Float, contiguous, dispatch_float, for_row_blocks, storage};
+use super::{Float, contiguous, dispatch_float, for_row_blocks, has_wide_vectors, storage};
 
 /// Which activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +25,8 @@ const QUICK: f64 = 1.702;
 /// 1 / sqrt(2π).
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
-// Both inline into loops that match on the kind outside (see `forward`), so each loop has
-// constant-folded, branch-free arithmetic that the compiler vectorises.
+// Both inline into loops whose kind is a constant (see `element`), so each loop is
+// branch-free arithmetic that the compiler vectorises.
 #[inline(always)]
 fn value<T: Float>(kind: Kind, x: T) -> T {
     match kind {
@@ -51,16 +51,52 @@ fn derivative<T: Float>(kind: Kind, x: T) -> T {
     }
 }
 
-/// `f(x, g)` element by element into a new vector, in blocks on the current rayon pool (`g` is
-/// `x` itself where there is no second operand). Slices, not indices, so the loop vectorises.
-fn map<T: Float>(x: &[T], g: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
+/// `value` forward, `g · derivative` backward, with the kind and the direction as constants, so
+/// that each of the four loops is straight-line arithmetic.
+#[inline(always)]
+fn element<T: Float, const GELU: bool, const BACKWARD: bool>(x: T, g: T) -> T {
+    let kind = if GELU { Kind::Gelu } else { Kind::QuickGelu };
+    if BACKWARD {
+        g * derivative(kind, x)
+    } else {
+        value(kind, x)
+    }
+}
+
+#[inline(always)]
+fn map_block<T: Float, const GELU: bool, const BACKWARD: bool>(out: &mut [T], x: &[T], g: &[T]) {
+    for ((y, &x), &g) in out.iter_mut().zip(x).zip(g) {
+        *y = element::<T, GELU, BACKWARD>(x, g);
+    }
+}
+
+/// [`map_block`] compiled for AVX2 (see [`super::has_wide_vectors`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn map_block_avx2<T: Float, const GELU: bool, const BACKWARD: bool>(
+    out: &mut [T],
+    x: &[T],
+    g: &[T],
+) {
+    map_block::<T, GELU, BACKWARD>(out, x, g)
+}
+
+/// [`element`] over `x` (and the gradient `g`, `x` itself forward) into a new vector, in blocks on
+/// the current rayon pool.
+fn map<T: Float, const GELU: bool, const BACKWARD: bool>(x: &[T], g: &[T]) -> Vec<T> {
     let mut out = vec![T::ZERO; x.len()];
+    let wide = has_wide_vectors();
     // Blocks of 16K elements: treat the data as rows of one element.
     for_row_blocks(&mut out, 1, |first, block| {
         let end = first + block.len();
-        for ((y, &x), &g) in block.iter_mut().zip(&x[first..end]).zip(&g[first..end]) {
-            *y = f(x, g);
+        let (x, g) = (&x[first..end], &g[first..end]);
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { map_block_avx2::<T, GELU, BACKWARD>(block, x, g) };
         }
+        let _ = wide;
+        map_block::<T, GELU, BACKWARD>(block, x, g)
     });
     out
 }
@@ -90,15 +126,15 @@ impl CustomOp1 for Activation {
 
 fn forward<T: Float>(kind: Kind, x: &[T]) -> Vec<T> {
     match kind {
-        Kind::Gelu => map(x, x, |x, _| value(Kind::Gelu, x)),
-        Kind::QuickGelu => map(x, x, |x, _| value(Kind::QuickGelu, x)),
+        Kind::Gelu => map::<T, true, false>(x, x),
+        Kind::QuickGelu => map::<T, false, false>(x, x),
     }
 }
 
 fn backward<T: Float>(kind: Kind, x: &[T], grad: &[T]) -> Vec<T> {
     match kind {
-        Kind::Gelu => map(x, grad, |x, g| g * derivative(Kind::Gelu, x)),
-        Kind::QuickGelu => map(x, grad, |x, g| g * derivative(Kind::QuickGelu, x)),
+        Kind::Gelu => map::<T, true, true>(x, grad),
+        Kind::QuickGelu => map::<T, false, true>(x, grad),
     }
 }
 
@@ -126,5 +162,45 @@ impl CustomOp2 for ActivationBackward {
             storage(backward(self.kind, x, grad))
         });
         Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 build of each loop computes the same bits as the baseline build.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_loops_compute_the_baseline_bits() {
+        if !has_wide_vectors() {
+            println!("skipped: this CPU has no AVX2");
+            return;
+        }
+        let x: Vec<f32> = (0..4099).map(|i| (i as f32 - 2049.0) * 0.0037).collect();
+        let g: Vec<f32> = (0..4099)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let check = |base: &dyn Fn(&mut [f32]), wide: &dyn Fn(&mut [f32])| {
+            let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            base(&mut a);
+            wide(&mut b);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b));
+        };
+        // SAFETY (each `unsafe`): the CPU has AVX2 (checked above).
+        check(&|o| map_block::<f32, true, false>(o, &x, &x), &|o| unsafe {
+            map_block_avx2::<f32, true, false>(o, &x, &x)
+        });
+        check(&|o| map_block::<f32, true, true>(o, &x, &g), &|o| unsafe {
+            map_block_avx2::<f32, true, true>(o, &x, &g)
+        });
+        check(
+            &|o| map_block::<f32, false, false>(o, &x, &x),
+            &|o| unsafe { map_block_avx2::<f32, false, false>(o, &x, &x) },
+        );
+        check(&|o| map_block::<f32, false, true>(o, &x, &g), &|o| unsafe {
+            map_block_avx2::<f32, false, true>(o, &x, &g)
+        });
     }
 }

@@ -127,7 +127,12 @@ fn forward<T: Float>(
     bias: Option<(&CpuStorage, &Layout)>,
 ) -> Result<CpuStorage> {
     let x = Matrix::of(x.0, x.1, kernel, "the input")?;
-    let w = Matrix::of(same_dtype::<T>(weight.0, kernel)?, weight.1, kernel, "the weight")?;
+    let w = Matrix::of(
+        same_dtype::<T>(weight.0, kernel)?,
+        weight.1,
+        kernel,
+        "the weight",
+    )?;
     // Wᵀ: swap the roles of rows and columns.
     let wt = Matrix {
         rows: w.cols,
@@ -140,7 +145,11 @@ fn forward<T: Float>(
         Some((s, l)) => {
             let values = super::contiguous(same_dtype::<T>(s, kernel)?, l, kernel)?;
             if values.len() != w.rows {
-                candle_core::bail!("{kernel}: bias {:?} does not match {} outputs", l.dims(), w.rows);
+                candle_core::bail!(
+                    "{kernel}: bias {:?} does not match {} outputs",
+                    l.dims(),
+                    w.rows
+                );
             }
             Some(values)
         }
@@ -228,7 +237,11 @@ impl CustomOp3 for LinearBias {
 }
 
 /// `g · W` (the input's gradient, [rows, in]) and `gᵀ · x` (the weight's, [out, in]).
-fn input_and_weight_gradients(x: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+fn input_and_weight_gradients(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let dx = grad.apply_op2_no_bwd(weight, &Product)?;
     let dw = grad.t()?.apply_op2_no_bwd(x, &Product)?;
     Ok((dx, dw))
@@ -251,7 +264,12 @@ impl CustomOp2 for Product {
     ) -> Result<(CpuStorage, Shape)> {
         let out = dispatch_float!(s1, self.name(), |a| {
             let a = Matrix::of(a, l1, self.name(), "the left factor")?;
-            let b = Matrix::of(same_dtype(s2, self.name())?, l2, self.name(), "the right factor")?;
+            let b = Matrix::of(
+                same_dtype(s2, self.name())?,
+                l2,
+                self.name(),
+                "the right factor",
+            )?;
             if a.cols != b.rows {
                 candle_core::bail!(
                     "{}: {:?} · {:?} do not chain",

@@ -158,6 +158,22 @@ pub fn for_row_blocks<T: Send>(
     }
 }
 
+/// Whether the kernels run their AVX2 builds of the element loops: the crate is built for
+/// baseline x86-64, whose vectors hold 4 f32, AVX2's hold 8. Each such loop is an
+/// `#[inline(always)]` function wrapped once more under `#[target_feature(enable = "avx2")]`. The
+/// loops use plain IEEE adds and multiplies (Rust never fuses them), so both builds compute the
+/// same bits.
+pub fn has_wide_vectors() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Sum of a slice with eight independent accumulators (vectorisable; a fixed order, so the
 /// result never depends on threads).
 pub fn sum<T: Float>(values: &[T]) -> T {

@@ -3,7 +3,9 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::{Float, contiguous, dispatch_float, dot, for_row_blocks, storage};
+use super::{
+    Float, contiguous, dispatch_float, dot, for_row_blocks, has_wide_vectors, storage, sum,
+};
 
 /// `softmax(x · scale + bias)` over the last dimension. `x`: [..., S]; `bias`: `None`, or a tensor
 /// of `groups × S` elements where group `r / (rows / groups)` belongs to row `r` of `x` (for
@@ -42,29 +44,71 @@ fn rows_per_group(x: &Layout, bias: &Layout, kernel: &str) -> Result<(usize, usi
     Ok((width, rows / groups))
 }
 
-fn forward<T: Float>(x: &[T], bias: &[T], width: usize, per_group: usize, scale: f64) -> Vec<T> {
-    let scale = T::of(scale);
-    let mut out = vec![T::ZERO; x.len()];
-    for_row_blocks(&mut out, width, |first, block| {
-        for (k, y) in block.chunks_exact_mut(width).enumerate() {
-            let r = first + k;
-            let row = &x[r * width..(r + 1) * width];
-            let b = &bias[(r / per_group) * width..(r / per_group + 1) * width];
-            let mut max = T::neg_infinity();
-            for ((y, v), b) in y.iter_mut().zip(row).zip(b) {
-                *y = *v * scale + *b;
-                max = max.larger(*y);
-            }
-            let mut total = T::ZERO;
-            for y in y.iter_mut() {
-                *y = (*y - max).exp();
-                total += *y;
-            }
-            let inv = T::ONE / total;
-            for y in y.iter_mut() {
-                *y *= inv;
-            }
+/// Where the rows of one block read their input: `x`, the bias groups, and the constants.
+#[derive(Clone, Copy)]
+struct Rows<'a, T> {
+    x: &'a [T],
+    bias: &'a [T],
+    width: usize,
+    per_group: usize,
+    scale: T,
+}
+
+/// Softmax of rows `first..` of `x · scale + bias` into `block`.
+#[inline(always)]
+fn softmax_rows<T: Float>(block: &mut [T], first: usize, rows: Rows<T>) {
+    let Rows {
+        x,
+        bias,
+        width,
+        per_group,
+        scale,
+    } = rows;
+    for (k, y) in block.chunks_exact_mut(width).enumerate() {
+        let r = first + k;
+        let row = &x[r * width..(r + 1) * width];
+        let b = &bias[(r / per_group) * width..(r / per_group + 1) * width];
+        let mut max = T::neg_infinity();
+        for ((y, v), b) in y.iter_mut().zip(row).zip(b) {
+            *y = *v * scale + *b;
+            max = max.larger(*y);
         }
+        // The exponentials alone, then the sum in lanes: both loops vectorise.
+        for y in y.iter_mut() {
+            *y = (*y - max).exp();
+        }
+        let inv = T::ONE / sum(y);
+        for y in y.iter_mut() {
+            *y *= inv;
+        }
+    }
+}
+
+/// [`softmax_rows`] compiled for AVX2 (see [`super::has_wide_vectors`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn softmax_rows_avx2<T: Float>(block: &mut [T], first: usize, rows: Rows<T>) {
+    softmax_rows(block, first, rows)
+}
+
+fn forward<T: Float>(x: &[T], bias: &[T], width: usize, per_group: usize, scale: f64) -> Vec<T> {
+    let rows = Rows {
+        x,
+        bias,
+        width,
+        per_group,
+        scale: T::of(scale),
+    };
+    let mut out = vec![T::ZERO; x.len()];
+    let wide = has_wide_vectors();
+    for_row_blocks(&mut out, width, |first, block| {
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { softmax_rows_avx2(block, first, rows) };
+        }
+        let _ = wide;
+        softmax_rows(block, first, rows)
     });
     out
 }

@@ -4,8 +4,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::activation::{Kind, activation};
-use super::linear::linear;
 use super::layer_norm::layer_norm;
+use super::linear::linear;
 use super::softmax::scaled_softmax;
 use crate::ops::composite;
 use crate::rng::SplitMix64;
