@@ -206,7 +206,9 @@ impl StageKind for PretrainKind {
         // 5: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
         // 6: the step's passes are back-propagated separately and their gradients added in a
         // fixed order (`gradients::mr_gradients`), which rounds differently.
-        6
+        // 7: fused linear layers (bias added before the product), polynomial exp/erf in the f32
+        // kernels: different rounding.
+        7
     }
 
     fn summary(&self) -> &'static str {

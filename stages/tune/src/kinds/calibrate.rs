@@ -101,7 +101,8 @@ impl StageKind for CalibrateKind {
         // 3: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
         // 4: pretrain's loop adds the passes' gradients in a fixed order, which rounds
         // differently (`umdflow_model::gradients::mr_gradients`).
-        4
+        // 5: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
+        5
     }
     fn summary(&self) -> &'static str {
         "TD-Calib: continued MR-Pretrain on the downstream training split (or the joint-loss mode)"

@@ -132,7 +132,8 @@ impl StageKind for CoordinateTuneKind {
         // 3: task and auxiliary heads get `lr_multiplier_head`; under AdamW the GM-Coord
         // coefficient scales the branch's step, not its gradient; task.json records the head.
         // 4: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
-        4
+        // 5: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
+        5
     }
     fn summary(&self) -> &'static str {
         "Task fine-tuning (VQA, classification, retrieval) with GM-Coord gradient modulation"

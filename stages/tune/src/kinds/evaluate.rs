@@ -56,7 +56,8 @@ impl StageKind for EvaluateKind {
     }
     fn version(&self) -> u32 {
         // 3: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
-        3
+        // 4: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
+        4
     }
     fn summary(&self) -> &'static str {
         "Test-split metrics (VQA, classification, retrieval), ECE, blank-image and blank-text passes"

@@ -99,7 +99,8 @@ impl StageKind for ProbeKind {
         // 3: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
         // 4: finding words are found in byte-level BPE rows (RoBERTa's tokenizer) and matched in
         //    lower case; before, such rows had no finding tokens.
-        4
+        // 5: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
+        5
     }
     fn summary(&self) -> &'static str {
         "Frozen-feature linear probe of a pretrain/calibrate checkpoint's image encoder, beside raw pixels; its MLM/ITM heads on held-out data"
