@@ -1,4 +1,5 @@
-//! GELU (exact, with erf) and QuickGELU (`x · σ(1.702 x)`), fused: one pass forward, one pass
+//! GELU (the erf form, not the tanh approximation; in f32 `erf` is a polynomial within 5e-7, see
+//! [`super::fast_math`]) and QuickGELU (`x · σ(1.702 x)`), fused: one pass forward, one pass
 //! backward (candle's composite QuickGELU is 5 ops forward, its GELU backward about 10).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
