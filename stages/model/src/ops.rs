@@ -2,8 +2,9 @@
 //! candle custom op with its own backward pass) can replace it later without touching the model.
 //!
 //! On the CPU in f32/f64, linear layers, layer norm, softmax (with attention's scale and padding
-//! bias) and the activations run as fused kernels with their own backward pass ([`crate::kernels`]); elsewhere
-//! (CUDA, other dtypes) they fall back to the differentiable composites in [`composite`].
+//! bias) and the activations run as fused kernels with their own backward pass
+//! ([`crate::kernels`]); elsewhere (CUDA, other dtypes) they fall back to the differentiable
+//! composites in [`composite`].
 //! candle's own fused `candle_nn::LayerNorm` and `softmax_last_dim` record no backward pass and
 //! must not be used in training code.
 

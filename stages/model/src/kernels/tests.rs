@@ -309,4 +309,18 @@ fn non_contiguous_inputs_and_bad_shapes() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("umd-scaled-softmax"), "{err}");
+    // A weight whose input width differs from x's, or a bias of the wrong length, likewise.
+    let x = random(&[6, 4], 19, DType::F32);
+    let err = linear(&x, &random(&[5, 3], 20, DType::F32), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("umd-linear"), "{err}");
+    let err = linear(
+        &x,
+        &random(&[5, 4], 21, DType::F32),
+        Some(&random(&[4], 22, DType::F32)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("umd-linear-bias"), "{err}");
 }
