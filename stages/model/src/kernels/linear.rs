@@ -120,7 +120,8 @@ fn output_shape(kernel: &str, x: &Layout, weight: &Layout) -> Result<Shape> {
     Ok(Shape::from((xd[0], wd[0])))
 }
 
-fn forward<T: Float>(
+/// The product for one float type (the dtype of `x`; the others must match it).
+fn typed_forward<T: Float>(
     kernel: &str,
     x: (&[T], &Layout),
     weight: (&CpuStorage, &Layout),
@@ -158,6 +159,23 @@ fn forward<T: Float>(
     Ok(storage(product(x, wt, bias)))
 }
 
+/// Both ops' forward pass: `x · Wᵀ (+ b)` with its shape checked.
+fn forward(
+    kernel: &str,
+    x: (&CpuStorage, &Layout),
+    weight: (&CpuStorage, &Layout),
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let shape = output_shape(kernel, x.1, weight.1)?;
+    let out = dispatch_float!(x.0, kernel, |data| typed_forward(
+        kernel,
+        (data, x.1),
+        weight,
+        bias
+    )?);
+    Ok((out, shape))
+}
+
 /// `x · Wᵀ`.
 struct Linear;
 
@@ -176,14 +194,7 @@ impl CustomOp2 for Linear {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let shape = output_shape(self.name(), l1, l2)?;
-        let out = dispatch_float!(s1, self.name(), |x| forward(
-            self.name(),
-            (x, l1),
-            (s2, l2),
-            None
-        )?);
-        Ok((out, shape))
+        forward(self.name(), (s1, l1), (s2, l2), None)
     }
 
     fn bwd(
@@ -212,14 +223,7 @@ impl CustomOp3 for LinearBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let shape = output_shape(self.name(), l1, l2)?;
-        let out = dispatch_float!(s1, self.name(), |x| forward(
-            self.name(),
-            (x, l1),
-            (s2, l2),
-            Some((s3, l3))
-        )?);
-        Ok((out, shape))
+        forward(self.name(), (s1, l1), (s2, l2), Some((s3, l3)))
     }
 
     fn bwd(
