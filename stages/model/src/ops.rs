@@ -1,8 +1,9 @@
 //! The hot operations of the model, each behind one small function so that a fused kernel (a
 //! candle custom op with its own backward pass) can replace it later without touching the model.
 //!
-//! On the CPU in f32/f64, linear layers, layer norm, softmax (with attention's scale and padding
-//! bias) and the activations run as fused kernels with their own backward pass
+//! On the CPU in f32/f64, linear layers, layer norm, softmax, multi-head attention (scores, padding
+//! bias, softmax and the product with the values, heads read in place) and the activations run as
+//! fused kernels with their own backward pass
 //! ([`crate::kernels`]); elsewhere (CUDA, other dtypes) they fall back to the differentiable
 //! composites in [`composite`].
 //! candle's own fused `candle_nn::LayerNorm` and `softmax_last_dim` record no backward pass and
@@ -93,27 +94,31 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     composite::softmax(x)
 }
 
-/// Scaled dot-product attention. `q`: [B, H, Sq, dh], `k`/`v`: [B, H, Sk, dh]; `key_bias`:
-/// [B, 1, 1, Sk] additive (0 for real keys, a large negative number for padding) or None.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
-    let head_dim = q.dim(D::Minus1)?;
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    let scores = q.matmul(&k.t()?)?;
-    // The fused softmax maps each batch element's rows to one bias row: [B or 1, 1, 1, Sk].
+/// Multi-head scaled dot-product attention on projections that hold the heads side by side:
+/// `q` [B, Sq, W], `k`/`v` [B, Sk, W], W = heads · dh; `key_bias`: [B or 1, 1, 1, Sk] additive (0
+/// for real keys, a large negative number for padding) or None. Returns [B, Sq, W], heads merged.
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    key_bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let same = |t: &Tensor| t.dtype() == q.dtype() && t.device().same_device(q.device());
+    // The fused kernel treats the bias as a constant (it is built from the padding mask).
     let bias_fits = key_bias.is_none_or(|b| {
         let d = b.dims();
-        d.len() == 4
-            && (d[0] == 1 || d[0] == scores.dims()[0])
+        same(b)
+            && !b.track_op()
+            && d.len() == 4
+            && (d[0] == 1 || Some(d[0]) == q.dims().first().copied())
             && d[1] == 1
             && d[2] == 1
-            && b.dtype() == scores.dtype()
     });
-    let probs = if kernels::applies(&scores) && bias_fits {
-        kernels::softmax::scaled_softmax(&scores, scale, key_bias)?
-    } else {
-        composite::scaled_softmax(&scores, scale, key_bias)?
-    };
-    probs.matmul(v)
+    if kernels::applies(q) && same(k) && same(v) && bias_fits {
+        return kernels::attention::attention(q, k, v, heads, key_bias);
+    }
+    composite::multi_head_attention(q, k, v, heads, key_bias)
 }
 
 /// The same operations built from differentiable candle primitives: the fallback on devices and
@@ -152,6 +157,43 @@ pub mod composite {
 
     pub fn softmax(x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::softmax(x, D::Minus1)
+    }
+
+    /// [`super::multi_head_attention`] from candle's primitives: the heads split into
+    /// [B, H, S, dh] copies, batched products, softmax, and the heads merged again.
+    pub fn multi_head_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        key_bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (q, k, v) = (
+            split_heads(q, heads)?,
+            split_heads(k, heads)?,
+            split_heads(v, heads)?,
+        );
+        let head_dim = q.dim(D::Minus1)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = scaled_softmax(&scores, 1.0 / (head_dim as f64).sqrt(), key_bias)?;
+        merge_heads(&probs.matmul(&v)?)
+    }
+
+    /// [B, S, W] → [B, H, S, W/H].
+    fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, s, w) = x.dims3()?;
+        if heads == 0 || w % heads != 0 {
+            candle_core::bail!("attention: {heads} heads do not divide the width {w}");
+        }
+        x.reshape((b, s, heads, w / heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// [B, H, S, dh] → [B, S, H·dh].
+    fn merge_heads(x: &Tensor) -> Result<Tensor> {
+        let (b, h, s, dh) = x.dims4()?;
+        x.transpose(1, 2)?.contiguous()?.reshape((b, s, h * dh))
     }
 
     /// `softmax(x · scale + bias)` with `bias` broadcast to `x`.

@@ -6,13 +6,13 @@
 //!   candle's graph computes it transposed and then copies it into place;
 //! - no product output is zero-filled first (candle's CPU matmul fills every output with zeros).
 //!
-//! Any 2-D strides are read in place (the gemm crate takes row and column strides), so views such
-//! as `gᵀ` cost no copy. The product splits over the current rayon pool (the stage's threads); the
-//! gemm crate splits the output, never the sum over `k`, so the bytes do not depend on the count.
+//! Any 2-D strides are read in place ([`super::matrix`]), so views such as `gᵀ` cost no copy. The
+//! product splits over the current rayon pool (the stage's threads); the bytes do not depend on
+//! the count.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 
+use super::matrix::{Matrix, product};
 use super::{Float, dispatch_float, same_dtype, storage};
 
 /// `x · Wᵀ + b` for `x` [rows, in], `weight` [out, in], `bias` [out].
@@ -21,94 +21,6 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         Some(b) => x.apply_op3(weight, b, LinearBias),
         None => x.apply_op2(weight, Linear),
     }
-}
-
-/// A read-only 2-D view of a storage: element (i, j) is `data[i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-struct Matrix<'a, T> {
-    data: &'a [T],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a, T> Matrix<'a, T> {
-    fn of(data: &'a [T], layout: &Layout, kernel: &str, what: &str) -> Result<Self> {
-        let (dims, stride) = (layout.dims(), layout.stride());
-        if dims.len() != 2 {
-            candle_core::bail!("{kernel}: {what} must be a matrix, got shape {dims:?}");
-        }
-        let (rows, cols) = (dims[0], dims[1]);
-        let (rs, cs) = (stride[0], stride[1]);
-        let start = layout.start_offset();
-        // The last element read must lie inside the storage.
-        let last = start + rows.saturating_sub(1) * rs + cols.saturating_sub(1) * cs;
-        if rows > 0 && cols > 0 && last >= data.len() {
-            candle_core::bail!("{kernel}: {what}'s layout reaches past its storage");
-        }
-        Ok(Matrix {
-            data: &data[start.min(data.len())..],
-            rows,
-            cols,
-            rs,
-            cs,
-        })
-    }
-}
-
-/// `lhs · rhs` into a new row-major vector, onto `bias` repeated on every row when given.
-fn product<T: Float>(lhs: Matrix<T>, rhs: Matrix<T>, bias: Option<&[T]>) -> Vec<T> {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    let mut out: Vec<T> = Vec::with_capacity(m * n);
-    if let Some(bias) = bias {
-        for _ in 0..m {
-            out.extend_from_slice(bias);
-        }
-    }
-    if m == 0 || n == 0 {
-        return out;
-    }
-    if k == 0 {
-        // Nothing to add: the bias rows, or zeros.
-        out.resize(m * n, T::ZERO);
-        return out;
-    }
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    let read_dst = bias.is_some();
-    // SAFETY: `out` has room for m·n elements; with `read_dst` false gemm writes every one of them
-    // without reading (so uninitialised memory is never read), with it true they were all written
-    // above. `lhs` and `rhs` cover every element their strides reach (checked in `Matrix::of`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            read_dst,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-        out.set_len(m * n);
-    }
-    out
 }
 
 /// Checks the shapes of `x` [rows, in] · `weight` [out, in]ᵀ and returns the output shape.
@@ -134,14 +46,6 @@ fn typed_forward<T: Float>(
         kernel,
         "the weight",
     )?;
-    // Wᵀ: swap the roles of rows and columns.
-    let wt = Matrix {
-        rows: w.cols,
-        cols: w.rows,
-        rs: w.cs,
-        cs: w.rs,
-        ..w
-    };
     let bias = match bias {
         Some((s, l)) => {
             let values = super::contiguous(same_dtype::<T>(s, kernel)?, l, kernel)?;
@@ -156,7 +60,7 @@ fn typed_forward<T: Float>(
         }
         None => None,
     };
-    Ok(storage(product(x, wt, bias)))
+    Ok(storage(product(x, w.t(), bias)))
 }
 
 /// Both ops' forward pass: `x · Wᵀ (+ b)` with its shape checked.

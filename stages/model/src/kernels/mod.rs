@@ -14,10 +14,12 @@
 //!   inside a pool of `threads`), never on candle's process-wide spinning pool.
 
 pub mod activation;
+pub mod attention;
 pub mod bias;
 pub mod fast_math;
 pub mod layer_norm;
 pub mod linear;
+pub mod matrix;
 pub mod softmax;
 #[cfg(test)]
 mod tests;

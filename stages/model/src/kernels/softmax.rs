@@ -68,19 +68,37 @@ fn softmax_rows<T: Float>(block: &mut [T], first: usize, rows: Rows<T>) {
         let r = first + k;
         let row = &x[r * width..(r + 1) * width];
         let b = &bias[(r / per_group) * width..(r / per_group + 1) * width];
-        let mut max = T::neg_infinity();
         for ((y, v), b) in y.iter_mut().zip(row).zip(b) {
             *y = *v * scale + *b;
-            max = max.larger(*y);
         }
-        // The exponentials alone, then the sum in lanes: both loops vectorise.
-        for y in y.iter_mut() {
-            *y = (*y - max).exp();
-        }
-        let inv = T::ONE / sum(y);
-        for y in y.iter_mut() {
-            *y *= inv;
-        }
+        normalise_row(y);
+    }
+}
+
+/// The softmax of one row, in place: `y ← exp(y − max) / Σ exp(y − max)`.
+#[inline(always)]
+pub(super) fn normalise_row<T: Float>(y: &mut [T]) {
+    let mut max = T::neg_infinity();
+    for v in y.iter() {
+        max = max.larger(*v);
+    }
+    // The exponentials alone, then the sum in lanes: both loops vectorise.
+    for y in y.iter_mut() {
+        *y = (*y - max).exp();
+    }
+    let inv = T::ONE / sum(y);
+    for y in y.iter_mut() {
+        *y *= inv;
+    }
+}
+
+/// One row of the softmax's backward pass, in place: `d ← scale · y · (d − Σ d·y)`, where `y` is
+/// the softmax's output and `d` holds the gradient of that output.
+#[inline(always)]
+pub(super) fn backward_row<T: Float>(d: &mut [T], y: &[T], scale: T) {
+    let inner = dot(d, y);
+    for (d, y) in d.iter_mut().zip(y) {
+        *d = scale * *y * (*d - inner);
     }
 }
 
@@ -175,11 +193,8 @@ fn backward<T: Float>(y: &[T], grad: &[T], width: usize, scale: f64) -> Vec<T> {
     for_row_blocks(&mut out, width, |first, block| {
         for (k, d) in block.chunks_exact_mut(width).enumerate() {
             let range = (first + k) * width..(first + k + 1) * width;
-            let (y, g) = (&y[range.clone()], &grad[range]);
-            let inner = dot(g, y);
-            for ((d, y), g) in d.iter_mut().zip(y).zip(g) {
-                *d = scale * *y * (*g - inner);
-            }
+            d.copy_from_slice(&grad[range.clone()]);
+            backward_row(d, &y[range], scale);
         }
     });
     out

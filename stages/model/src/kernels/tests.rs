@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::activation::{Kind, activation};
+use super::attention::attention;
 use super::layer_norm::layer_norm;
 use super::linear::linear;
 use super::softmax::scaled_softmax;
@@ -100,6 +101,28 @@ fn linear_strided(x: &Tensor, w: &Tensor, _: &Tensor, fused: bool) -> Tensor {
     }
 }
 
+/// The padding bias [B, 1, 1, Sk] of a key mask where batch element b has its last b % 3 keys
+/// padded (so one element has none), in `like`'s dtype.
+fn padding_bias(batch: usize, keys: usize, like: &Tensor) -> Tensor {
+    let values: Vec<f64> = (0..batch)
+        .flat_map(|b| (0..keys).map(move |j| if j + b % 3 >= keys { -1e4 } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (batch, 1, 1, keys), &Device::Cpu)
+        .unwrap()
+        .to_dtype(like.dtype())
+        .unwrap()
+}
+
+/// Two-head attention: queries x [B, Sq, W], keys p1 and values p2 [B, Sk, W], with padding.
+fn mha(q: &Tensor, k: &Tensor, v: &Tensor, fused: bool) -> Tensor {
+    let bias = padding_bias(k.dims()[0], k.dims()[1], q);
+    if fused {
+        attention(q, k, v, 2, Some(&bias)).unwrap()
+    } else {
+        composite::multi_head_attention(q, k, v, 2, Some(&bias)).unwrap()
+    }
+}
+
 type Case = (&'static str, Op, Vec<usize>, Vec<usize>, Vec<usize>);
 
 /// (name, op, x shape, p1 shape, p2 shape). Widths that are not multiples of 8 exercise the
@@ -141,6 +164,13 @@ fn cases(big: bool) -> Vec<Case> {
             vec![rows, width],
             vec![width, width],
             vec![width],
+        ),
+        (
+            "attention",
+            mha,
+            vec![b, s, 2 * (width / 8 + 2)],
+            vec![b, s + 3, 2 * (width / 8 + 2)],
+            vec![b, s + 3, 2 * (width / 8 + 2)],
         ),
         (
             "linear_strided",
@@ -309,6 +339,22 @@ fn non_contiguous_inputs_and_bad_shapes() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("umd-scaled-softmax"), "{err}");
+    // Heads that do not divide the width, keys of another batch size or a key bias of the wrong
+    // length, likewise.
+    let (q, k) = (
+        random(&[2, 3, 6], 23, DType::F32),
+        random(&[2, 4, 6], 24, DType::F32),
+    );
+    for (keys, heads, bias) in [
+        (&k, 4, None),
+        (&random(&[3, 4, 6], 25, DType::F32), 2, None),
+        (&k, 2, Some(random(&[2, 1, 1, 5], 26, DType::F32))),
+    ] {
+        let err = attention(&q, keys, keys, heads, bias.as_ref())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("umd-attention"), "{err}");
+    }
     // A weight whose input width differs from x's, or a bias of the wrong length, likewise.
     let x = random(&[6, 4], 19, DType::F32);
     let err = linear(&x, &random(&[5, 3], 20, DType::F32), None)
@@ -323,4 +369,22 @@ fn non_contiguous_inputs_and_bad_shapes() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("umd-linear-bias"), "{err}");
+}
+
+#[test]
+fn attention_without_a_bias_or_with_one_shared_bias_row_matches_the_composite() {
+    let q = random(&[3, 7, 8], 27, DType::F32);
+    let k = random(&[3, 5, 8], 28, DType::F32);
+    let v = random(&[3, 5, 8], 29, DType::F32);
+    let shared = padding_bias(3, 5, &q).narrow(0, 2, 1).unwrap();
+    for bias in [None, Some(&shared)] {
+        let fused = attention(&q, &k, &v, 4, bias).unwrap();
+        let reference = composite::multi_head_attention(&q, &k, &v, 4, bias).unwrap();
+        let diff = max_abs_diff(&fused, &reference);
+        assert!(
+            diff < 1e-5,
+            "bias {:?}: max difference {diff}",
+            bias.map(|b| b.dims())
+        );
+    }
 }

@@ -196,26 +196,12 @@ impl Attention {
         context: &Tensor,
         key_bias: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let q = split_heads(&self.q.forward(x)?, self.heads)?;
-        let k = split_heads(&self.k.forward(context)?, self.heads)?;
-        let v = split_heads(&self.v.forward(context)?, self.heads)?;
-        let out = merge_heads(&ops::attention(&q, &k, &v, key_bias)?)?;
+        let q = self.q.forward(x)?;
+        let k = self.k.forward(context)?;
+        let v = self.v.forward(context)?;
+        let out = ops::multi_head_attention(&q, &k, &v, self.heads, key_bias)?;
         self.o.forward(&out)
     }
-}
-
-/// [B, S, W] → [B, H, S, W/H].
-fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, s, w) = x.dims3()?;
-    Ok(x.reshape((b, s, heads, w / heads))?
-        .transpose(1, 2)?
-        .contiguous()?)
-}
-
-/// [B, H, S, dh] → [B, S, H·dh].
-fn merge_heads(x: &Tensor) -> Result<Tensor> {
-    let (b, h, s, dh) = x.dims4()?;
-    Ok(x.transpose(1, 2)?.contiguous()?.reshape((b, s, h * dh))?)
 }
 
 /// Turns a [B, S] 0/1 mask (F32) into the additive [B, 1, 1, S] key bias.
