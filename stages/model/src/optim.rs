@@ -5,9 +5,11 @@
 
 use candle_core::Tensor;
 use candle_core::backprop::GradStore;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::kernels;
 use crate::store::{ParamRole, ParamStore};
 
 /// Which update rule.
@@ -150,6 +152,79 @@ struct Slot {
 
 /// Optimiser state over a [`ParamStore`]: AdamW or SGD with momentum, by
 /// [`OptimConfig::algorithm`].
+impl Slot {
+    /// torch.optim.SGD (dampening 0, no Nesterov): g += wd·p; buf = μ·buf + g (the buffer starts
+    /// at 0, so the first step sets it to g); p -= lr·buf.
+    fn sgd(&mut self, g: &Tensor, clip: f64, lr: f64, c: &OptimConfig) -> Result<()> {
+        let g = (g * clip)?;
+        let p = self.var.as_tensor();
+        let g = if self.decay && c.weight_decay > 0.0 {
+            (g + (p * c.weight_decay)?)?
+        } else {
+            g
+        };
+        self.m = ((&self.m * c.momentum)? + g)?;
+        self.var.set(&(p - (&self.m * lr)?)?)?;
+        Ok(())
+    }
+
+    /// AdamW (decoupled weight decay, bias-corrected moments); one fused pass on the CPU
+    /// ([`kernels::adamw`], bit-identical to the composite below).
+    fn adamw(
+        &mut self,
+        g: &Tensor,
+        clip: f64,
+        lr: f64,
+        c: &OptimConfig,
+        (bias1, bias2): (f64, f64),
+    ) -> Result<()> {
+        let decay = (self.decay && c.weight_decay > 0.0).then(|| 1.0 - lr * c.weight_decay);
+        let step = kernels::adamw::AdamWStep {
+            clip,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            decay,
+            bias2_sqrt: bias2.sqrt(),
+            eps: c.eps,
+            step_size: lr / bias1,
+        };
+        if let Some((p, m, v)) =
+            kernels::adamw::adamw(self.var.as_tensor(), g, &self.m, &self.v, &step)?
+        {
+            self.m = m;
+            self.v = v;
+            self.var.set(&p)?;
+            return Ok(());
+        }
+        let (new_p, m, v) = adamw_composite(self.var.as_tensor(), g, &self.m, &self.v, &step)?;
+        self.m = m;
+        self.v = v;
+        self.var.set(&new_p)?;
+        Ok(())
+    }
+}
+
+/// AdamW's update from candle's element-wise ops: the path off the CPU, and the reference the
+/// fused kernel is tested against. Returns the new parameter, first and second moment.
+fn adamw_composite(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    s: &kernels::adamw::AdamWStep,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let g = (g * s.clip)?;
+    let m = ((m * s.beta1)? + (&g * (1.0 - s.beta1))?)?;
+    let v = ((v * s.beta2)? + (g.sqr()? * (1.0 - s.beta2))?)?;
+    let p = match s.decay {
+        Some(d) => (p * d)?,
+        None => p.clone(),
+    };
+    let denom = ((v.sqrt()? / s.bias2_sqrt)? + s.eps)?;
+    let update = ((&m / denom)? * s.step_size)?;
+    Ok(((p - update)?, m, v))
+}
+
 pub struct Optimiser {
     config: OptimConfig,
     slots: Vec<Slot>,
@@ -230,34 +305,32 @@ impl Optimiser {
         let c = &self.config;
         let bias1 = 1.0 - c.beta1.powi(self.steps);
         let bias2 = 1.0 - c.beta2.powi(self.steps);
-        for slot in &mut self.slots {
+        // Each parameter's learning rate first (`scale` need not be thread-safe).
+        let lrs: Vec<f64> = self
+            .slots
+            .iter()
+            .map(|slot| lr * slot.lr_multiplier * scale(&slot.name))
+            .collect();
+        let update = |slot: &mut Slot, lr: f64| -> Result<()> {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
-                continue;
+                return Ok(());
             };
-            let g = (g * clip)?;
-            let lr = lr * slot.lr_multiplier * scale(&slot.name);
-            if c.algorithm == Algorithm::Sgd {
-                // torch.optim.SGD (dampening 0, no Nesterov): g += wd·p; buf = μ·buf + g (the
-                // buffer starts at 0, so the first step sets it to g); p -= lr·buf.
-                let p = slot.var.as_tensor();
-                let g = if slot.decay && c.weight_decay > 0.0 {
-                    (g + (p * c.weight_decay)?)?
-                } else {
-                    g
-                };
-                slot.m = ((&slot.m * c.momentum)? + g)?;
-                slot.var.set(&(p - (&slot.m * lr)?)?)?;
-                continue;
+            match c.algorithm {
+                Algorithm::Sgd => slot.sgd(g, clip, lr, c),
+                Algorithm::Adamw => slot.adamw(g, clip, lr, c, (bias1, bias2)),
             }
-            slot.m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let mut p = slot.var.as_tensor().clone();
-            if slot.decay && c.weight_decay > 0.0 {
-                p = (p * (1.0 - lr * c.weight_decay))?;
+        };
+        // On the CPU the parameters update side by side on the stage's pool (each one's update
+        // is sequential, so the result does not depend on the thread count); elsewhere in turn.
+        if self.slots.first().is_some_and(|s| s.var.device().is_cpu()) {
+            self.slots
+                .par_iter_mut()
+                .zip(lrs)
+                .try_for_each(|(slot, lr)| update(slot, lr))?;
+        } else {
+            for (slot, lr) in self.slots.iter_mut().zip(lrs) {
+                update(slot, lr)?;
             }
-            let denom = ((slot.v.sqrt()? / bias2.sqrt())? + c.eps)?;
-            let update = ((&slot.m / denom)? * (lr / bias1))?;
-            slot.var.set(&(p - update)?)?;
         }
         Ok(norm)
     }
@@ -503,5 +576,57 @@ mod tests {
             .unwrap();
         let grads = loss.backward().unwrap();
         assert!((opt.grad_norm(&grads).unwrap() - 50.0).abs() < 1e-4);
+    }
+
+    /// The fused AdamW kernel computes the composite's bits, with and without weight decay and
+    /// clipping, over several steps (the moments carry over), in f32 and f64.
+    #[test]
+    fn the_fused_adamw_update_is_bit_identical_to_the_composite() {
+        use candle_core::DType;
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::SplitMix64::new(41);
+        let mut random = |n: usize, dtype: DType| {
+            let v: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+            Tensor::from_vec(v, n, &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        };
+        let bits = |t: &Tensor| -> Vec<u64> {
+            let t = t.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            t.iter().map(|v| v.to_bits()).collect()
+        };
+        for dtype in [DType::F32, DType::F64] {
+            for (clip, decay) in [(1.0, None), (0.37, Some(1.0 - 3e-4 * 0.01))] {
+                let (mut p, mut m, mut v) = (
+                    random(1037, dtype),
+                    random(1037, dtype),
+                    random(1037, dtype),
+                );
+                v = v.abs().unwrap();
+                let start = bits(&p);
+                let (mut cp, mut cm, mut cv) = (p.clone(), m.clone(), v.clone());
+                for t in 1..=3 {
+                    let g = random(1037, dtype);
+                    let step = kernels::adamw::AdamWStep {
+                        clip,
+                        beta1: 0.9,
+                        beta2: 0.98,
+                        decay,
+                        bias2_sqrt: (1.0 - 0.98f64.powi(t)).sqrt(),
+                        eps: 1e-8,
+                        step_size: 3e-4 / (1.0 - 0.9f64.powi(t)),
+                    };
+                    (p, m, v) = kernels::adamw::adamw(&p, &g, &m, &v, &step)
+                        .unwrap()
+                        .expect("the kernel applies to CPU tensors");
+                    (cp, cm, cv) = adamw_composite(&cp, &g, &cm, &cv, &step).unwrap();
+                    for (fused, composite) in [(&p, &cp), (&m, &cm), (&v, &cv)] {
+                        assert_eq!(bits(fused), bits(composite), "{dtype:?}, step {t}");
+                    }
+                }
+                assert_ne!(bits(&p), start, "the parameter moved");
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@
 //!   inside a pool of `threads`), never on candle's process-wide spinning pool.
 
 pub mod activation;
+pub mod adamw;
 pub mod attention;
 pub mod bias;
 pub mod fast_math;
@@ -169,6 +170,19 @@ pub fn has_wide_vectors() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the activation loops run their AVX-512 builds (16 f32 per vector), like
+/// [`has_wide_vectors`] for AVX2; the same bits again.
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
