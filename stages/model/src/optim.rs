@@ -178,7 +178,7 @@ impl Slot {
         c: &OptimConfig,
         (bias1, bias2): (f64, f64),
     ) -> Result<()> {
-        let decay = (self.decay && c.weight_decay > 0.0).then(|| 1.0 - lr * c.weight_decay);
+        let decay = (self.decay && c.weight_decay > 0.0).then_some(1.0 - lr * c.weight_decay);
         let step = kernels::adamw::AdamWStep {
             clip,
             beta1: c.beta1,

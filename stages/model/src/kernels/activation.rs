@@ -202,14 +202,13 @@ mod tests {
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
             .collect();
         type Loop = fn(&mut [f32], &[f32], &[f32]);
-        let check =
-            |name: &str, base: Loop, wide: &dyn Fn(&mut [f32], &[f32], &[f32]), g: &[f32]| {
-                let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
-                base(&mut a, &x, g);
-                wide(&mut b, &x, g);
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&a), bits(&b), "{name}");
-            };
+        let check = |name: &str, base: Loop, wide: Loop, g: &[f32]| {
+            let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            base(&mut a, &x, g);
+            wide(&mut b, &x, g);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{name}");
+        };
         let loops: [(&str, Loop, Loop, Loop, &[f32]); 4] = [
             (
                 "gelu",
@@ -242,9 +241,9 @@ mod tests {
             ),
         ];
         for (name, base, avx2, avx512, g) in loops {
-            check(name, base, &avx2, g);
+            check(name, base, avx2, g);
             if has_avx512() {
-                check(name, base, &avx512, g);
+                check(name, base, avx512, g);
             } else {
                 println!("skipped the AVX-512 builds: this CPU has no AVX-512F");
             }
