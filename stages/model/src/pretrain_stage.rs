@@ -208,7 +208,8 @@ impl StageKind for PretrainKind {
         // fixed order (`gradients::mr_gradients`), which rounds differently.
         // 7: fused linear layers (bias added before the product), polynomial exp/erf in the f32
         // kernels: different rounding.
-        7
+        // 8: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
+        8
     }
 
     fn summary(&self) -> &'static str {
