@@ -27,7 +27,8 @@ const ROUND: f32 = 12_582_912.0;
 pub fn exp(x: f32) -> f32 {
     // Clamping keeps n in [-126, 128]; the ends are patched below.
     let clamped = x.clamp(EXP_LOW, EXP_HIGH);
-    let n = (clamped * LOG2_E + ROUND) - ROUND;
+    let shifted = clamped * LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -36,11 +37,14 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.166_666_65;
     let p = p * r + 0.5;
     let y = p * (r * r) + r + 1.0;
+    // n as an integer, read from the low mantissa bits of `shifted` (1.5 · 2²³ + n, whose ulp is
+    // 1): integer ops vectorise, where Rust's saturating float-to-int `as` is scalarised.
+    let k = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     // 2ⁿ as a normal f32 needs n ≤ 127: the top value n = 128 takes its last factor 2 apart
     // (both products are exact).
-    let low = n.min(127.0);
-    let scale = f32::from_bits(((low as i32 + 127) as u32) << 23);
-    let value = y * scale * (1.0 + (n - low));
+    let low = k.min(127);
+    let scale = f32::from_bits(((low + 127) as u32) << 23);
+    let value = y * scale * (1.0 + (k - low) as f32);
     if x < EXP_LOW {
         0.0
     } else if x > EXP_HIGH {

@@ -102,7 +102,8 @@ impl StageKind for CalibrateKind {
         // 4: pretrain's loop adds the passes' gradients in a fixed order, which rounds
         // differently (`umdflow_model::gradients::mr_gradients`).
         // 5: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
-        5
+        // 6: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
+        6
     }
     fn summary(&self) -> &'static str {
         "TD-Calib: continued MR-Pretrain on the downstream training split (or the joint-loss mode)"

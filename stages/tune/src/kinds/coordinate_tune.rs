@@ -133,7 +133,8 @@ impl StageKind for CoordinateTuneKind {
         // coefficient scales the branch's step, not its gradient; task.json records the head.
         // 4: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
         // 5: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
-        5
+        // 6: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
+        6
     }
     fn summary(&self) -> &'static str {
         "Task fine-tuning (VQA, classification, retrieval) with GM-Coord gradient modulation"

@@ -100,7 +100,8 @@ impl StageKind for ProbeKind {
         // 4: finding words are found in byte-level BPE rows (RoBERTa's tokenizer) and matched in
         //    lower case; before, such rows had no finding tokens.
         // 5: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
-        5
+        // 6: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
+        6
     }
     fn summary(&self) -> &'static str {
         "Frozen-feature linear probe of a pretrain/calibrate checkpoint's image encoder, beside raw pixels; its MLM/ITM heads on held-out data"
