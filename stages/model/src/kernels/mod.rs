@@ -9,7 +9,8 @@
 //! - **Deterministic whatever the thread count.** Work is split into row blocks whose size depends
 //!   on the row width only ([`rows_per_block`]), each row is computed sequentially, and reductions
 //!   across rows (a layer norm's parameter gradients) add the per-block partial sums in block
-//!   order. Same input, same bytes, with 1 or 2 threads.
+//!   order; attention computes each (batch element, head) pair on one thread, and products split
+//!   their output, never their sum. Same input, same bytes, with 1 or 2 threads.
 //! - **Parallel on the caller's rayon pool** (the stage's thread budget: `train::pretrain` runs
 //!   inside a pool of `threads`), never on candle's process-wide spinning pool.
 
@@ -177,7 +178,7 @@ pub fn has_wide_vectors() -> bool {
     }
 }
 
-/// Whether the activation loops run their AVX-512 builds (16 f32 per vector), like
+/// Whether the activation and AdamW loops run their AVX-512 builds (16 f32 per vector), like
 /// [`has_wide_vectors`] for AVX2; the same bits again.
 pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
