@@ -150,8 +150,6 @@ struct Slot {
     decay: bool,
 }
 
-/// Optimiser state over a [`ParamStore`]: AdamW or SGD with momentum, by
-/// [`OptimConfig::algorithm`].
 impl Slot {
     /// torch.optim.SGD (dampening 0, no Nesterov): g += wd·p; buf = μ·buf + g (the buffer starts
     /// at 0, so the first step sets it to g); p -= lr·buf.
@@ -225,6 +223,8 @@ fn adamw_composite(
     Ok(((p - update)?, m, v))
 }
 
+/// Optimiser state over a [`ParamStore`]: AdamW or SGD with momentum, by
+/// [`OptimConfig::algorithm`].
 pub struct Optimiser {
     config: OptimConfig,
     slots: Vec<Slot>,
