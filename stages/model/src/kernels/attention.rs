@@ -163,12 +163,7 @@ fn forward<T: Float>(s: Sizes, q: &[T], k: &[T], v: &[T], bias: Option<&[T]>) ->
     let per_pair = s.sq * s.sk;
     let mut weights = vec![T::ZERO; s.pairs() * per_pair];
     let mut out = vec![T::ZERO; s.batch * s.sq * s.width];
-    let out_at = Destination {
-        ptr: out.as_mut_ptr(),
-        rows: 0,
-        cols: 0,
-        rs: s.width,
-    };
+    let out_at = Destination::rows_apart(out.as_mut_ptr(), s.width);
     let groups = bias.map_or(1, |b| b.len() / s.sk.max(1));
     let wide = has_wide_vectors();
     weights
@@ -179,12 +174,7 @@ fn forward<T: Float>(s: Sizes, q: &[T], k: &[T], v: &[T], bias: Option<&[T]>) ->
                 let row = (pair / s.heads) % groups;
                 &b[row * s.sk..(row + 1) * s.sk]
             });
-            let scores = Destination {
-                ptr: p.as_mut_ptr(),
-                rows: s.sq,
-                cols: s.sk,
-                rs: s.sk,
-            };
+            let scores = Destination::row_major(p.as_mut_ptr(), (s.sq, s.sk));
             // SAFETY: `scores` is this task's own chunk of `weights`.
             unsafe {
                 gemm_into(
@@ -224,13 +214,14 @@ fn forward<T: Float>(s: Sizes, q: &[T], k: &[T], v: &[T], bias: Option<&[T]>) ->
     (out, weights)
 }
 
-/// The gradients of q, k and v from the output's gradient `g` [B, Sq, W] and the weights.
+/// The gradients of q, k and v.
 struct Gradients<T> {
     q: Vec<T>,
     k: Vec<T>,
     v: Vec<T>,
 }
 
+/// The gradients of q, k and v from the output's gradient `g` [B, Sq, W] and the weights.
 fn backward<T: Float>(
     s: Sizes,
     (q, k, v): (&[T], &[T], &[T]),
@@ -244,12 +235,7 @@ fn backward<T: Float>(
         k: vec![T::ZERO; k.len()],
         v: vec![T::ZERO; v.len()],
     };
-    let at = |data: &mut Vec<T>| Destination {
-        ptr: data.as_mut_ptr(),
-        rows: 0,
-        cols: 0,
-        rs: s.width,
-    };
+    let at = |data: &mut Vec<T>| Destination::rows_apart(data.as_mut_ptr(), s.width);
     let (dq_at, dk_at, dv_at) = (at(&mut grads.q), at(&mut grads.k), at(&mut grads.v));
     let wide = has_wide_vectors();
     (0..s.pairs()).into_par_iter().for_each_init(
@@ -264,12 +250,7 @@ fn backward<T: Float>(
             );
             let key_block = (s.sk, s.head_dim);
             let key_start = s.head_start(pair, s.sk);
-            let dp = Destination {
-                ptr: scratch.as_mut_ptr(),
-                rows: s.sq,
-                cols: s.sk,
-                rs: s.sk,
-            };
+            let dp = Destination::row_major(scratch.as_mut_ptr(), (s.sq, s.sk));
             // SAFETY (all four products): `scratch` belongs to this task, and pairs write
             // disjoint blocks (their own rows and head columns) of the three gradients.
             // dV = Pᵀ · dO, dP = dO · Vᵀ.

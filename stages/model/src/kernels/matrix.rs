@@ -93,6 +93,26 @@ pub struct Destination<T> {
 }
 
 impl<T> Destination<T> {
+    /// `rows × cols` elements at `ptr`, row after row.
+    pub fn row_major(ptr: *mut T, (rows, cols): (usize, usize)) -> Self {
+        Destination {
+            ptr,
+            rows,
+            cols,
+            rs: cols,
+        }
+    }
+
+    /// A matrix at `ptr` whose rows are `rs` apart, to take [`Self::block`]s of.
+    pub fn rows_apart(ptr: *mut T, rs: usize) -> Self {
+        Destination {
+            ptr,
+            rows: 0,
+            cols: 0,
+            rs,
+        }
+    }
+
     /// The `rows × cols` block that starts `start` elements past this one's first element, with
     /// the same row stride (e.g. one head's columns of one batch element's rows).
     pub fn block(self, start: usize, (rows, cols): (usize, usize)) -> Self {
@@ -209,12 +229,7 @@ pub fn product<T: Float>(lhs: Matrix<T>, rhs: Matrix<T>, bias: Option<&[T]>) -> 
         }
         None => Write::Replace,
     };
-    let dst = Destination {
-        ptr: out.as_mut_ptr(),
-        rows: m,
-        cols: n,
-        rs: n,
-    };
+    let dst = Destination::row_major(out.as_mut_ptr(), (m, n));
     // SAFETY: `out` has room for m·n elements, all written by `gemm_into` (Replace) or above
     // (Accumulate); nothing else holds it.
     unsafe {
