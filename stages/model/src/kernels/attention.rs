@@ -161,56 +161,64 @@ fn scores_gradient_avx2<T: Float>(dp: &mut [T], p: &[T], sk: usize, scale: T) {
 fn forward<T: Float>(s: Sizes, q: &[T], k: &[T], v: &[T], bias: Option<&[T]>) -> (Vec<T>, Vec<T>) {
     let scale = T::of(1.0 / (s.head_dim as f64).sqrt());
     let per_pair = s.sq * s.sk;
-    let mut weights = vec![T::ZERO; s.pairs() * per_pair];
-    let mut out = vec![T::ZERO; s.batch * s.sq * s.width];
+    // Both outputs start uninitialised: the products below write every element of them (each
+    // pair its own block of scores and its own rows and head columns of the output) before
+    // anything reads it, and `set_len` comes after.
+    let mut weights: Vec<T> = Vec::with_capacity(s.pairs() * per_pair);
+    let mut out: Vec<T> = Vec::with_capacity(s.batch * s.sq * s.width);
+    let weights_at = Destination::row_major(weights.as_mut_ptr(), (s.pairs() * s.sq, s.sk));
     let out_at = Destination::rows_apart(out.as_mut_ptr(), s.width);
     let groups = bias.map_or(1, |b| b.len() / s.sk.max(1));
     let wide = has_wide_vectors();
-    weights
-        .par_chunks_mut(per_pair.max(1))
-        .enumerate()
-        .for_each(|(pair, p)| {
-            let bias_row = bias.map(|b| {
-                let row = (pair / s.heads) % groups;
-                &b[row * s.sk..(row + 1) * s.sk]
-            });
-            let scores = Destination::row_major(p.as_mut_ptr(), (s.sq, s.sk));
-            // SAFETY: `scores` is this task's own chunk of `weights`.
-            unsafe {
-                gemm_into(
-                    scores,
-                    Write::Replace,
-                    s.head(q, pair, s.sq),
-                    s.head(k, pair, s.sk).t(),
-                    scale,
-                    Threads::One,
-                )
-            };
-            #[cfg(target_arch = "x86_64")]
-            if wide {
-                // SAFETY: the CPU has AVX2.
-                unsafe { softmax_scores_avx2(p, s.sk, bias_row) };
-            } else {
-                softmax_scores(p, s.sk, bias_row);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                let _ = wide;
-                softmax_scores(p, s.sk, bias_row);
-            }
-            let dst = out_at.block(s.head_start(pair, s.sq), (s.sq, s.head_dim));
-            // SAFETY: pairs write disjoint blocks of `out` (their own rows and head columns).
-            unsafe {
-                gemm_into(
-                    dst,
-                    Write::Replace,
-                    Matrix::block(p, 0, (s.sq, s.sk), s.sk),
-                    s.head(v, pair, s.sk),
-                    T::ONE,
-                    Threads::One,
-                )
-            };
+    (0..s.pairs()).into_par_iter().for_each(|pair| {
+        let bias_row = bias.map(|b| {
+            let row = (pair / s.heads) % groups;
+            &b[row * s.sk..(row + 1) * s.sk]
         });
+        let scores = weights_at.block(pair * per_pair, (s.sq, s.sk));
+        // SAFETY: `scores` is this pair's own block of `weights`, and the product writes all
+        // of it before `written` makes it a slice.
+        let p = unsafe {
+            gemm_into(
+                scores,
+                Write::Replace,
+                s.head(q, pair, s.sq),
+                s.head(k, pair, s.sk).t(),
+                scale,
+                Threads::One,
+            );
+            scores.written()
+        };
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: the CPU has AVX2.
+            unsafe { softmax_scores_avx2(p, s.sk, bias_row) };
+        } else {
+            softmax_scores(p, s.sk, bias_row);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = wide;
+            softmax_scores(p, s.sk, bias_row);
+        }
+        let dst = out_at.block(s.head_start(pair, s.sq), (s.sq, s.head_dim));
+        // SAFETY: pairs write disjoint blocks of `out` (their own rows and head columns).
+        unsafe {
+            gemm_into(
+                dst,
+                Write::Replace,
+                Matrix::block(p, 0, (s.sq, s.sk), s.sk),
+                s.head(v, pair, s.sk),
+                T::ONE,
+                Threads::One,
+            )
+        };
+    });
+    // SAFETY: every element of both was written above.
+    unsafe {
+        weights.set_len(s.pairs() * per_pair);
+        out.set_len(s.batch * s.sq * s.width);
+    }
     (out, weights)
 }
 
@@ -230,10 +238,12 @@ fn backward<T: Float>(
 ) -> Gradients<T> {
     let scale = T::of(1.0 / (s.head_dim as f64).sqrt());
     let per_pair = s.sq * s.sk;
+    // The gradients start uninitialised: every pair writes its own rows and head columns of all
+    // three, which together cover them, before `set_len` below.
     let mut grads = Gradients {
-        q: vec![T::ZERO; q.len()],
-        k: vec![T::ZERO; k.len()],
-        v: vec![T::ZERO; v.len()],
+        q: Vec::with_capacity(q.len()),
+        k: Vec::with_capacity(k.len()),
+        v: Vec::with_capacity(v.len()),
     };
     let at = |data: &mut Vec<T>| Destination::rows_apart(data.as_mut_ptr(), s.width);
     let (dq_at, dk_at, dv_at) = (at(&mut grads.q), at(&mut grads.k), at(&mut grads.v));
@@ -300,6 +310,12 @@ fn backward<T: Float>(
             }
         },
     );
+    // SAFETY: the products above wrote every element of the three.
+    unsafe {
+        grads.q.set_len(q.len());
+        grads.k.set_len(k.len());
+        grads.v.set_len(v.len());
+    }
     grads
 }
 

@@ -113,6 +113,17 @@ impl<T> Destination<T> {
         }
     }
 
+    /// The block as a slice, once it has been written.
+    ///
+    /// # Safety
+    /// The block must be contiguous (`rs == cols`), every element of it written, and no other
+    /// reference to it alive while the slice is.
+    pub unsafe fn written<'a>(self) -> &'a mut [T] {
+        debug_assert!(self.rs == self.cols || self.rows <= 1);
+        // SAFETY: the caller's guarantee.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.rows * self.cols) }
+    }
+
     /// The `rows × cols` block that starts `start` elements past this one's first element, with
     /// the same row stride (e.g. one head's columns of one batch element's rows).
     pub fn block(self, start: usize, (rows, cols): (usize, usize)) -> Self {
