@@ -104,60 +104,21 @@ pub fn multi_head_attention(
     heads: usize,
     key_bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    if fused_attention_applies(q, &[k, v], key_bias) {
-        return kernels::attention::attention(q, k, v, heads, key_bias);
-    }
-    composite::multi_head_attention(q, k, v, heads, key_bias)
-}
-
-/// [`multi_head_attention`] with q, k and v side by side in `qkv` [B, S, 3W] (the output of one
-/// fused projection): columns `0..W` are q, `W..2W` k, `2W..3W` v.
-pub fn multi_head_self_attention(
-    qkv: &Tensor,
-    heads: usize,
-    key_bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    if fused_attention_applies(qkv, &[], key_bias) {
-        return kernels::attention::self_attention(qkv, heads, key_bias);
-    }
-    let width = qkv.dim(D::Minus1)? / 3;
-    let part = |i: usize| qkv.narrow(D::Minus1, i * width, width);
-    composite::multi_head_attention(&part(0)?, &part(1)?, &part(2)?, heads, key_bias)
-}
-
-/// [`multi_head_attention`] with k and v side by side in `kv` [B, Sk, 2W]: columns `0..W` are k,
-/// `W..2W` v.
-pub fn multi_head_cross_attention(
-    q: &Tensor,
-    kv: &Tensor,
-    heads: usize,
-    key_bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    if fused_attention_applies(q, &[kv], key_bias) {
-        return kernels::attention::cross_attention(q, kv, heads, key_bias);
-    }
-    let width = kv.dim(D::Minus1)? / 2;
-    let (k, v) = (
-        kv.narrow(D::Minus1, 0, width)?,
-        kv.narrow(D::Minus1, width, width)?,
-    );
-    composite::multi_head_attention(q, &k, &v, heads, key_bias)
-}
-
-/// Whether the fused attention kernel handles `first` with `others` and the bias.
-fn fused_attention_applies(first: &Tensor, others: &[&Tensor], key_bias: Option<&Tensor>) -> bool {
-    let same = |t: &Tensor| t.dtype() == first.dtype() && t.device().same_device(first.device());
+    let same = |t: &Tensor| t.dtype() == q.dtype() && t.device().same_device(q.device());
     // The fused kernel treats the bias as a constant (it is built from the padding mask).
     let bias_fits = key_bias.is_none_or(|b| {
         let d = b.dims();
         same(b)
             && !b.track_op()
             && d.len() == 4
-            && (d[0] == 1 || Some(d[0]) == first.dims().first().copied())
+            && (d[0] == 1 || Some(d[0]) == q.dims().first().copied())
             && d[1] == 1
             && d[2] == 1
     });
-    kernels::applies(first) && others.iter().all(|t| same(t)) && bias_fits
+    if kernels::applies(q) && same(k) && same(v) && bias_fits {
+        return kernels::attention::attention(q, k, v, heads, key_bias);
+    }
+    composite::multi_head_attention(q, k, v, heads, key_bias)
 }
 
 /// The same operations built from differentiable candle primitives: the fallback on devices and

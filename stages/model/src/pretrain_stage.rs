@@ -209,9 +209,7 @@ impl StageKind for PretrainKind {
         // 7: fused linear layers (bias added before the product), polynomial exp/erf in the f32
         // kernels: different rounding.
         // 8: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
-        // 9: self-attention's q, k and v projections (cross-attention's k and v) run as one product over
-        // their stacked weights: the layer input's gradient is one sum, which rounds differently.
-        9
+        8
     }
 
     fn summary(&self) -> &'static str {

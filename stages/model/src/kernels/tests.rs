@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::activation::{Kind, activation};
-use super::attention::{attention, cross_attention, self_attention};
+use super::attention::attention;
 use super::layer_norm::layer_norm;
 use super::linear::linear;
 use super::softmax::scaled_softmax;
@@ -123,39 +123,6 @@ fn mha(q: &Tensor, k: &Tensor, v: &Tensor, fused: bool) -> Tensor {
     }
 }
 
-/// Two-head self-attention on q = x [B, S, W] packed beside k and v = p1 [B, S, 2W] (one
-/// [B, S, 3W] input, as the fused projection makes it), with padding.
-fn mha_packed(x: &Tensor, kv: &Tensor, _: &Tensor, fused: bool) -> Tensor {
-    let bias = padding_bias(kv.dims()[0], kv.dims()[1], x);
-    let width = x.dims()[2];
-    if fused {
-        let qkv = Tensor::cat(&[x, kv], 2).unwrap();
-        self_attention(&qkv, 2, Some(&bias)).unwrap()
-    } else {
-        let (k, v) = (
-            kv.narrow(2, 0, width).unwrap(),
-            kv.narrow(2, width, width).unwrap(),
-        );
-        composite::multi_head_attention(x, &k, &v, 2, Some(&bias)).unwrap()
-    }
-}
-
-/// Two-head cross-attention: queries x [B, Sq, W], keys and values side by side in p1
-/// [B, Sk, 2W], with padding.
-fn mha_cross(q: &Tensor, kv: &Tensor, _: &Tensor, fused: bool) -> Tensor {
-    let bias = padding_bias(kv.dims()[0], kv.dims()[1], q);
-    let width = q.dims()[2];
-    if fused {
-        cross_attention(q, kv, 2, Some(&bias)).unwrap()
-    } else {
-        let (k, v) = (
-            kv.narrow(2, 0, width).unwrap(),
-            kv.narrow(2, width, width).unwrap(),
-        );
-        composite::multi_head_attention(q, &k, &v, 2, Some(&bias)).unwrap()
-    }
-}
-
 type Case = (&'static str, Op, Vec<usize>, Vec<usize>, Vec<usize>);
 
 /// (name, op, x shape, p1 shape, p2 shape). Widths that are not multiples of 8 exercise the
@@ -204,20 +171,6 @@ fn cases(big: bool) -> Vec<Case> {
             vec![b, s, 2 * (width / 8 + 2)],
             vec![b, s + 3, 2 * (width / 8 + 2)],
             vec![b, s + 3, 2 * (width / 8 + 2)],
-        ),
-        (
-            "self-attention, q, k and v packed",
-            mha_packed,
-            vec![b, s, 2 * (width / 8 + 2)],
-            vec![b, s, 4 * (width / 8 + 2)],
-            vec![1],
-        ),
-        (
-            "cross-attention, k and v packed",
-            mha_cross,
-            vec![b, s, 2 * (width / 8 + 2)],
-            vec![b, s + 3, 4 * (width / 8 + 2)],
-            vec![1],
         ),
         (
             "linear_strided",
@@ -402,13 +355,6 @@ fn non_contiguous_inputs_and_bad_shapes() {
             .to_string();
         assert!(err.contains("umd-attention"), "{err}");
     }
-    // Packed inputs whose width is not 3W (self) or 2W (cross), likewise.
-    let err = self_attention(&random(&[2, 3, 7], 30, DType::F32), 1, None)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("umd-attention") && err.contains("3W"), "{err}");
-    let err = cross_attention(&q, &k, 2, None).unwrap_err().to_string();
-    assert!(err.contains("umd-attention") && err.contains("2W"), "{err}");
     // A weight whose input width differs from x's, or a bias of the wrong length, likewise.
     let x = random(&[6, 4], 19, DType::F32);
     let err = linear(&x, &random(&[5, 3], 20, DType::F32), None)

@@ -162,11 +162,7 @@ impl Mlp {
     }
 }
 
-/// Multi-head attention with query/key/value/output projections (`{name}.q|k|v|o`, separate
-/// parameters). The projections that read the same input run as one product over their stacked
-/// weights: q, k and v for self-attention, k and v for cross-attention. One product instead of
-/// three, and one gradient of that input instead of three that candle would add up; each output
-/// column is the same dot product either way.
+/// Multi-head attention with separate query/key/value/output projections (`{name}.q|k|v|o`).
 #[derive(Debug, Clone)]
 pub struct Attention {
     pub q: Linear,
@@ -193,13 +189,6 @@ impl Attention {
         })
     }
 
-    /// Self-attention of `x` [B, S, W] (queries, keys and values all from `x`).
-    pub fn forward_self(&self, x: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
-        let qkv = stacked(&[&self.q, &self.k, &self.v])?.forward(x)?;
-        let out = ops::multi_head_self_attention(&qkv, self.heads, key_bias)?;
-        self.o.forward(&out)
-    }
-
     /// Queries from `x` [B, Sq, W], keys and values from `context` [B, Sk, Wc].
     pub fn forward(
         &self,
@@ -208,31 +197,11 @@ impl Attention {
         key_bias: Option<&Tensor>,
     ) -> Result<Tensor> {
         let q = self.q.forward(x)?;
-        let kv = stacked(&[&self.k, &self.v])?.forward(context)?;
-        let out = ops::multi_head_cross_attention(&q, &kv, self.heads, key_bias)?;
+        let k = self.k.forward(context)?;
+        let v = self.v.forward(context)?;
+        let out = ops::multi_head_attention(&q, &k, &v, self.heads, key_bias)?;
         self.o.forward(&out)
     }
-}
-
-/// One linear layer whose outputs are those of `layers` side by side (their weights stacked by
-/// rows; a copy that records its gradient back to each). The layers must all have a bias or all
-/// have none.
-fn stacked(layers: &[&Linear]) -> Result<Linear> {
-    let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
-    let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();
-    let bias = match biases {
-        Some(biases) => Some(Tensor::cat(&biases, 0)?),
-        None if layers.iter().all(|l| l.bias.is_none()) => None,
-        None => {
-            return Err(crate::error::ModelError::Config(
-                "attention projections must all have a bias or all have none".into(),
-            ));
-        }
-    };
-    Ok(Linear {
-        weight: Tensor::cat(&weights, 0)?,
-        bias,
-    })
 }
 
 /// Turns a [B, S] 0/1 mask (F32) into the additive [B, 1, 1, S] key bias.
@@ -278,12 +247,12 @@ impl Block {
     pub fn forward(&self, x: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
         if self.pre_norm {
             let h = self.ln1.forward(x)?;
-            let x = (x + self.attn.forward_self(&h, key_bias)?)?;
+            let x = (x + self.attn.forward(&h, &h, key_bias)?)?;
             Ok((&x + self.mlp.forward(&self.ln2.forward(&x)?)?)?)
         } else {
             let x = self
                 .ln1
-                .forward(&(x + self.attn.forward_self(x, key_bias)?)?)?;
+                .forward(&(x + self.attn.forward(x, x, key_bias)?)?)?;
             self.ln2.forward(&(&x + self.mlp.forward(&x)?)?)
         }
     }
@@ -336,7 +305,7 @@ impl CoAttentionLayer {
     ) -> Result<Tensor> {
         let x = self
             .ln_self
-            .forward(&(x + self.self_attn.forward_self(x, own_bias)?)?)?;
+            .forward(&(x + self.self_attn.forward(x, x, own_bias)?)?)?;
         let x = self
             .ln_cross
             .forward(&(&x + self.cross_attn.forward(&x, other, other_bias)?)?)?;
@@ -362,116 +331,5 @@ impl Pooler {
             .dense
             .forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?
             .tanh()?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use candle_core::{DType, Device, Tensor};
-
-    use super::Attention;
-    use crate::ops;
-    use crate::rng::SplitMix64;
-    use crate::store::ParamStore;
-
-    fn random(shape: &[usize], seed: u64) -> Tensor {
-        let mut rng = SplitMix64::new(seed);
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    fn bytes(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    }
-
-    /// Attention over a store whose biases are random too (they start at zero otherwise).
-    fn attention(width: usize) -> (ParamStore, Attention) {
-        let mut store = ParamStore::new(&Device::Cpu, 3);
-        let attn = Attention::new(&mut store, "a", width, width, 2).unwrap();
-        for (i, (name, param)) in store.iter().enumerate() {
-            if name.ends_with(".bias") {
-                param.var.set(&random(&[width], 40 + i as u64)).unwrap();
-            }
-        }
-        (store, attn)
-    }
-
-    /// The stacked projections against one product per projection (the same attention kernel
-    /// after them): the same output bits, the same bits of every parameter's gradient (each is a
-    /// sum over the same rows in the same order), and the input's gradient up to the order of
-    /// its sums (one product over 3W or 2W columns instead of products added up).
-    #[test]
-    fn stacked_projections_match_separate_ones() {
-        // More than 64 rows and columns: gemm's blocked path, not only its small-matrix one.
-        let width = 72;
-        let (store, attn) = attention(width);
-        let x = random(&[2, 37, width], 1);
-        let context = random(&[2, 41, width], 2);
-        let key_bias = Tensor::zeros((2, 1, 1, 41), DType::F32, &Device::Cpu).unwrap();
-        let separate = |x: &Tensor, context: &Tensor, bias: Option<&Tensor>| {
-            let q = attn.q.forward(x).unwrap();
-            let k = attn.k.forward(context).unwrap();
-            let v = attn.v.forward(context).unwrap();
-            let out = ops::multi_head_attention(&q, &k, &v, attn.heads, bias).unwrap();
-            attn.o.forward(&out).unwrap()
-        };
-        let weights = random(&[2, 37, width], 3);
-        for cross in [false, true] {
-            let (xv, cv) = (
-                candle_core::Var::from_tensor(&x).unwrap(),
-                candle_core::Var::from_tensor(&context).unwrap(),
-            );
-            let (x, context) = (xv.as_tensor(), cv.as_tensor());
-            let (stacked, reference) = if cross {
-                (
-                    attn.forward(x, context, Some(&key_bias)).unwrap(),
-                    separate(x, context, Some(&key_bias)),
-                )
-            } else {
-                (attn.forward_self(x, None).unwrap(), separate(x, x, None))
-            };
-            assert_eq!(
-                bytes(&stacked),
-                bytes(&reference),
-                "output (cross: {cross})"
-            );
-            let grads = |y: &Tensor| {
-                (y * &weights)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            };
-            let (gs, gr) = (grads(&stacked), grads(&reference));
-            for (name, param) in store.iter() {
-                let (a, b) = (gs.get(param.var.as_tensor()), gr.get(param.var.as_tensor()));
-                assert_eq!(
-                    a.map(bytes),
-                    b.map(bytes),
-                    "gradient of {name} (cross: {cross})"
-                );
-            }
-            let inputs = if cross { vec![x, context] } else { vec![x] };
-            for input in inputs {
-                let (a, b) = (gs.get(input).unwrap(), gr.get(input).unwrap());
-                let diff = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(diff < 1e-5, "input gradient (cross: {cross}): {diff}");
-            }
-        }
     }
 }

@@ -103,9 +103,7 @@ impl StageKind for CalibrateKind {
         // differently (`umdflow_model::gradients::mr_gradients`).
         // 5: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
         // 6: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
-        // 7: self-attention's q, k and v projections (cross-attention's k and v) run as one product over
-        // their stacked weights: the layer input's gradient is one sum, which rounds differently.
-        7
+        6
     }
     fn summary(&self) -> &'static str {
         "TD-Calib: continued MR-Pretrain on the downstream training split (or the joint-loss mode)"

@@ -134,9 +134,7 @@ impl StageKind for CoordinateTuneKind {
         // 4: fused CPU kernels (layer norm, softmax, activations, bias) round differently.
         // 5: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
         // 6: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
-        // 7: self-attention's q, k and v projections (cross-attention's k and v) run as one product over
-        // their stacked weights: the layer input's gradient is one sum, which rounds differently.
-        7
+        6
     }
     fn summary(&self) -> &'static str {
         "Task fine-tuning (VQA, classification, retrieval) with GM-Coord gradient modulation"
