@@ -17,7 +17,9 @@
 # runs with its own defaults for candle's thread variables.
 # Both matrix-product ceilings (2048³, best of 5) are measured at the start. Prints the per-cell ranges (min–max of the per-process
 # median step times) and the ratio of the medians; raw rows go to
-# bench/out/train_step_vs_pytorch.tsv.
+# bench/out/train_step_vs_pytorch.tsv. Every row also records the CPU time the hypervisor took
+# from this machine while the process ran (the `steal` column of /proc/stat, as a share of all
+# CPU time): on a shared virtual machine a run with a high share measured the neighbours too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,7 +52,7 @@ fi
 
 mkdir -p bench/out
 tsv=bench/out/train_step_vs_pytorch.tsv
-printf 'round\tpreset\tthreads\tframework\tms_per_step\n' >"$tsv"
+printf 'round\tpreset\tthreads\tframework\tms_per_step\tsteal_pct\n' >"$tsv"
 IFS=, read -ra preset_list <<<"$presets"
 IFS=, read -ra thread_list <<<"$threads"
 
@@ -75,30 +77,41 @@ run_torch() { # preset threads [--compile]
     "$python" bench/train_step_vs_pytorch.py --preset "$1" --threads "$2" --steps "$steps" ${3:-} |
         sed -n 's/^median_ms=\([0-9.]*\).*/\1/p'
 }
-record() { # round preset threads framework ms
-    if [ -z "$5" ]; then
-        echo "error: the $4 run of $2 at $3 threads printed no time" >&2
+cpu_times() { # steal and total CPU time of the machine so far, in clock ticks
+    awk '/^cpu / {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat
+}
+measure() { # round preset threads framework command...: runs the command, records its time
+    local round=$1 preset=$2 t=$3 framework=$4 before_ticks after_ticks ms steal
+    shift 4
+    before_ticks=$(cpu_times)
+    ms=$("$@")
+    after_ticks=$(cpu_times)
+    steal=$(echo "$before_ticks $after_ticks" |
+        awk '{d = $4 - $2; printf "%.1f", (d > 0 ? 100 * ($3 - $1) / d : 0)}')
+    if [ -z "$ms" ]; then
+        echo "error: the $framework run of $preset at $t threads printed no time" >&2
         exit 1
     fi
-    printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$tsv"
-    printf '  round %s  %-5s  %s threads  %-13s %9.1f ms/step\n' "$@"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$preset" "$t" "$framework" "$ms" "$steal" >>"$tsv"
+    printf '  round %s  %-5s  %s threads  %-13s %9.1f ms/step  (steal %s %%)\n' \
+        "$round" "$preset" "$t" "$framework" "$ms" "$steal"
 }
 
 for round in $(seq 1 "$rounds"); do
     for preset in "${preset_list[@]}"; do
         for t in "${thread_list[@]}"; do
             if [ $((round % 2)) -eq 1 ]; then
-                record "$round" "$preset" "$t" ours "$(run_ours "$preset" "$t")"
-                record "$round" "$preset" "$t" pytorch "$(run_torch "$preset" "$t")"
+                measure "$round" "$preset" "$t" ours run_ours "$preset" "$t"
+                measure "$round" "$preset" "$t" pytorch run_torch "$preset" "$t"
             else
-                record "$round" "$preset" "$t" pytorch "$(run_torch "$preset" "$t")"
-                record "$round" "$preset" "$t" ours "$(run_ours "$preset" "$t")"
+                measure "$round" "$preset" "$t" pytorch run_torch "$preset" "$t"
+                measure "$round" "$preset" "$t" ours run_ours "$preset" "$t"
             fi
             if [ -n "$before" ]; then
-                record "$round" "$preset" "$t" ours-before "$(run_ours "$preset" "$t" "$before")"
+                measure "$round" "$preset" "$t" ours-before run_ours "$preset" "$t" "$before"
             fi
             if [ "$compile" = 1 ] && [ "$round" = 1 ]; then
-                record "$round" "$preset" "$t" torch.compile "$(run_torch "$preset" "$t" --compile)"
+                measure "$round" "$preset" "$t" torch.compile run_torch "$preset" "$t" --compile
             fi
         done
     done
@@ -108,17 +121,20 @@ echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$tsv" <<'EOF'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-cells = {}
+cells, steal = {}, {}
 for r in rows:
-    cells.setdefault((r["preset"], int(r["threads"])), {}).setdefault(r["framework"], []).append(float(r["ms_per_step"]))
+    key = (r["preset"], int(r["threads"]))
+    cells.setdefault(key, {}).setdefault(r["framework"], []).append(float(r["ms_per_step"]))
+    steal.setdefault(key, []).append(float(r["steal_pct"]))
 def span(v):
     return f"{min(v):.0f}–{max(v):.0f}" if len(v) > 1 else f"{v[0]:.0f}"
-print("\n| preset | threads | ours before (ms/step) | ours | PyTorch eager | ours / PyTorch (medians) | torch.compile |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("\n| preset | threads | ours before (ms/step) | ours | PyTorch eager | ours / PyTorch (medians) | torch.compile | steal % (min–max) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for (preset, t), f in sorted(cells.items(), key=lambda kv: (kv[0][0] != "tiny", kv[0][1])):
     ours, torch_ = f.get("ours", []), f.get("pytorch", [])
     ratio = statistics.median(ours) / statistics.median(torch_) if ours and torch_ else float("nan")
     comp = span(f["torch.compile"]) if "torch.compile" in f else "–"
     earlier = span(f["ours-before"]) if "ours-before" in f else "–"
-    print(f"| {preset} | {t} | {earlier} | {span(ours)} | {span(torch_)} | {ratio:.2f}× | {comp} |")
+    st = steal[(preset, t)]
+    print(f"| {preset} | {t} | {earlier} | {span(ours)} | {span(torch_)} | {ratio:.2f}× | {comp} | {min(st):.0f}–{max(st):.0f} |")
 EOF
