@@ -113,6 +113,7 @@ run_arm() { # framework preset threads
     case "$1" in
         ours) run_ours "$2" "$3" ;;
         pytorch) run_torch "$2" "$3" ;;
+        *) echo "error: unknown arm $1" >&2; return 1 ;;
     esac
 }
 pair() { # round preset threads: ours and PyTorch, the first alternating by round
