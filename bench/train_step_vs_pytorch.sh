@@ -14,7 +14,8 @@
 # (preset, threads) cell once per framework, the framework that goes first alternating by round.
 # `--compile` adds a `torch.compile` arm (slow to compile). `--before PATH` adds an earlier build
 # of the bench executable as a third arm (`ours-before`), e.g. a copy made before a change; it
-# runs with its own defaults for candle's thread variables.
+# runs with its own defaults for candle's thread variables, after the pair in odd rounds and
+# before it in even ones.
 # Both matrix-product ceilings (2048³, best of 5) are measured at the start. Prints the per-cell ranges (min–max of the per-process
 # median step times) and the ratio of the medians; raw rows go to
 # bench/out/train_step_vs_pytorch.tsv. Every row also records the CPU time the hypervisor took
@@ -143,8 +144,12 @@ pair() { # round preset threads: ours and PyTorch, the first alternating by roun
 for round in $(seq 1 "$rounds"); do
     for preset in "${preset_list[@]}"; do
         for t in "${thread_list[@]}"; do
+            # The ours-before arm runs after the pair in odd rounds and before it in even ones.
+            if [ -n "$before" ] && [ $((round % 2)) -eq 0 ]; then
+                measure "$round" "$preset" "$t" ours-before run_ours "$preset" "$t" "$before"
+            fi
             pair "$round" "$preset" "$t"
-            if [ -n "$before" ]; then
+            if [ -n "$before" ] && [ $((round % 2)) -eq 1 ]; then
                 measure "$round" "$preset" "$t" ours-before run_ours "$preset" "$t" "$before"
             fi
             if [ "$compile" = 1 ] && [ "$round" = 1 ]; then

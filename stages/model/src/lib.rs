@@ -32,6 +32,7 @@ pub mod pretrained;
 pub mod resume;
 pub mod train;
 pub mod train_state;
+pub mod worker_pool;
 
 pub use mask_stage::MaskKind;
 pub use pretrain_stage::PretrainKind;

@@ -145,12 +145,9 @@ pub fn pretrain_with(
     observer: &(dyn TrainObserver + Sync),
 ) -> Result<TrainOutcome> {
     crate::allocator::retain_freed_memory();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| {
-            ModelError::Config(format!("could not start {threads} worker threads: {e}"))
-        })?;
+    let pool = crate::worker_pool::stage_pool(threads).map_err(|e| {
+        ModelError::Config(format!("could not start {threads} worker threads: {e}"))
+    })?;
     pool.install(|| pretrain_here(dataset, plan, settings, start, device, observer))
 }
 

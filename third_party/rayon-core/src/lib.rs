@@ -199,6 +199,10 @@ pub struct ThreadPoolBuilder<S = DefaultSpawn> {
     /// "depth-first" fashion. If true, they will do a "breadth-first"
     /// fashion. Depth-first is the default.
     breadth_first: bool,
+
+    /// umdflow: how many times an idle worker yields before it sleeps (`None`: the crate's
+    /// default, `ROUNDS_UNTIL_SLEEPY` in `sleep/mod.rs`). See `PATCH.md`.
+    idle_yield_rounds: Option<u32>,
 }
 
 /// Contains the rayon thread pool configuration. Use [`ThreadPoolBuilder`] instead.
@@ -235,6 +239,7 @@ impl Default for ThreadPoolBuilder {
             exit_handler: None,
             spawn_handler: DefaultSpawn,
             breadth_first: false,
+            idle_yield_rounds: None,
         }
     }
 }
@@ -445,6 +450,7 @@ impl<S> ThreadPoolBuilder<S> {
             start_handler: self.start_handler,
             exit_handler: self.exit_handler,
             breadth_first: self.breadth_first,
+            idle_yield_rounds: self.idle_yield_rounds,
         }
     }
 
@@ -624,6 +630,20 @@ impl<S> ThreadPoolBuilder<S> {
         self.breadth_first
     }
 
+    /// umdflow (not in upstream rayon-core, see `PATCH.md`): an idle worker calls
+    /// `std::thread::yield_now()` this many times before it sleeps on a condition variable
+    /// (default: `ROUNDS_UNTIL_SLEEPY` in `sleep/mod.rs`). A longer wait keeps the worker's
+    /// core running between parallel regions that follow one another closely, at the cost of
+    /// the CPU time spent yielding; each yield lets any other runnable thread have the core.
+    pub fn idle_yield_rounds(mut self, rounds: u32) -> Self {
+        self.idle_yield_rounds = Some(rounds);
+        self
+    }
+
+    fn get_idle_yield_rounds(&self) -> Option<u32> {
+        self.idle_yield_rounds
+    }
+
     /// Takes the current thread start callback, leaving `None`.
     fn take_start_handler(&mut self) -> Option<Box<StartHandler>> {
         self.start_handler.take()
@@ -800,6 +820,7 @@ impl<S> fmt::Debug for ThreadPoolBuilder<S> {
             ref exit_handler,
             spawn_handler: _,
             ref breadth_first,
+            ref idle_yield_rounds,
         } = *self;
 
         // Just print `Some(<closure>)` or `None` to the debug
@@ -824,6 +845,7 @@ impl<S> fmt::Debug for ThreadPoolBuilder<S> {
             .field("start_handler", &start_handler)
             .field("exit_handler", &exit_handler)
             .field("breadth_first", &breadth_first)
+            .field("idle_yield_rounds", &idle_yield_rounds)
             .finish()
     }
 }

@@ -270,7 +270,8 @@ impl Registry {
 
         let registry = Arc::new(Registry {
             thread_infos: stealers.into_iter().map(ThreadInfo::new).collect(),
-            sleep: Sleep::new(n_threads),
+            // umdflow: the pool's own idle spin, if its builder set one (PATCH.md).
+            sleep: Sleep::new(n_threads, builder.get_idle_yield_rounds()),
             injected_jobs: Injector::new(),
             broadcasts: Mutex::new(broadcasts),
             terminate_count: AtomicUsize::new(1),

@@ -146,15 +146,12 @@ fn needs_inputs(decl: &StageDecl<'_>, kind: &str, groups: &[&[&str]]) -> Vec<Pro
         .collect()
 }
 
-/// Runs `f` on a rayon pool of `threads` workers (candle's CPU matmuls use the current pool).
+/// Runs `f` on a stage pool of `threads` workers (candle's CPU matmuls use the current pool).
 fn with_threads<T: Send>(
     threads: usize,
     f: impl FnOnce() -> std::result::Result<T, StageError> + Send,
 ) -> std::result::Result<T, StageError> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(failed)?;
+    let pool = umdflow_model::worker_pool::stage_pool(threads).map_err(failed)?;
     pool.install(f)
 }
 

@@ -24,6 +24,10 @@ pub(super) struct Sleep {
     worker_sleep_states: Vec<CachePadded<WorkerSleepState>>,
 
     counters: AtomicCounters,
+
+    /// umdflow: yield rounds before an idle worker announces itself sleepy
+    /// (`ROUNDS_UNTIL_SLEEPY` unless the pool's builder set `idle_yield_rounds`).
+    rounds_until_sleepy: u32,
 }
 
 /// An instance of this struct is created when a thread becomes idle.
@@ -53,18 +57,22 @@ struct WorkerSleepState {
     condvar: Condvar,
 }
 
-// umdflow: 2000 rounds instead of upstream's 32 (third_party/rayon-core/PATCH.md): about 0.75 ms
-// of yielding before an idle worker sleeps, so a parallel region that follows soon after finds its
+// umdflow: 2000 rounds by default instead of upstream's 32, and a pool's builder may set its own
+// (`ThreadPoolBuilder::idle_yield_rounds`; third_party/rayon-core/PATCH.md): about 0.75 ms of
+// yielding before an idle worker sleeps, so a parallel region that follows soon after finds its
 // vCPU still running instead of halted and waiting for the hypervisor.
 const ROUNDS_UNTIL_SLEEPY: u32 = 2000;
-const ROUNDS_UNTIL_SLEEPING: u32 = ROUNDS_UNTIL_SLEEPY + 1;
 
 impl Sleep {
-    pub(super) fn new(n_threads: usize) -> Sleep {
+    pub(super) fn new(n_threads: usize, idle_yield_rounds: Option<u32>) -> Sleep {
         assert!(n_threads <= THREADS_MAX);
         Sleep {
             worker_sleep_states: (0..n_threads).map(|_| Default::default()).collect(),
             counters: AtomicCounters::new(),
+            // Kept below u32::MAX - 1 so that `rounds_until_sleepy + 1` cannot overflow.
+            rounds_until_sleepy: idle_yield_rounds
+                .unwrap_or(ROUNDS_UNTIL_SLEEPY)
+                .min(u32::MAX - 2),
         }
     }
 
@@ -94,18 +102,19 @@ impl Sleep {
         latch: &CoreLatch,
         has_injected_jobs: impl FnOnce() -> bool,
     ) {
-        if idle_state.rounds < ROUNDS_UNTIL_SLEEPY {
+        let sleepy = self.rounds_until_sleepy;
+        if idle_state.rounds < sleepy {
             thread::yield_now();
             idle_state.rounds += 1;
-        } else if idle_state.rounds == ROUNDS_UNTIL_SLEEPY {
+        } else if idle_state.rounds == sleepy {
             idle_state.jobs_counter = self.announce_sleepy();
             idle_state.rounds += 1;
             thread::yield_now();
-        } else if idle_state.rounds < ROUNDS_UNTIL_SLEEPING {
+        } else if idle_state.rounds < sleepy + 1 {
             idle_state.rounds += 1;
             thread::yield_now();
         } else {
-            debug_assert_eq!(idle_state.rounds, ROUNDS_UNTIL_SLEEPING);
+            debug_assert_eq!(idle_state.rounds, sleepy + 1);
             self.sleep(idle_state, latch, has_injected_jobs);
         }
     }
@@ -151,7 +160,7 @@ impl Sleep {
                 // we didn't see it. We should return to just before the SLEEPY
                 // state so we can do another search and (if we fail to find
                 // work) go back to sleep.
-                idle_state.wake_partly();
+                idle_state.wake_partly(self.rounds_until_sleepy);
                 latch.wake_up();
                 return;
             }
@@ -320,8 +329,8 @@ impl IdleState {
         self.jobs_counter = JobsEventCounter::DUMMY;
     }
 
-    fn wake_partly(&mut self) {
-        self.rounds = ROUNDS_UNTIL_SLEEPY;
+    fn wake_partly(&mut self, rounds_until_sleepy: u32) {
+        self.rounds = rounds_until_sleepy;
         self.jobs_counter = JobsEventCounter::DUMMY;
     }
 }
