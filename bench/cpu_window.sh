@@ -6,7 +6,7 @@
 #
 #   bench/cpu_window.sh DELAY WINDOW command [args...]
 #
-# Prints one line: the four shares, then the command's last output line that contains
+# Prints one line: the four shares (whole percent, rounded down), then the command's last output line that contains
 # "median" or "| small" or "| tiny" (the step time of the train_step bench or of the PyTorch mirror).
 set -euo pipefail
 if [ $# -lt 3 ]; then
@@ -30,8 +30,8 @@ import sys
 v = list(map(int, sys.argv[1:]))
 d = [y - x for x, y in zip(v[:8], v[8:])]
 total = sum(d) or 1
-share = lambda n: 100.0 * n / total
-print(f"user {share(d[0] + d[1]):.0f} % system {share(d[2] + d[5] + d[6]):.0f} % "
-      f"idle {share(d[3] + d[4]):.0f} % steal {share(d[7]):.0f} %", end="  ")
+share = lambda n: 100 * n // total  # whole percent, rounded down
+print(f"user {share(d[0] + d[1])} % system {share(d[2] + d[5] + d[6])} % "
+      f"idle {share(d[3] + d[4])} % steal {share(d[7])} %", end="  ")
 PY
 grep -E 'median|\| small|\| tiny' "$out" | tail -1 || echo "(no step time in the output)"
