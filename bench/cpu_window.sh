@@ -6,8 +6,9 @@
 #
 #   bench/cpu_window.sh DELAY WINDOW command [args...]
 #
-# Prints one line: the four shares (whole percent, rounded down), then the command's last output line that contains
-# "median" or "| small" or "| tiny" (the step time of the train_step bench or of the PyTorch mirror).
+# Prints one line: the four shares (whole percent, rounded down), then the command's last output
+# line that contains "median", "| small" or "| tiny" (the step time of the train_step bench or of
+# the PyTorch mirror).
 set -euo pipefail
 if [ $# -lt 3 ]; then
     echo "usage: $0 DELAY WINDOW command [args...]" >&2
