@@ -2,10 +2,12 @@
 //! [`super::fast_math`]) and QuickGELU (`x · σ(1.702 x)`), fused: one pass forward, one pass
 //! backward (candle's composite QuickGELU is 5 ops forward, its GELU backward about 10).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::{
-    Float, contiguous, dispatch_float, for_row_blocks, has_avx512, has_wide_vectors, storage,
+    Float, collect_row_blocks, contiguous, dispatch_float, has_avx512, has_wide_vectors, storage,
 };
 
 /// Which activation.
@@ -67,9 +69,13 @@ fn element<T: Float, const GELU: bool, const BACKWARD: bool>(x: T, g: T) -> T {
 }
 
 #[inline(always)]
-fn map_block<T: Float, const GELU: bool, const BACKWARD: bool>(out: &mut [T], x: &[T], g: &[T]) {
+fn map_block<T: Float, const GELU: bool, const BACKWARD: bool>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
+    g: &[T],
+) {
     for ((y, &x), &g) in out.iter_mut().zip(x).zip(g) {
-        *y = element::<T, GELU, BACKWARD>(x, g);
+        y.write(element::<T, GELU, BACKWARD>(x, g));
     }
 }
 
@@ -77,7 +83,7 @@ fn map_block<T: Float, const GELU: bool, const BACKWARD: bool>(out: &mut [T], x:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn map_block_avx2<T: Float, const GELU: bool, const BACKWARD: bool>(
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
     x: &[T],
     g: &[T],
 ) {
@@ -89,7 +95,7 @@ fn map_block_avx2<T: Float, const GELU: bool, const BACKWARD: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn map_block_avx512<T: Float, const GELU: bool, const BACKWARD: bool>(
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
     x: &[T],
     g: &[T],
 ) {
@@ -99,10 +105,9 @@ fn map_block_avx512<T: Float, const GELU: bool, const BACKWARD: bool>(
 /// [`element`] over `x` (and the gradient `g`, `x` itself forward) into a new vector, in blocks on
 /// the current rayon pool.
 fn map<T: Float, const GELU: bool, const BACKWARD: bool>(x: &[T], g: &[T]) -> Vec<T> {
-    let mut out = vec![T::ZERO; x.len()];
     let (wide, widest) = (has_wide_vectors(), has_avx512());
     // Blocks of 16K elements: treat the data as rows of one element.
-    for_row_blocks(&mut out, 1, |first, block| {
+    let fill = |first: usize, block: &mut [MaybeUninit<T>]| {
         let end = first + block.len();
         let (x, g) = (&x[first..end], &g[first..end]);
         #[cfg(target_arch = "x86_64")]
@@ -117,8 +122,10 @@ fn map<T: Float, const GELU: bool, const BACKWARD: bool>(x: &[T], g: &[T]) -> Ve
         }
         let _ = (wide, widest);
         map_block::<T, GELU, BACKWARD>(block, x, g)
-    });
-    out
+    };
+    // SAFETY: `x`, `g` and the output have one length, so `map_block` writes every element of
+    // each block.
+    unsafe { collect_row_blocks(x.len(), 1, fill) }
 }
 
 impl CustomOp1 for Activation {
@@ -201,12 +208,18 @@ mod tests {
         let g: Vec<f32> = (0..4099)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
             .collect();
-        type Loop = fn(&mut [f32], &[f32], &[f32]);
+        type Loop = fn(&mut [MaybeUninit<f32>], &[f32], &[f32]);
         let check = |name: &str, base: Loop, wide: Loop, g: &[f32]| {
-            let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            let zeros = vec![MaybeUninit::new(0f32); x.len()];
+            let (mut a, mut b) = (zeros.clone(), zeros);
             base(&mut a, &x, g);
             wide(&mut b, &x, g);
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            // SAFETY: both started as zeros (initialised).
+            let bits = |v: &[MaybeUninit<f32>]| {
+                v.iter()
+                    .map(|f| unsafe { f.assume_init() }.to_bits())
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(bits(&a), bits(&b), "{name}");
         };
         let loops: [(&str, Loop, Loop, Loop, &[f32]); 4] = [

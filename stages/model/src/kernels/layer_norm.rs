@@ -1,9 +1,13 @@
 //! Layer normalisation over the last dimension with an affine part, fused: one pass forward, one
 //! pass backward (which also yields the gradients of gamma and beta).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Float, contiguous, dispatch_float, dot, for_row_blocks, rows_per_block, storage, sum};
+use super::{
+    Float, collect_row_blocks, contiguous, dispatch_float, dot, rows_per_block, storage, sum,
+};
 
 /// `y = (x − mean) / sqrt(var + eps) · gamma + beta` per row (biased variance), `x` contiguous
 /// [..., D], `gamma` and `beta` [D].
@@ -43,17 +47,18 @@ fn moments<T: Float>(row: &[T], eps: f64) -> (T, T) {
 
 fn forward<T: Float>(x: &[T], gamma: &[T], beta: &[T], eps: f64) -> Vec<T> {
     let width = gamma.len();
-    let mut out = vec![T::ZERO; x.len()];
-    for_row_blocks(&mut out, width, |first, block| {
+    let fill = |first: usize, block: &mut [MaybeUninit<T>]| {
         for (k, y) in block.chunks_exact_mut(width).enumerate() {
             let row = &x[(first + k) * width..(first + k + 1) * width];
             let (mean, rstd) = moments(row, eps);
             for (((y, v), g), b) in y.iter_mut().zip(row).zip(gamma).zip(beta) {
-                *y = (*v - mean) * rstd * *g + *b;
+                y.write((*v - mean) * rstd * *g + *b);
             }
         }
-    });
-    out
+    };
+    // SAFETY: `x` is whole rows of `width` (checked by the op), so the blocks are whole rows and
+    // every element of each is written.
+    unsafe { collect_row_blocks(x.len(), width, fill) }
 }
 
 impl CustomOp3 for LayerNorm {
@@ -121,14 +126,15 @@ struct LayerNormBackward {
 fn backward<T: Float>(x: &[T], gamma: &[T], grad: &[T], eps: f64) -> Vec<T> {
     let width = gamma.len();
     let rows = x.len() / width.max(1);
-    let mut out = vec![T::ZERO; (rows + 2) * width];
-    let (dx, params) = out.split_at_mut(rows * width);
+    // Uninitialised: the dx rows are all written below, the two parameter rows at the end.
+    let mut out: Vec<T> = Vec::with_capacity((rows + 2) * width);
+    let (dx, params) = out.spare_capacity_mut()[..(rows + 2) * width].split_at_mut(rows * width);
     let block_rows = rows_per_block(width);
     let blocks = rows.div_ceil(block_rows);
     // Per block: [dgamma partial, dbeta partial], added in block order below.
     let mut partials = vec![T::ZERO; blocks * 2 * width];
     let n = T::of(width as f64);
-    let work = |first: usize, dx_block: &mut [T], partial: &mut [T]| {
+    let work = |first: usize, dx_block: &mut [MaybeUninit<T>], partial: &mut [T]| {
         let (pg, pb) = partial.split_at_mut(width);
         let mut g_hat = vec![T::ZERO; width];
         let mut x_hat = vec![T::ZERO; width];
@@ -145,7 +151,7 @@ fn backward<T: Float>(x: &[T], gamma: &[T], grad: &[T], eps: f64) -> Vec<T> {
             let mean_g = sum(&g_hat) / n;
             let mean_gx = dot(&g_hat, &x_hat) / n;
             for i in 0..width {
-                d[i] = rstd * (g_hat[i] - mean_g - x_hat[i] * mean_gx);
+                d[i].write(rstd * (g_hat[i] - mean_g - x_hat[i] * mean_gx));
             }
         }
     };
@@ -159,11 +165,18 @@ fn backward<T: Float>(x: &[T], gamma: &[T], grad: &[T], eps: f64) -> Vec<T> {
             .enumerate()
             .for_each(|(k, (dx_block, partial))| work(k * block_rows, dx_block, partial));
     }
+    let mut totals = vec![T::ZERO; 2 * width];
     for partial in partials.chunks_exact(2 * width) {
-        for (p, v) in params.iter_mut().zip(partial) {
+        for (p, v) in totals.iter_mut().zip(partial) {
             *p += *v;
         }
     }
+    for (p, total) in params.iter_mut().zip(totals) {
+        p.write(total);
+    }
+    // SAFETY: the blocks wrote every dx row (`x` is whole rows of `width`), and the loop above
+    // both parameter rows.
+    unsafe { out.set_len((rows + 2) * width) };
     out
 }
 

@@ -26,6 +26,8 @@ pub mod softmax;
 #[cfg(test)]
 mod tests;
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -160,6 +162,25 @@ pub fn for_row_blocks<T: Send>(
             .enumerate()
             .for_each(|(k, chunk)| f(k * rows, chunk));
     }
+}
+
+/// A new vector of `len` elements (rows of `width`) that `fill(first_row, block)` writes in the
+/// blocks [`for_row_blocks`] hands out, with no zero-fill pass before it: each element of the
+/// output is written once, where `vec![0; len]` and then the kernel wrote it twice.
+///
+/// # Safety
+/// `fill` must write every element of each block it is given.
+pub unsafe fn collect_row_blocks<T: Send>(
+    len: usize,
+    width: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    for_row_blocks(&mut out.spare_capacity_mut()[..len], width, fill);
+    // SAFETY: the blocks cover the first `len` elements, and the caller's `fill` wrote all of
+    // each block.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Whether the kernels run their AVX2 builds of the element loops: the crate is built for
