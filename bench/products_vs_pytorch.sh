@@ -24,19 +24,9 @@ while [ $# -gt 0 ]; do
         *) echo "usage: $0 [--rounds N] [--threads N] [--repeats N]" >&2; exit 2 ;;
     esac
 done
-python="${TORCH_PYTHON:-/work/venv-torch/bin/python}"
-if ! "$python" -c 'import torch' 2>/dev/null; then
-    echo "error: $python cannot import torch (set TORCH_PYTHON to a Python with torch)" >&2
-    exit 2
-fi
-
-echo "building: cargo bench -p umdflow-model --bench products --no-run" >&2
-bench=$(cargo bench -p umdflow-model --bench products --no-run 2>&1 |
-    sed -n 's/.*Executable .*(\(.*products-[^)]*\)).*/\1/p' | tail -1)
-if [ ! -x "$bench" ]; then
-    echo "error: could not build or find the products bench executable" >&2
-    exit 1
-fi
+. bench/model_bench_lib.sh
+find_torch_python
+build_model_bench products
 
 mkdir -p bench/out
 tsv=bench/out/products_vs_pytorch.tsv

@@ -42,19 +42,9 @@ while [ $# -gt 0 ]; do
            exit 2 ;;
     esac
 done
-python="${TORCH_PYTHON:-/work/venv-torch/bin/python}"
-if ! "$python" -c 'import torch' 2>/dev/null; then
-    echo "error: $python cannot import torch (set TORCH_PYTHON to a Python with torch)" >&2
-    exit 2
-fi
-
-echo "building: cargo bench -p umdflow-model --bench train_step --no-run" >&2
-bench=$(cargo bench -p umdflow-model --bench train_step --no-run 2>&1 |
-    sed -n 's/.*Executable .*(\(.*train_step-[^)]*\)).*/\1/p' | tail -1)
-if [ ! -x "$bench" ]; then
-    echo "error: could not build or find the train_step bench executable" >&2
-    exit 1
-fi
+. bench/model_bench_lib.sh
+find_torch_python
+build_model_bench train_step
 
 mkdir -p bench/out
 tsv=bench/out/train_step_vs_pytorch.tsv

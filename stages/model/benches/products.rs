@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use umdflow_model::kernels::matrix::{Matrix, product};
 
-/// (rows, in, out) of the step's large linear layers on the `small` preset with the `ci` data:
-/// 2048 vision rows (32 images of 64 patches), 544 text rows (32 × 17 tokens), width 256, MLP 1024.
+/// (rows, in, out) of the step's large linear layers on the `small` preset with the `ci` data
+/// (the `train_step` bench's): 2048 text rows (32 captions of 64 tokens), 544 image rows (32
+/// images of 16 patches and a class token), width 256, MLP 1024.
 const SHAPES: [(usize, usize, usize); 6] = [
     (2048, 256, 256),
     (2048, 256, 1024),
