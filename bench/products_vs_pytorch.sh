@@ -57,6 +57,12 @@ for row in rows:
     key = (row["role"], row["shape"])
     if key not in keys:
         keys.append(key)
+# The two sides list their shapes separately (products.rs, products_vs_pytorch.py).
+for f in ("ours", "pytorch"):
+    missing = [k for k in keys if not any(
+        (r["role"], r["shape"]) == k and r["framework"] == f for r in rows)]
+    if missing:
+        sys.exit(f"error: {f} did not time {missing}; keep SHAPES the same on both sides")
 print("| role | rows×in×out | ours GFLOP/s | PyTorch GFLOP/s | time ours / PyTorch |")
 print("|---|---|---:|---:|---:|")
 seconds = {"ours": 0.0, "pytorch": 0.0}
