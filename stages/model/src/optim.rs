@@ -166,8 +166,8 @@ impl Slot {
         Ok(())
     }
 
-    /// AdamW (decoupled weight decay, bias-corrected moments); one fused pass on the CPU
-    /// ([`kernels::adamw`], bit-identical to the composite below).
+    /// AdamW (decoupled weight decay, bias-corrected moments); one fused pass on the CPU that
+    /// writes the parameter in place ([`kernels::adamw`], bit-identical to the composite below).
     fn adamw(
         &mut self,
         g: &Tensor,
@@ -186,12 +186,12 @@ impl Slot {
             eps: c.eps,
             step_size: lr / bias1,
         };
-        if let Some((p, m, v)) =
+        // The kernel writes the parameter into the variable's storage itself.
+        if let Some((m, v)) =
             kernels::adamw::adamw(self.var.as_tensor(), g, &self.m, &self.v, &step)?
         {
             self.m = m;
             self.v = v;
-            self.var.set(&p)?;
             return Ok(());
         }
         let (new_p, m, v) = adamw_composite(self.var.as_tensor(), g, &self.m, &self.v, &step)?;
@@ -598,14 +598,15 @@ mod tests {
         };
         for dtype in [DType::F32, DType::F64] {
             for (clip, decay) in [(1.0, None), (0.37, Some(1.0 - 3e-4 * 0.01))] {
-                let (mut p, mut m, mut v) = (
+                let (p, mut m, mut v) = (
                     random(1037, dtype),
                     random(1037, dtype),
                     random(1037, dtype),
                 );
                 v = v.abs().unwrap();
                 let start = bits(&p);
-                let (mut cp, mut cm, mut cv) = (p.clone(), m.clone(), v.clone());
+                // A copy: the kernel writes `p` in place, and a clone would share its storage.
+                let (mut cp, mut cm, mut cv) = (p.copy().unwrap(), m.clone(), v.clone());
                 for t in 1..=3 {
                     let g = random(1037, dtype);
                     let step = kernels::adamw::AdamWStep {
@@ -617,7 +618,7 @@ mod tests {
                         eps: 1e-8,
                         step_size: 3e-4 / (1.0 - 0.9f64.powi(t)),
                     };
-                    (p, m, v) = kernels::adamw::adamw(&p, &g, &m, &v, &step)
+                    (m, v) = kernels::adamw::adamw(&p, &g, &m, &v, &step)
                         .unwrap()
                         .expect("the kernel applies to CPU tensors");
                     (cp, cm, cv) = adamw_composite(&cp, &g, &cm, &cv, &step).unwrap();
