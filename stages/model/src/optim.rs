@@ -630,4 +630,34 @@ mod tests {
             }
         }
     }
+
+    /// A second moment that shares the parameter's storage is not run in place (the op would
+    /// wait forever on the parameter's lock): the kernel declines and leaves the parameter as it
+    /// was, so the caller runs the composite.
+    #[test]
+    fn the_fused_adamw_declines_a_moment_that_shares_the_parameter() {
+        let p = Tensor::new(&[0.5f32, -0.25, 1.0], &Device::Cpu).unwrap();
+        let (g, m) = (p.ones_like().unwrap(), p.zeros_like().unwrap());
+        let step = kernels::adamw::AdamWStep {
+            clip: 1.0,
+            beta1: 0.9,
+            beta2: 0.98,
+            decay: None,
+            bias2_sqrt: 0.2,
+            eps: 1e-8,
+            step_size: 1e-3,
+        };
+        let shared = p.clone();
+        let out = kernels::adamw::adamw(&p, &g, &m, &shared, &step).unwrap();
+        assert!(out.is_none());
+        assert_eq!(p.to_vec1::<f32>().unwrap(), [0.5, -0.25, 1.0]);
+        // The negative control: a separate second moment runs in place.
+        let v = p.copy().unwrap();
+        assert!(
+            kernels::adamw::adamw(&p, &g, &m, &v, &step)
+                .unwrap()
+                .is_some()
+        );
+        assert_ne!(p.to_vec1::<f32>().unwrap(), [0.5, -0.25, 1.0]);
+    }
 }

@@ -56,6 +56,11 @@ pub fn adamw(
         return Ok(None);
     }
     let (g, m, v) = (g.contiguous()?, m.contiguous()?, v.contiguous()?);
+    // The op reads `v` while it holds `p`'s storage locked for writing, so a `v` sharing that
+    // storage would wait on it forever; such a call (never the optimiser's) takes the composite.
+    if storage_address(p) == storage_address(&v) {
+        return Ok(None);
+    }
     let op = InPlace {
         v,
         step: *step,
@@ -70,6 +75,12 @@ pub fn adamw(
         Some(moments) => Ok(Some(moments)),
         None => candle_core::bail!("{KERNEL}: the update did not run"),
     }
+}
+
+/// Where a tensor's storage lives (its read lock is released before this returns).
+fn storage_address(t: &Tensor) -> *const Storage {
+    let (storage, _) = t.storage_and_layout();
+    &*storage as *const Storage
 }
 
 /// The in-place op on the parameter; `g` and `m` come in as its operands, `v` with the op.
