@@ -631,11 +631,11 @@ mod tests {
         }
     }
 
-    /// A second moment that shares the parameter's storage is not run in place (the op would
-    /// wait forever on the parameter's lock): the kernel declines and leaves the parameter as it
-    /// was, so the caller runs the composite.
+    /// A gradient or moment that shares the parameter's storage is not run in place (for the
+    /// second moment the op would wait forever on the parameter's lock): the kernel declines and
+    /// leaves the parameter as it was, so the caller runs the composite.
     #[test]
-    fn the_fused_adamw_declines_a_moment_that_shares_the_parameter() {
+    fn the_fused_adamw_declines_an_input_that_shares_the_parameter() {
         let p = Tensor::new(&[0.5f32, -0.25, 1.0], &Device::Cpu).unwrap();
         let (g, m) = (p.ones_like().unwrap(), p.zeros_like().unwrap());
         let step = kernels::adamw::AdamWStep {
@@ -648,9 +648,10 @@ mod tests {
             step_size: 1e-3,
         };
         let shared = p.clone();
-        let out = kernels::adamw::adamw(&p, &g, &m, &shared, &step).unwrap();
-        assert!(out.is_none());
-        assert_eq!(p.to_vec1::<f32>().unwrap(), [0.5, -0.25, 1.0]);
+        for (g, m, v) in [(&shared, &m, &g), (&g, &shared, &m), (&g, &m, &shared)] {
+            assert!(kernels::adamw::adamw(&p, g, m, v, &step).unwrap().is_none());
+            assert_eq!(p.to_vec1::<f32>().unwrap(), [0.5, -0.25, 1.0]);
+        }
         // The negative control: a separate second moment runs in place.
         let v = p.copy().unwrap();
         assert!(

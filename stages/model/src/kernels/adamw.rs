@@ -38,7 +38,8 @@ pub struct AdamWStep {
 /// Updates the parameter `p` in place (every tensor sharing its storage sees the new values, as
 /// with `Var::set`) from its gradient `g` and the moments `m`, `v`, and returns the new first and
 /// second moments; `None` when the kernel does not apply (not CPU f32/f64 tensors of one dtype
-/// and shape, or `p` not contiguous), and then `p` is untouched and the caller runs the composite.
+/// and shape, `p` not contiguous, or one of the others sharing `p`'s storage), and then `p` is
+/// untouched and the caller runs the composite.
 pub fn adamw(
     p: &Tensor,
     g: &Tensor,
@@ -57,8 +58,10 @@ pub fn adamw(
     }
     let (g, m, v) = (g.contiguous()?, m.contiguous()?, v.contiguous()?);
     // The op reads `v` while it holds `p`'s storage locked for writing, so a `v` sharing that
-    // storage would wait on it forever; such a call (never the optimiser's) takes the composite.
-    if storage_address(p) == storage_address(&v) {
+    // storage would wait on it forever, and candle's in-place op refuses a `g` or `m` sharing it;
+    // such a call (never the optimiser's) takes the composite.
+    let target = storage_address(p);
+    if [&g, &m, &v].iter().any(|t| storage_address(t) == target) {
         return Ok(None);
     }
     let op = InPlace {
