@@ -91,12 +91,7 @@ impl TextTokenizer {
         tokenizer.with_normalizer(Some(normalizer));
         tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
         tokenizer.with_decoder(Some(WordPieceDecoder::default()));
-        tokenizer.add_special_tokens(
-            &SPECIAL_TOKENS
-                .iter()
-                .map(|t| AddedToken::from(*t, true))
-                .collect::<Vec<_>>(),
-        );
+        tokenizer.add_special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)));
         let special = special_ids(&tokenizer)
             .ok_or_else(|| DataError::Invalid("trained tokenizer lacks a special token".into()))?;
         tokenizer.with_post_processor(Some(BertProcessing::new(
