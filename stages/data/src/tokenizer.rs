@@ -88,10 +88,15 @@ impl TextTokenizer {
             .build()
             .map_err(tokenizer_error("building the WordPiece model"))?;
         let mut tokenizer = Tokenizer::new(model);
-        tokenizer.with_normalizer(Some(normalizer));
+        // Since tokenizers 0.23 these two return an error when normalising the added tokens fails.
+        tokenizer
+            .with_normalizer(Some(normalizer))
+            .map_err(tokenizer_error("setting the normaliser"))?;
         tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
         tokenizer.with_decoder(Some(WordPieceDecoder::default()));
-        tokenizer.add_special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)));
+        tokenizer
+            .add_special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)))
+            .map_err(tokenizer_error("adding the special tokens"))?;
         let special = special_ids(&tokenizer)
             .ok_or_else(|| DataError::Invalid("trained tokenizer lacks a special token".into()))?;
         tokenizer.with_post_processor(Some(BertProcessing::new(
