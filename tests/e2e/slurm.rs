@@ -5,24 +5,14 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use crate::support::*;
 
 /// Whether a Slurm cluster answers here; prints why not (or panics when CI requires one).
 fn cluster(test: &str) -> bool {
-    let answer = Command::new("sinfo")
-        .args(["--noheader", "--format=%a"])
-        .output();
-    let why_not = match answer {
-        Err(err) => format!("`sinfo` cannot run ({err})"),
-        Ok(out) if !out.status.success() => format!(
-            "`sinfo` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Ok(out) if !String::from_utf8_lossy(&out.stdout).contains("up") => {
-            "no partition is up".to_string()
-        }
-        Ok(_) => return true,
+    let Err(why_not) = cluster_answer() else {
+        return true;
     };
     if std::env::var("UMDFLOW_REQUIRE_SLURM").is_ok_and(|v| v == "1") {
         panic!(
@@ -33,6 +23,28 @@ fn cluster(test: &str) -> bool {
         "skip {test}: no Slurm cluster answers: {why_not} (scripts/slurm-ci.sh up starts one)"
     );
     false
+}
+
+/// `sinfo`'s answer, asked once per test process: without a controller it retries for about 9 s,
+/// which every cluster test would otherwise pay again.
+fn cluster_answer() -> &'static Result<(), String> {
+    static ANSWER: OnceLock<Result<(), String>> = OnceLock::new();
+    ANSWER.get_or_init(|| {
+        let answer = Command::new("sinfo")
+            .args(["--noheader", "--format=%a"])
+            .output();
+        match answer {
+            Err(err) => Err(format!("`sinfo` cannot run ({err})")),
+            Ok(out) if !out.status.success() => Err(format!(
+                "`sinfo` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Ok(out) if !String::from_utf8_lossy(&out.stdout).contains("up") => {
+                Err("no partition is up".to_string())
+            }
+            Ok(_) => Ok(()),
+        }
+    })
 }
 
 /// How many jobs whose name starts with `prefix` Slurm lists, finished ones included.
