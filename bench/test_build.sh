@@ -8,7 +8,7 @@
 # times them; --keep leaves the target folder (default: removed at the end, it takes 6-8 GB).
 # TARGET_DIR defaults to bench/out/test-build-target; it must not exist yet. Results go to
 # bench/out/test_build.txt (git-ignored) and to stdout.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
 run_tests=0 keep=0 target=bench/out/test-build-target
@@ -40,6 +40,7 @@ timed() { # label, command...: runs it, appends "label: wall, user, sys" to $out
 }
 
 : >"$log"
+trap 'echo "error: a step failed; its output is in $log" >&2' ERR
 {
     echo "commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)'), $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(rustc --version)"
