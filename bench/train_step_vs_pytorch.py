@@ -6,7 +6,9 @@ presets on SynthRad `ci` shapes (batch 32, 32x32 grey images cut into 16 patches
 pass (visible patches, fusion up to `mim_layer`, MAE decoder), the MLM pass (corrupted text, full
 fusion, MLM and FeaMLM heads), the ITM pass, all five losses, backward, global-norm clipping,
 AdamW with M3AE's parameter groups (heads and `multi_modal` x5, no decay on biases and norms) and
-the EMA update. Only the timing is compared; the values are random, not umdflow's.
+the EMA update. As umdflow's model (layers.rs `RealRows`), the text stream's MLPs run on the real
+(non-padding) rows only; `--padded-mlp` runs them on every row instead. Only the timing is
+compared; the values are random, not umdflow's.
 
 Run by `bench/train_step_vs_pytorch.sh` with /work/venv-torch/bin/python (torch is never needed by
 umdflow's tests or CI). Prints one line `median_ms=<ms> steps=<n>` (and the per-step times).
@@ -69,6 +71,14 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def plus_on_rows(x, rows, f):
+    """layers.rs `plus_on_rows`: `x + f(x)` with the row-wise `f` computed on `rows` only."""
+    if rows is None:
+        return x + f(x)
+    flat = x.reshape(-1, x.shape[-1])
+    return flat.index_add(0, rows, f(flat[rows])).reshape(x.shape)
+
+
 class Block(nn.Module):
     """layers.rs `Block`: pre-LN (ViT, decoder) or post-LN (BERT)."""
 
@@ -77,13 +87,13 @@ class Block(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(width, eps=EPS), nn.LayerNorm(width, eps=EPS)
         self.attn, self.mlp, self.pre_norm = Attention(width, heads), Mlp(width, hidden, act), pre_norm
 
-    def forward(self, x, key_bias=None):
+    def forward(self, x, key_bias=None, rows=None):
         if self.pre_norm:
             h = self.ln1(x)
             x = x + self.attn(h, h, key_bias)
-            return x + self.mlp(self.ln2(x))
+            return plus_on_rows(x, rows, lambda x: self.mlp(self.ln2(x)))
         x = self.ln1(x + self.attn(x, x, key_bias))
-        return self.ln2(x + self.mlp(x))
+        return self.ln2(plus_on_rows(x, rows, self.mlp))
 
 
 class CoAttentionLayer(nn.Module):
@@ -93,10 +103,10 @@ class CoAttentionLayer(nn.Module):
         self.ln_self, self.ln_cross, self.ln_out = (nn.LayerNorm(width, eps=EPS) for _ in range(3))
         self.mlp = Mlp(width, hidden, F.gelu)
 
-    def forward(self, x, own_bias, other, other_bias):
+    def forward(self, x, own_bias, other, other_bias, own_rows=None):
         x = self.ln_self(x + self.self_attn(x, x, own_bias))
         x = self.ln_cross(x + self.cross_attn(x, other, other_bias))
-        return self.ln_out(x + self.mlp(x))
+        return self.ln_out(plus_on_rows(x, own_rows, self.mlp))
 
 
 class VisionEncoder(nn.Module):
@@ -130,10 +140,10 @@ class TextEncoder(nn.Module):
         self.ln_embed = nn.LayerNorm(w, eps=EPS)
         self.blocks = nn.ModuleList(Block(w, c["th"], c["tm"], F.gelu, False) for _ in range(c["tl"]))
 
-    def forward(self, ids, key_bias):
+    def forward(self, ids, key_bias, rows):
         x = self.ln_embed(self.word_embeddings(ids) + self.position_embeddings.weight[: ids.shape[1]])
         for block in self.blocks:
-            x = block(x, key_bias)
+            x = block(x, key_bias, rows)
         return x
 
 
@@ -194,13 +204,13 @@ class Model(nn.Module):
         self.feamlm_head = nn.ModuleDict(dict(fc1=nn.Linear(f, f), fc2=nn.Linear(f, f)))
         self.mim_layer = c["mim"]
 
-    def fuse(self, text, text_bias, image, layers):
+    def fuse(self, text, text_bias, image, layers, text_rows):
         types = self.modality_type_embeddings.weight
         t = self.multi_modal_language_proj(text) + types[0]
         i = self.multi_modal_vision_proj(image) + types[1]
         images = [i]
         for k in range(layers):
-            t, i = (self.multi_modal_language_layers[k](t, text_bias, i, None),
+            t, i = (self.multi_modal_language_layers[k](t, text_bias, i, None, text_rows),
                     self.multi_modal_vision_layers[k](i, None, t, text_bias))
             images.append(i)
         return t, i, images
@@ -217,23 +227,23 @@ def features(x):
 
 def mr_losses(model, ema, batch):
     """objective.rs `mr_losses` with every term on and EMA targets."""
-    text_bias = batch["text_bias"]
+    text_bias, real = batch["text_bias"], batch["text_rows"]
     vision = model.vision_encoder(batch["patches"])
-    text = model.language_encoder(batch["input_ids"], text_bias)
+    text = model.language_encoder(batch["input_ids"], text_bias, real)
     with torch.no_grad():
         image_t = features(ema.multi_modal_vision_proj(ema.vision_encoder(batch["patches"]))[:, 1:])
-        text_t = features(ema.multi_modal_language_proj(ema.language_encoder(batch["input_ids"], text_bias)))
+        text_t = features(ema.multi_modal_language_proj(ema.language_encoder(batch["input_ids"], text_bias, real)))
     # MIM pass
     visible = model.vision_encoder(batch["patches"], batch["keep"])
-    _, _, images = model.fuse(text, text_bias, visible, model.mim_layer)
+    _, _, images = model.fuse(text, text_bias, visible, model.mim_layer, real)
     decoded = model.mim_head.decode(images[model.mim_layer], batch["restore"])
     pixels = model.mim_head.pixel(decoded)
     mim = weighted_mean((pixels - batch["pixel_targets"]).pow(2).mean(-1), batch["removed"])
     pred = model.feamim_head(decoded)
     feamim = weighted_mean((pred - image_t).pow(2).mean(-1), batch["removed"])
     # MLM pass
-    corrupted = model.language_encoder(batch["masked_ids"], text_bias)
-    t, _, _ = model.fuse(corrupted, text_bias, vision, len(model.multi_modal_language_layers))
+    corrupted = model.language_encoder(batch["masked_ids"], text_bias, real)
+    t, _, _ = model.fuse(corrupted, text_bias, vision, len(model.multi_modal_language_layers), real)
     rows = t.reshape(-1, t.shape[-1])
     h = model.mlm_head
     logits = h["decoder"](h["norm"](F.gelu(h["dense"](rows[batch["mlm_positions"]]))))
@@ -241,7 +251,8 @@ def mr_losses(model, ema, batch):
     pred = model.feamlm_head["fc2"](F.gelu(model.feamlm_head["fc1"](rows)))
     feamlm = weighted_mean((pred - text_t.reshape(rows.shape)).pow(2).mean(-1), batch["mlm_weights"])
     # ITM pass
-    t, i, _ = model.fuse(text, text_bias, vision[batch["itm_image"]], len(model.multi_modal_language_layers))
+    t, i, _ = model.fuse(text, text_bias, vision[batch["itm_image"]], len(model.multi_modal_language_layers),
+                       real)
     pooled = torch.cat([torch.tanh(model.multi_modal_language_pooler(t[:, 0])),
                         torch.tanh(model.multi_modal_vision_pooler(i[:, 0]))], 1)
     itm = F.cross_entropy(model.itm_head(pooled), batch["itm_labels"])
@@ -260,7 +271,7 @@ def param_groups(model, lr):
             for (mult, decay), ps in groups.items()]
 
 
-def make_batch(b, l, k, p, t, vocab, gen):
+def make_batch(b, l, k, p, t, vocab, gen, padded_mlp):
     removed = torch.zeros(b, l)
     keep, restore = [], []
     for row in range(b):
@@ -284,6 +295,7 @@ def make_batch(b, l, k, p, t, vocab, gen):
     return dict(patches=raw * 2 - 1, pixel_targets=targets, removed=removed, keep=torch.stack(keep),
                 restore=torch.stack(restore), input_ids=ids, masked_ids=masked_ids,
                 text_bias=((1 - mask) * MASKED_KEY_BIAS).view(b, 1, 1, t),
+                text_rows=None if padded_mlp else mask.flatten().nonzero().squeeze(1),
                 mlm_weights=selected.float(), mlm_positions=selected.flatten().nonzero().squeeze(1),
                 mlm_labels=ids.flatten()[selected.flatten()], itm_image=itm_image,
                 itm_labels=(itm_image == torch.arange(b)).long())
@@ -301,6 +313,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8, help="measured steps (after 2 warm-up steps)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss function")
+    parser.add_argument("--padded-mlp", action="store_true",
+                        help="run the text stream's MLPs on padding rows too (as umdflow did before it skipped them)")
     parser.add_argument("--ceiling", action="store_true",
                         help="only print the best-of-5 GFLOP/s of a 2048^3 f32 matrix product")
     args = parser.parse_args()
@@ -329,7 +343,7 @@ def main():
     optimiser = torch.optim.AdamW(param_groups(model, 1e-4), betas=(0.9, 0.98), eps=1e-8)
     loss_fn = torch.compile(mr_losses) if args.compile else mr_losses
     gen = torch.Generator().manual_seed(0)
-    batches = [make_batch(b, l, l // 4, p, t, vocab, gen) for _ in range(4)]
+    batches = [make_batch(b, l, l // 4, p, t, vocab, gen, args.padded_mlp) for _ in range(4)]
     times = []
     for step in range(args.steps + 2):
         start = time.perf_counter()

@@ -48,19 +48,21 @@ fn linear(rows: usize, input: usize, output: usize) -> f64 {
     2.0 * rows as f64 * input as f64 * output as f64
 }
 
-/// One transformer block (self-attention + MLP) on `b` sequences of `s` tokens.
-fn block(b: usize, s: usize, w: usize, mlp: usize) -> f64 {
+/// One transformer block (self-attention + MLP) on `b` sequences of `s` tokens, of which the
+/// share `real` are not padding: the MLP runs on those rows only (`layers::RealRows`).
+fn block(b: usize, s: usize, w: usize, mlp: usize, real: f64) -> f64 {
     let rows = b * s;
+    let mlp_rows = (rows as f64 * real).round() as usize;
     4.0 * linear(rows, w, w)
         + 2.0 * 2.0 * (b * s * s * w) as f64
-        + linear(rows, w, mlp)
-        + linear(rows, mlp, w)
+        + linear(mlp_rows, w, mlp)
+        + linear(mlp_rows, mlp, w)
 }
 
 /// One co-attention layer: own stream of `s` tokens attending to `o` other tokens.
-fn co_layer(b: usize, s: usize, o: usize, w: usize, mlp: usize) -> f64 {
+fn co_layer(b: usize, s: usize, o: usize, w: usize, mlp: usize, real: f64) -> f64 {
     let rows = b * s;
-    block(b, s, w, mlp)
+    block(b, s, w, mlp, real)
         + 2.0 * linear(rows, w, w)
         + 2.0 * linear(b * o, w, w)
         + 4.0 * (b * s * o * w) as f64
@@ -69,22 +71,23 @@ fn co_layer(b: usize, s: usize, o: usize, w: usize, mlp: usize) -> f64 {
 /// Forward matrix-product FLOPs of one MR-Pretrain step with every term on (EMA targets),
 /// counted pass by pass as `objective::mr_losses` runs them; training ≈ 3× forward for the
 /// online passes (backward computes two products per forward product), 1× for the EMA pass.
-fn step_flops(c: &ModelConfig, b: usize, keep: usize, masked_tokens: usize) -> f64 {
+/// `real`: the share of text positions that are not padding.
+fn step_flops(c: &ModelConfig, b: usize, keep: usize, masked_tokens: usize, real: f64) -> f64 {
     let (l, t) = (c.num_patches() + 1, c.max_len);
     let vision = |s: usize| {
         linear(b * (s - 1), c.patch_dim(), c.vision_width)
-            + c.vision_layers as f64 * block(b, s, c.vision_width, c.vision_mlp)
+            + c.vision_layers as f64 * block(b, s, c.vision_width, c.vision_mlp, 1.0)
     };
-    let text = c.text_layers as f64 * block(b, t, c.text_width, c.text_mlp);
+    let text = c.text_layers as f64 * block(b, t, c.text_width, c.text_mlp, real);
     let fusion = |layers: usize, s_img: usize| {
         linear(b * t, c.text_width, c.fusion_width)
             + linear(b * s_img, c.vision_width, c.fusion_width)
             + layers as f64
-                * (co_layer(b, t, s_img, c.fusion_width, c.fusion_mlp)
-                    + co_layer(b, s_img, t, c.fusion_width, c.fusion_mlp))
+                * (co_layer(b, t, s_img, c.fusion_width, c.fusion_mlp, real)
+                    + co_layer(b, s_img, t, c.fusion_width, c.fusion_mlp, 1.0))
     };
     let decoder = linear(b * (keep + 1), c.fusion_width, c.decoder_width)
-        + c.decoder_layers as f64 * block(b, l, c.decoder_width, c.decoder_mlp)
+        + c.decoder_layers as f64 * block(b, l, c.decoder_width, c.decoder_mlp, 1.0)
         + linear(b * (l - 1), c.decoder_width, c.patch_dim() + c.fusion_width);
     let mlm = linear(masked_tokens, c.fusion_width, c.fusion_width)
         + linear(masked_tokens, c.fusion_width, c.vocab_size);
@@ -161,6 +164,13 @@ fn main() {
         "| preset | batch | ms/step (median) | samples/s | GFLOP/step | GFLOP/s | % of sgemm |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
+    // The share of text positions that are real tokens, over the whole dataset.
+    let mask = &dataset.attention_mask;
+    let real = mask.iter().filter(|&&m| m != 0).count() as f64 / mask.len() as f64;
+    println!(
+        "text: {:.1} % of the positions are real tokens",
+        100.0 * real
+    );
     let presets = std::env::var("UMD_BENCH_PRESETS").unwrap_or_else(|_| "tiny,small".into());
     for preset in presets.split(',').filter(|p| !p.is_empty()) {
         let batch = 32usize;
@@ -185,8 +195,8 @@ fn main() {
         per_step.sort_by(f64::total_cmp);
         let median = per_step[per_step.len() / 2];
         let config = model_config_for(&dataset, &plan, preset).unwrap();
-        let masked = (0.15 * 0.5 * (batch * config.max_len) as f64) as usize; // about half the positions are real text
-        let gflop = step_flops(&config, batch, plan.meta.keep_patches, masked) / 1e9;
+        let masked = (0.15 * real * (batch * config.max_len) as f64) as usize;
+        let gflop = step_flops(&config, batch, plan.meta.keep_patches, masked, real) / 1e9;
         println!(
             "| {preset} | {batch} | {:.1} | {:.1} | {gflop:.3} | {:.1} | {:.1} % |",
             median * 1e3,

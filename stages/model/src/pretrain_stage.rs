@@ -209,7 +209,8 @@ impl StageKind for PretrainKind {
         // 7: fused linear layers (bias added before the product), polynomial exp/erf in the f32
         // kernels: different rounding.
         // 8: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
-        8
+        // 9: the text stream's MLPs run on its real (non-padding) rows only (`layers::RealRows`): the same values wherever a loss or a head reads them, rounded differently.
+        9
     }
 
     fn summary(&self) -> &'static str {

@@ -207,9 +207,10 @@ impl TextEncoder {
             .broadcast_add(&self.position_embeddings.narrow(0, 0, t)?)?;
         let mut x = self.ln_embed.forward(&x)?;
         let bias = key_bias(mask)?;
+        let rows = super::layers::RealRows::of(mask)?;
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            x = block.forward(&x, Some(&bias))?;
+            x = block.forward_rows(&x, Some(&bias), rows.as_ref())?;
             blocks.push(x.clone());
         }
         Ok(EncoderOutput { last: x, blocks })

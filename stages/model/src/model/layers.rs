@@ -245,15 +245,25 @@ impl Block {
     }
 
     pub fn forward(&self, x: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_rows(x, key_bias, None)
+    }
+
+    pub fn forward_rows(
+        &self,
+        x: &Tensor,
+        key_bias: Option<&Tensor>,
+        rows: Option<&RealRows>,
+    ) -> Result<Tensor> {
         if self.pre_norm {
             let h = self.ln1.forward(x)?;
             let x = (x + self.attn.forward(&h, &h, key_bias)?)?;
-            Ok((&x + self.mlp.forward(&self.ln2.forward(&x)?)?)?)
+            plus_on_rows(&x, rows, |x| self.mlp.forward(&self.ln2.forward(x)?))
         } else {
             let x = self
                 .ln1
                 .forward(&(x + self.attn.forward(x, x, key_bias)?)?)?;
-            self.ln2.forward(&(&x + self.mlp.forward(&x)?)?)
+            self.ln2
+                .forward(&plus_on_rows(&x, rows, |x| self.mlp.forward(x))?)
         }
     }
 }
@@ -302,6 +312,7 @@ impl CoAttentionLayer {
         own_bias: Option<&Tensor>,
         other: &Tensor,
         other_bias: Option<&Tensor>,
+        own_rows: Option<&RealRows>,
     ) -> Result<Tensor> {
         let x = self
             .ln_self
@@ -309,8 +320,54 @@ impl CoAttentionLayer {
         let x = self
             .ln_cross
             .forward(&(&x + self.cross_attn.forward(&x, other, other_bias)?)?)?;
-        self.ln_out.forward(&(&x + self.mlp.forward(&x)?)?)
+        self.ln_out
+            .forward(&plus_on_rows(&x, own_rows, |x| self.mlp.forward(x))?)
     }
+}
+
+/// The rows of a `[B, S]` stream that hold real tokens (mask 1), as U32 indices into its `B·S`
+/// rows. Row-wise work (the MLP) on padding rows is never read: padding keys get
+/// [`MASKED_KEY_BIAS`], so no real token attends to them, and no loss reads them.
+#[derive(Debug, Clone)]
+pub struct RealRows {
+    index: Tensor,
+}
+
+impl RealRows {
+    /// None when every row is real (nothing to skip).
+    pub fn of(mask: &Tensor) -> Result<Option<Self>> {
+        let values = mask
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        let index: Vec<u32> = (0..values.len() as u32)
+            .filter(|&i| values[i as usize] > 0.5)
+            .collect();
+        if index.len() == values.len() {
+            return Ok(None);
+        }
+        let n = index.len();
+        Ok(Some(RealRows {
+            index: Tensor::from_vec(index, n, mask.device())?,
+        }))
+    }
+}
+
+/// `x + f(x)` for a row-wise `f`, with `f` computed on the real rows only (padding rows keep `x`).
+fn plus_on_rows(
+    x: &Tensor,
+    rows: Option<&RealRows>,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let Some(rows) = rows else {
+        return Ok((x + f(x)?)?);
+    };
+    let (b, s, w) = x.dims3()?;
+    let flat = x.reshape((b * s, w))?;
+    let picked = f(&flat.index_select(&rows.index, 0)?)?;
+    Ok(flat
+        .index_add(&rows.index, &picked, 0)?
+        .reshape((b, s, w))?)
 }
 
 /// `tanh(W h[:, 0] + b)`: the pooler on a stream's first token.
@@ -331,5 +388,159 @@ impl Pooler {
             .dense
             .forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?
             .tanh()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+
+    const WIDTH: usize = 16;
+
+    /// Three sequences of six tokens: four real, all real, one real.
+    fn mask() -> Tensor {
+        let rows: [[f32; 6]; 3] = [
+            [1.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+            [1.0; 6],
+            [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ];
+        Tensor::new(&rows, &Device::Cpu).unwrap()
+    }
+
+    /// Deterministic, varied inputs [3, 6, WIDTH].
+    fn input(phase: f64) -> Tensor {
+        (Tensor::arange(0u32, (3 * 6 * WIDTH) as u32, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .affine(0.37, phase)
+            .unwrap()
+            .sin()
+            .unwrap()
+            * 1.5)
+            .unwrap()
+            .reshape((3, 6, WIDTH))
+            .unwrap()
+    }
+
+    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Largest difference over the real rows (mask 1) and over the padding rows.
+    fn differences(a: &Tensor, b: &Tensor) -> (f32, f32) {
+        let m = mask().unsqueeze(2).unwrap();
+        let real = largest_difference(&a.broadcast_mul(&m).unwrap(), &b.broadcast_mul(&m).unwrap());
+        let pad = m.affine(-1.0, 1.0).unwrap();
+        let padding = largest_difference(
+            &a.broadcast_mul(&pad).unwrap(),
+            &b.broadcast_mul(&pad).unwrap(),
+        );
+        (real, padding)
+    }
+
+    /// The parameters' gradients of a loss that reads the real rows only.
+    fn gradients(store: &ParamStore, out: &Tensor) -> Vec<(String, Tensor)> {
+        let weights = input(0.5)
+            .broadcast_mul(&mask().unsqueeze(2).unwrap())
+            .unwrap();
+        let grads = (out * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        store
+            .iter()
+            .map(|(name, p)| (name.clone(), grads.get(p.var.as_tensor()).unwrap().clone()))
+            .collect()
+    }
+
+    fn assert_same_gradients(with: &[(String, Tensor)], without: &[(String, Tensor)]) {
+        assert_eq!(with.len(), without.len());
+        for ((name, a), (_, b)) in with.iter().zip(without) {
+            let d = largest_difference(a, b);
+            assert!(d < 1e-4, "{name}: gradients differ by {d}");
+        }
+    }
+
+    #[test]
+    fn real_rows_lists_the_mask_ones_and_nothing_when_all_are_real() {
+        let rows = RealRows::of(&mask()).unwrap().unwrap();
+        assert_eq!(
+            rows.index.to_vec1::<u32>().unwrap(),
+            [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12]
+        );
+        let all = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(RealRows::of(&all).unwrap().is_none());
+    }
+
+    #[test]
+    fn blocks_skip_padding_rows_and_change_nothing_a_real_row_reads() {
+        for pre_norm in [true, false] {
+            let mut store = ParamStore::new(&Device::Cpu, 3);
+            let block = Block::new(
+                &mut store,
+                "b",
+                WIDTH,
+                2,
+                32,
+                Activation::Gelu,
+                pre_norm,
+                1e-5,
+            )
+            .unwrap();
+            let (x, bias) = (input(0.0), key_bias(&mask()).unwrap());
+            let rows = RealRows::of(&mask()).unwrap();
+            let every_row = block.forward(&x, Some(&bias)).unwrap();
+            let real_only = block.forward_rows(&x, Some(&bias), rows.as_ref()).unwrap();
+            let (real, padding) = differences(&every_row, &real_only);
+            assert!(
+                real < 1e-5,
+                "pre_norm {pre_norm}: real rows differ by {real}"
+            );
+            // The positive control: the MLP really was skipped on the padding rows.
+            assert!(
+                padding > 1e-3,
+                "pre_norm {pre_norm}: padding rows differ by {padding}"
+            );
+            assert_same_gradients(
+                &gradients(&store, &real_only),
+                &gradients(&store, &every_row),
+            );
+        }
+    }
+
+    #[test]
+    fn co_attention_skips_its_own_padding_rows_only() {
+        let mut store = ParamStore::new(&Device::Cpu, 4);
+        let layer = CoAttentionLayer::new(&mut store, "c", WIDTH, 2, 32, 1e-5).unwrap();
+        let (text, bias) = (input(0.0), key_bias(&mask()).unwrap());
+        let image = input(1.0).narrow(1, 0, 4).unwrap();
+        let rows = RealRows::of(&mask()).unwrap();
+        let every_row = layer
+            .forward(&text, Some(&bias), &image, None, None)
+            .unwrap();
+        let real_only = layer
+            .forward(&text, Some(&bias), &image, None, rows.as_ref())
+            .unwrap();
+        let (real, padding) = differences(&every_row, &real_only);
+        assert!(real < 1e-5, "real rows differ by {real}");
+        assert!(padding > 1e-3, "padding rows differ by {padding}");
+        assert_same_gradients(
+            &gradients(&store, &real_only),
+            &gradients(&store, &every_row),
+        );
     }
 }

@@ -135,13 +135,15 @@ impl UmdModel {
     ) -> Result<FusionOutput> {
         let (mut t, mut i) = self.project(text, image)?;
         let text_bias = key_bias(text_mask)?;
+        let text_rows = crate::model::layers::RealRows::of(text_mask)?;
         let mut out = FusionOutput {
             text: vec![t.clone()],
             image: vec![i.clone()],
         };
         for k in 0..layers.min(self.text_layers.len()) {
-            let t_next = self.text_layers[k].forward(&t, Some(&text_bias), &i, None)?;
-            let i_next = self.vision_layers[k].forward(&i, None, &t, Some(&text_bias))?;
+            let t_next =
+                self.text_layers[k].forward(&t, Some(&text_bias), &i, None, text_rows.as_ref())?;
+            let i_next = self.vision_layers[k].forward(&i, None, &t, Some(&text_bias), None)?;
             t = t_next;
             i = i_next;
             out.text.push(t.clone());

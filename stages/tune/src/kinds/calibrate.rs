@@ -103,7 +103,8 @@ impl StageKind for CalibrateKind {
         // differently (`umdflow_model::gradients::mr_gradients`).
         // 5: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
         // 6: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
-        6
+        // 7: the text stream's MLPs run on its real (non-padding) rows only (`layers::RealRows`): the same values wherever a loss or a head reads them, rounded differently.
+        7
     }
     fn summary(&self) -> &'static str {
         "TD-Calib: continued MR-Pretrain on the downstream training split (or the joint-loss mode)"
