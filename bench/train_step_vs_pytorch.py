@@ -76,7 +76,7 @@ def plus_on_rows(x, rows, f):
     if rows is None:
         return x + f(x)
     flat = x.reshape(-1, x.shape[-1])
-    return flat.index_add(0, rows, f(flat[rows])).reshape(x.shape)
+    return flat.index_add(0, rows, f(flat.index_select(0, rows))).reshape(x.shape)
 
 
 class Block(nn.Module):
