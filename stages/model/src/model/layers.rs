@@ -248,6 +248,7 @@ impl Block {
         self.forward_rows(x, key_bias, None)
     }
 
+    /// [`Block::forward`] with the MLP computed on `rows` only (see [`RealRows`]).
     pub fn forward_rows(
         &self,
         x: &Tensor,
@@ -327,7 +328,8 @@ impl CoAttentionLayer {
 
 /// The rows of a `[B, S]` stream that hold real tokens (mask 1), as U32 indices into its `B·S`
 /// rows. Row-wise work (the MLP) on padding rows is never read: padding keys get
-/// [`MASKED_KEY_BIAS`], so no real token attends to them, and no loss reads them.
+/// [`MASKED_KEY_BIAS`], so no real token attends to them, and the losses and heads read padding
+/// rows with weight zero or not at all.
 #[derive(Debug, Clone)]
 pub struct RealRows {
     index: Tensor,
@@ -362,6 +364,10 @@ fn plus_on_rows(
     let Some(rows) = rows else {
         return Ok((x + f(x)?)?);
     };
+    if rows.index.elem_count() == 0 {
+        // Nothing but padding: nothing to compute.
+        return Ok(x.clone());
+    }
     let (b, s, w) = x.dims3()?;
     let flat = x.reshape((b * s, w))?;
     let picked = f(&flat.index_select(&rows.index, 0)?)?;
@@ -484,6 +490,20 @@ mod tests {
         );
         let all = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
         assert!(RealRows::of(&all).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_batch_of_padding_only_skips_the_mlp_everywhere() {
+        let mut store = ParamStore::new(&Device::Cpu, 5);
+        let block =
+            Block::new(&mut store, "b", WIDTH, 2, 32, Activation::Gelu, true, 1e-5).unwrap();
+        let nothing_real = Tensor::zeros((3, 6), DType::F32, &Device::Cpu).unwrap();
+        let rows = RealRows::of(&nothing_real).unwrap();
+        let x = input(0.0);
+        let h = block.ln1.forward(&x).unwrap();
+        let attention_only = (&x + block.attn.forward(&h, &h, None).unwrap()).unwrap();
+        let out = block.forward_rows(&x, None, rows.as_ref()).unwrap();
+        assert_eq!(largest_difference(&out, &attention_only), 0.0);
     }
 
     #[test]
