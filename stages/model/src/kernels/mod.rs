@@ -24,7 +24,7 @@ pub mod linear;
 pub mod matrix;
 pub mod softmax;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::mem::MaybeUninit;
 

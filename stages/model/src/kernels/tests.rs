@@ -21,7 +21,8 @@ fn random(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
         .unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+/// The largest absolute difference between two tensors of one shape (also used by `model::layers`).
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b)
         .unwrap()
         .abs()

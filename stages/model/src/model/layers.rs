@@ -402,6 +402,7 @@ mod tests {
     use candle_core::{DType, Device, Tensor};
 
     use super::*;
+    use crate::kernels::tests::max_abs_diff;
 
     const WIDTH: usize = 16;
 
@@ -431,25 +432,12 @@ mod tests {
             .unwrap()
     }
 
-    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     /// Largest difference over the real rows (mask 1) and over the padding rows.
-    fn differences(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    fn differences(a: &Tensor, b: &Tensor) -> (f64, f64) {
         let m = mask().unsqueeze(2).unwrap();
-        let real = largest_difference(&a.broadcast_mul(&m).unwrap(), &b.broadcast_mul(&m).unwrap());
+        let real = max_abs_diff(&a.broadcast_mul(&m).unwrap(), &b.broadcast_mul(&m).unwrap());
         let pad = m.affine(-1.0, 1.0).unwrap();
-        let padding = largest_difference(
+        let padding = max_abs_diff(
             &a.broadcast_mul(&pad).unwrap(),
             &b.broadcast_mul(&pad).unwrap(),
         );
@@ -476,7 +464,7 @@ mod tests {
     fn assert_same_gradients(with: &[(String, Tensor)], without: &[(String, Tensor)]) {
         assert_eq!(with.len(), without.len());
         for ((name, a), (_, b)) in with.iter().zip(without) {
-            let d = largest_difference(a, b);
+            let d = max_abs_diff(a, b);
             assert!(d < 1e-4, "{name}: gradients differ by {d}");
         }
     }
@@ -503,7 +491,7 @@ mod tests {
         let h = block.ln1.forward(&x).unwrap();
         let attention_only = (&x + block.attn.forward(&h, &h, None).unwrap()).unwrap();
         let out = block.forward_rows(&x, None, rows.as_ref()).unwrap();
-        assert_eq!(largest_difference(&out, &attention_only), 0.0);
+        assert_eq!(max_abs_diff(&out, &attention_only), 0.0);
     }
 
     #[test]
