@@ -160,10 +160,6 @@ fn main() {
         pool.install(|| sgemm_ceiling(2048))
     };
     println!("machine: sgemm 2048³ in candle, {threads} threads: {ceiling:.1} GFLOP/s");
-    println!(
-        "| preset | batch | ms/step (median) | samples/s | GFLOP/step | GFLOP/s | % of sgemm |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
     // The share of text positions that are real tokens, over the whole dataset.
     let mask = &dataset.attention_mask;
     let real = mask.iter().filter(|&&m| m != 0).count() as f64 / mask.len() as f64;
@@ -171,6 +167,10 @@ fn main() {
         "text: {:.1} % of the positions are real tokens",
         100.0 * real
     );
+    println!(
+        "| preset | batch | ms/step (median) | samples/s | GFLOP/step | GFLOP/s | % of sgemm |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     let presets = std::env::var("UMD_BENCH_PRESETS").unwrap_or_else(|_| "tiny,small".into());
     for preset in presets.split(',').filter(|p| !p.is_empty()) {
         let batch = 32usize;
