@@ -398,7 +398,7 @@ impl Pooler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use candle_core::{DType, Device, Tensor};
 
     use super::*;
@@ -407,7 +407,7 @@ mod tests {
     const WIDTH: usize = 16;
 
     /// Three sequences of six tokens: four real, all real, one real.
-    fn mask() -> Tensor {
+    pub(crate) fn mask() -> Tensor {
         let rows: [[f32; 6]; 3] = [
             [1.0, 1.0, 1.0, 1.0, 0.0, 0.0],
             [1.0; 6],
@@ -433,7 +433,7 @@ mod tests {
     }
 
     /// Largest difference over the real rows (mask 1) and over the padding rows.
-    fn differences(a: &Tensor, b: &Tensor) -> (f64, f64) {
+    pub(crate) fn differences(a: &Tensor, b: &Tensor) -> (f64, f64) {
         let m = mask().unsqueeze(2).unwrap();
         let real = max_abs_diff(&a.broadcast_mul(&m).unwrap(), &b.broadcast_mul(&m).unwrap());
         let pad = m.affine(-1.0, 1.0).unwrap();

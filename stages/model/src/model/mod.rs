@@ -173,3 +173,99 @@ impl UmdModel {
         self.itm_head.forward(pooled)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::layers::tests::{differences, mask};
+    use super::*;
+
+    /// The `tiny` model on 6-token texts (the mask of `layers::tests`) and 32-wide features.
+    fn tiny() -> UmdModel {
+        let config = ModelConfig::preset("tiny", 32, 1, 8, 100, 6).unwrap();
+        let mut store = ParamStore::new(&Device::Cpu, 7);
+        UmdModel::new(
+            &mut store,
+            &config,
+            FeatureDims {
+                image: 32,
+                text: 32,
+            },
+        )
+        .unwrap()
+    }
+
+    /// Deterministic, varied values of `shape`.
+    fn values(shape: (usize, usize, usize)) -> Tensor {
+        Tensor::arange(0u32, (shape.0 * shape.1 * shape.2) as u32, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .affine(0.29, 0.1)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape(shape)
+            .unwrap()
+    }
+
+    // The wiring: the text encoder and the fusion's text stream do skip the MLP on padding rows
+    // (their outputs there differ from every-row blocks), and nothing a real row reads changes.
+    #[test]
+    fn the_text_encoder_and_the_fusion_skip_padding_rows_only() {
+        let model = tiny();
+        let (mask, bias) = (mask(), key_bias(&mask()).unwrap());
+        let ids = (values((3, 6, 1))
+            .squeeze(2)
+            .unwrap()
+            .affine(40.0, 50.0)
+            .unwrap())
+        .to_dtype(DType::U32)
+        .unwrap();
+        let text = model.text.forward(&ids, &mask).unwrap();
+        let mut every_row = model
+            .text
+            .ln_embed
+            .forward(
+                &model
+                    .text
+                    .word_embeddings
+                    .forward(&ids)
+                    .unwrap()
+                    .broadcast_add(&model.text.position_embeddings)
+                    .unwrap(),
+            )
+            .unwrap();
+        for block in &model.text.blocks {
+            every_row = block.forward(&every_row, Some(&bias)).unwrap();
+        }
+        let (real, padding) = differences(&text.last, &every_row);
+        assert!(real < 1e-5, "text encoder: real rows differ by {real}");
+        assert!(
+            padding > 1e-3,
+            "text encoder: padding rows differ by {padding}"
+        );
+
+        let image = values((3, 5, 32));
+        let fused = model.fuse(&text.last, &mask, &image, 2).unwrap();
+        let (mut t, mut i) = model.project(&text.last, &image).unwrap();
+        for k in 0..2 {
+            let t_next = model.text_layers[k]
+                .forward(&t, Some(&bias), &i, None, None)
+                .unwrap();
+            i = model.vision_layers[k]
+                .forward(&i, None, &t, Some(&bias), None)
+                .unwrap();
+            t = t_next;
+        }
+        let (real, padding) = differences(fused.text.last().unwrap(), &t);
+        assert!(real < 1e-5, "fusion text: real rows differ by {real}");
+        assert!(
+            padding > 1e-3,
+            "fusion text: padding rows differ by {padding}"
+        );
+        let image_difference = crate::kernels::tests::max_abs_diff(fused.image.last().unwrap(), &i);
+        assert!(image_difference < 1e-5, "fusion image: {image_difference}");
+    }
+}
