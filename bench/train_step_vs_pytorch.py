@@ -6,12 +6,16 @@ presets on SynthRad `ci` shapes (batch 32, 32x32 grey images cut into 16 patches
 pass (visible patches, fusion up to `mim_layer`, MAE decoder), the MLM pass (corrupted text, full
 fusion, MLM and FeaMLM heads), the ITM pass, all five losses, backward, global-norm clipping,
 AdamW with M3AE's parameter groups (heads and `multi_modal` x5, no decay on biases and norms) and
-the EMA update. As umdflow's model (layers.rs `RealRows`), the text stream's MLPs run on the real
-(non-padding) rows only; `--padded-mlp` runs them on every row instead. Only the timing is
-compared; the values are random, not umdflow's.
+the EMA update. As umdflow's model (layers.rs `RealRows`), the text stream's row-wise work runs on
+its real (non-padding) rows only: the MLPs, the attention's output projection, and in attention
+at least `MIN_WIDTH_TO_SKIP_QKV` wide the queries (own stream's real rows), keys and values (the
+text's real rows), with zeros scattered into the padding rows. `--skip-padding mlp` skips the MLPs only (umdflow's step from 6f379a3 to the change after
+9df9b07), `--skip-padding none` nothing (before 6f379a3; `--padded-mlp` is the same). Only the
+timing is compared; the values are random, not umdflow's.
 
 Run by `bench/train_step_vs_pytorch.sh` with /work/venv-torch/bin/python (torch is never needed by
-umdflow's tests or CI). Prints one line `median_ms=<ms> steps=<n>` (and the per-step times).
+umdflow's tests or CI). Prints one line `median_ms=<ms> steps=<n>` (and the per-step times and
+losses).
 
     python bench/train_step_vs_pytorch.py --preset small --threads 2 --steps 8 [--compile]
 """
@@ -36,6 +40,9 @@ TARGET_PREFIXES = ("vision_encoder.", "language_encoder.", "multi_modal_vision_p
                    "multi_modal_language_proj.")
 EPS = 1e-5
 MASKED_KEY_BIAS = -10_000.0
+# Whether the attention projections skip padding rows (`--skip-padding all`); set by main().
+SKIP_ATTENTION_PADDING = True
+MIN_WIDTH_TO_SKIP_QKV = 128  # layers.rs
 
 
 def quick_gelu(x):
@@ -48,18 +55,33 @@ class Attention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
         self.heads = heads
 
-    def forward(self, x, context, key_bias):
-        b, s, w = x.shape
-        sk = context.shape[1]
+    def attend(self, q, k, v, key_bias):
+        """Attention of projected queries, keys and values; the output before `o`."""
+        b, s, w = q.shape
+        sk = k.shape[1]
         h, dh = self.heads, w // self.heads
-        q = self.q(x).view(b, s, h, dh).transpose(1, 2)
-        k = self.k(context).view(b, sk, h, dh).transpose(1, 2)
-        v = self.v(context).view(b, sk, h, dh).transpose(1, 2)
+        q = q.view(b, s, h, dh).transpose(1, 2)
+        k = k.view(b, sk, h, dh).transpose(1, 2)
+        v = v.view(b, sk, h, dh).transpose(1, 2)
         scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(dh))
         if key_bias is not None:
             scores = scores + key_bias
-        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, w)
-        return self.o(out)
+        return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, w)
+
+    def forward(self, x, context, key_bias):
+        return self.o(self.attend(self.q(x), self.k(context), self.v(context), key_bias))
+
+    def add_to(self, residual, x, rows, context, context_rows, key_bias):
+        """layers.rs `Attention::add_to`: `residual + forward(x, context)`, the projections on real rows."""
+        if not SKIP_ATTENTION_PADDING:
+            return residual + self.forward(x, context, key_bias)
+        q_rows, kv_rows = (rows, context_rows) if x.shape[-1] >= MIN_WIDTH_TO_SKIP_QKV else (None, None)
+        picked = pick(x, q_rows)
+        picked_context = picked if context is x and kv_rows is q_rows else pick(context, kv_rows)
+        q = project(self.q, x, picked, q_rows)
+        k = project(self.k, context, picked_context, kv_rows)
+        v = project(self.v, context, picked_context, kv_rows)
+        return plus_on_rows(residual, self.attend(q, k, v, key_bias), rows, self.o)
 
 
 class Mlp(nn.Module):
@@ -71,12 +93,25 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def plus_on_rows(x, rows, f):
-    """layers.rs `plus_on_rows`: `x + f(x)` with the row-wise `f` computed on `rows` only."""
+def pick(x, rows):
+    """layers.rs `OnRows::pick`: the rows `rows` of a [B, S, W] stream as [N, W]."""
+    return None if rows is None else x.reshape(-1, x.shape[-1]).index_select(0, rows)
+
+
+def project(linear, x, picked, rows):
+    """layers.rs `OnRows::project`: `linear` on the picked rows, zeros in the others."""
     if rows is None:
-        return x + f(x)
-    flat = x.reshape(-1, x.shape[-1])
-    return flat.index_add(0, rows, f(flat.index_select(0, rows))).reshape(x.shape)
+        return linear(x)
+    y = linear(picked)
+    b, s, _ = x.shape
+    return y.new_zeros(b * s, y.shape[1]).index_add(0, rows, y).view(b, s, -1)
+
+
+def plus_on_rows(x, source, rows, f):
+    """layers.rs `plus_on_rows`: `x + f(source)` with the row-wise `f` computed on `rows` only."""
+    if rows is None:
+        return x + f(source)
+    return x.reshape(-1, x.shape[-1]).index_add(0, rows, f(pick(source, rows))).reshape(x.shape)
 
 
 class Block(nn.Module):
@@ -90,10 +125,10 @@ class Block(nn.Module):
     def forward(self, x, key_bias=None, rows=None):
         if self.pre_norm:
             h = self.ln1(x)
-            x = x + self.attn(h, h, key_bias)
-            return plus_on_rows(x, rows, lambda x: self.mlp(self.ln2(x)))
-        x = self.ln1(x + self.attn(x, x, key_bias))
-        return self.ln2(plus_on_rows(x, rows, self.mlp))
+            x = self.attn.add_to(x, h, rows, h, rows, key_bias)
+            return plus_on_rows(x, x, rows, lambda x: self.mlp(self.ln2(x)))
+        x = self.ln1(self.attn.add_to(x, x, rows, x, rows, key_bias))
+        return self.ln2(plus_on_rows(x, x, rows, self.mlp))
 
 
 class CoAttentionLayer(nn.Module):
@@ -103,10 +138,10 @@ class CoAttentionLayer(nn.Module):
         self.ln_self, self.ln_cross, self.ln_out = (nn.LayerNorm(width, eps=EPS) for _ in range(3))
         self.mlp = Mlp(width, hidden, F.gelu)
 
-    def forward(self, x, own_bias, other, other_bias, own_rows=None):
-        x = self.ln_self(x + self.self_attn(x, x, own_bias))
-        x = self.ln_cross(x + self.cross_attn(x, other, other_bias))
-        return self.ln_out(plus_on_rows(x, own_rows, self.mlp))
+    def forward(self, x, own_bias, own_rows, other, other_bias, other_rows):
+        x = self.ln_self(self.self_attn.add_to(x, x, own_rows, x, own_rows, own_bias))
+        x = self.ln_cross(self.cross_attn.add_to(x, x, own_rows, other, other_rows, other_bias))
+        return self.ln_out(plus_on_rows(x, x, own_rows, self.mlp))
 
 
 class VisionEncoder(nn.Module):
@@ -210,8 +245,8 @@ class Model(nn.Module):
         i = self.multi_modal_vision_proj(image) + types[1]
         images = [i]
         for k in range(layers):
-            t, i = (self.multi_modal_language_layers[k](t, text_bias, i, None, text_rows),
-                    self.multi_modal_vision_layers[k](i, None, t, text_bias))
+            t, i = (self.multi_modal_language_layers[k](t, text_bias, text_rows, i, None, None),
+                    self.multi_modal_vision_layers[k](i, None, None, t, text_bias, text_rows))
             images.append(i)
         return t, i, images
 
@@ -271,7 +306,7 @@ def param_groups(model, lr):
             for (mult, decay), ps in groups.items()]
 
 
-def make_batch(b, l, k, p, t, vocab, gen, padded_mlp):
+def make_batch(b, l, k, p, t, vocab, gen, skip_padding):
     removed = torch.zeros(b, l)
     keep, restore = [], []
     for row in range(b):
@@ -295,7 +330,7 @@ def make_batch(b, l, k, p, t, vocab, gen, padded_mlp):
     return dict(patches=raw * 2 - 1, pixel_targets=targets, removed=removed, keep=torch.stack(keep),
                 restore=torch.stack(restore), input_ids=ids, masked_ids=masked_ids,
                 text_bias=((1 - mask) * MASKED_KEY_BIAS).view(b, 1, 1, t),
-                text_rows=None if padded_mlp else mask.flatten().nonzero().squeeze(1),
+                text_rows=None if skip_padding == "none" else mask.flatten().nonzero().squeeze(1),
                 mlm_weights=selected.float(), mlm_positions=selected.flatten().nonzero().squeeze(1),
                 mlm_labels=ids.flatten()[selected.flatten()], itm_image=itm_image,
                 itm_labels=(itm_image == torch.arange(b)).long())
@@ -313,8 +348,11 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8, help="measured steps (after 2 warm-up steps)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss function")
+    parser.add_argument("--skip-padding", choices=("all", "mlp", "none"), default="all",
+                        help="the text stream's row-wise work that skips padding rows: all of it "
+                        "(umdflow's step), the MLPs only, or none")
     parser.add_argument("--padded-mlp", action="store_true",
-                        help="run the text stream's MLPs on padding rows too (as umdflow did before it skipped them)")
+                        help="the same as --skip-padding none (the flag of session 14)")
     parser.add_argument("--ceiling", action="store_true",
                         help="only print the best-of-5 GFLOP/s of a 2048^3 f32 matrix product")
     args = parser.parse_args()
@@ -343,8 +381,12 @@ def main():
     optimiser = torch.optim.AdamW(param_groups(model, 1e-4), betas=(0.9, 0.98), eps=1e-8)
     loss_fn = torch.compile(mr_losses) if args.compile else mr_losses
     gen = torch.Generator().manual_seed(0)
-    batches = [make_batch(b, l, l // 4, p, t, vocab, gen, args.padded_mlp) for _ in range(4)]
-    times = []
+    if args.padded_mlp:
+        args.skip_padding = "none"
+    global SKIP_ATTENTION_PADDING
+    SKIP_ATTENTION_PADDING = args.skip_padding == "all"
+    batches = [make_batch(b, l, l // 4, p, t, vocab, gen, args.skip_padding) for _ in range(4)]
+    times, losses = [], []
     for step in range(args.steps + 2):
         start = time.perf_counter()
         loss = loss_fn(model, ema, batches[step % len(batches)])
@@ -355,11 +397,14 @@ def main():
         with torch.no_grad():
             torch._foreach_mul_(ema_targets, 0.999)
             torch._foreach_add_(ema_targets, online_targets, alpha=0.001)
-        if not math.isfinite(loss.item()):
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
             raise SystemExit(f"non-finite loss at step {step}")
         times.append(time.perf_counter() - start)
     measured = times[2:]
     print("step_ms=" + ",".join(f"{s * 1e3:.1f}" for s in measured))
+    # The losses differ between --skip-padding modes by rounding only (a check of the skipping).
+    print("losses=" + ",".join(f"{x:.6f}" for x in losses))
     print(f"median_ms={statistics.median(measured) * 1e3:.1f} steps={len(measured)}")
 
 

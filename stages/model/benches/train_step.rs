@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use umdflow_model::config::ModelConfig;
+use umdflow_model::model::layers::MIN_WIDTH_TO_SKIP_QKV;
 use umdflow_model::objective::ObjectiveConfig;
 use umdflow_model::optim::OptimConfig;
 use umdflow_model::train::{StepRecord, TrainObserver, TrainSettings, model_config_for, pretrain};
@@ -48,23 +49,39 @@ fn linear(rows: usize, input: usize, output: usize) -> f64 {
     2.0 * rows as f64 * input as f64 * output as f64
 }
 
-/// One transformer block (self-attention + MLP) on `b` sequences of `s` tokens, of which the
-/// share `real` are not padding: the MLP runs on those rows only (`layers::RealRows`).
-fn block(b: usize, s: usize, w: usize, mlp: usize, real: f64) -> f64 {
-    let rows = b * s;
-    let mlp_rows = (rows as f64 * real).round() as usize;
-    4.0 * linear(rows, w, w)
-        + 2.0 * 2.0 * (b * s * s * w) as f64
-        + linear(mlp_rows, w, mlp)
-        + linear(mlp_rows, mlp, w)
+/// The rows of `b` sequences of `s` tokens that an attention of width `w` projects: the real
+/// ones (share `real`) from `layers::MIN_WIDTH_TO_SKIP_QKV` on, else all. (The output projection
+/// always runs on the real rows.)
+fn qkv_rows(b: usize, s: usize, w: usize, real: f64) -> usize {
+    if w >= MIN_WIDTH_TO_SKIP_QKV {
+        real_rows(b, s, real)
+    } else {
+        b * s
+    }
 }
 
-/// One co-attention layer: own stream of `s` tokens attending to `o` other tokens.
-fn co_layer(b: usize, s: usize, o: usize, w: usize, mlp: usize, real: f64) -> f64 {
-    let rows = b * s;
+fn real_rows(b: usize, s: usize, real: f64) -> usize {
+    ((b * s) as f64 * real).round() as usize
+}
+
+/// One transformer block (self-attention + MLP) on `b` sequences of `s` tokens, of which the
+/// share `real` are not padding: the row-wise work skips the others (`layers::RealRows`).
+fn block(b: usize, s: usize, w: usize, mlp: usize, real: f64) -> f64 {
+    let real_rows = real_rows(b, s, real);
+    3.0 * linear(qkv_rows(b, s, w, real), w, w)
+        + linear(real_rows, w, w)
+        + 2.0 * 2.0 * (b * s * s * w) as f64
+        + linear(real_rows, w, mlp)
+        + linear(real_rows, mlp, w)
+}
+
+/// One co-attention layer: own stream of `s` tokens (share `real` not padding) attending to `o`
+/// other tokens (share `other_real`).
+fn co_layer(b: usize, s: usize, o: usize, w: usize, mlp: usize, real: f64, other_real: f64) -> f64 {
     block(b, s, w, mlp, real)
-        + 2.0 * linear(rows, w, w)
-        + 2.0 * linear(b * o, w, w)
+        + linear(qkv_rows(b, s, w, real), w, w)
+        + linear(real_rows(b, s, real), w, w)
+        + 2.0 * linear(qkv_rows(b, o, w, other_real), w, w)
         + 4.0 * (b * s * o * w) as f64
 }
 
@@ -83,8 +100,8 @@ fn step_flops(c: &ModelConfig, b: usize, keep: usize, masked_tokens: usize, real
         linear(b * t, c.text_width, c.fusion_width)
             + linear(b * s_img, c.vision_width, c.fusion_width)
             + layers as f64
-                * (co_layer(b, t, s_img, c.fusion_width, c.fusion_mlp, real)
-                    + co_layer(b, s_img, t, c.fusion_width, c.fusion_mlp, 1.0))
+                * (co_layer(b, t, s_img, c.fusion_width, c.fusion_mlp, real, 1.0)
+                    + co_layer(b, s_img, t, c.fusion_width, c.fusion_mlp, 1.0, real))
     };
     let decoder = linear(b * (keep + 1), c.fusion_width, c.decoder_width)
         + c.decoder_layers as f64 * block(b, l, c.decoder_width, c.decoder_mlp, 1.0)

@@ -210,7 +210,8 @@ impl StageKind for PretrainKind {
         // kernels: different rounding.
         // 8: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
         // 9: the text stream's MLPs run on its real (non-padding) rows only (`layers::RealRows`): the same values wherever a loss or a head reads them, rounded differently.
-        9
+        // 10: the attention's output projection on the text stream's real rows, and in attention at least `layers::MIN_WIDTH_TO_SKIP_QKV` wide its queries, keys and values too: the same values wherever a loss or a head reads them, rounded differently.
+        10
     }
 
     fn summary(&self) -> &'static str {

@@ -141,9 +141,11 @@ impl UmdModel {
             image: vec![i.clone()],
         };
         for k in 0..layers.min(self.text_layers.len()) {
+            let text_rows = text_rows.as_ref();
             let t_next =
-                self.text_layers[k].forward(&t, Some(&text_bias), &i, None, text_rows.as_ref())?;
-            let i_next = self.vision_layers[k].forward(&i, None, &t, Some(&text_bias), None)?;
+                self.text_layers[k].forward(&t, Some(&text_bias), text_rows, &i, None, None)?;
+            let i_next =
+                self.vision_layers[k].forward(&i, None, None, &t, Some(&text_bias), text_rows)?;
             t = t_next;
             i = i_next;
             out.text.push(t.clone());
@@ -178,19 +180,23 @@ impl UmdModel {
 mod tests {
     use candle_core::{DType, Device, Tensor};
 
-    use super::layers::tests::{differences, mask};
+    use super::layers::tests::{differences, mask, poisoned, real_rows};
     use super::*;
 
-    /// The `tiny` model on 6-token texts (the mask of `layers::tests`) and 32-wide features.
-    fn tiny() -> UmdModel {
-        let config = ModelConfig::preset("tiny", 32, 1, 8, 100, 6).unwrap();
+    /// The `tiny` model with text and fusion streams wide enough to skip padding rows in every
+    /// projection ([`layers::MIN_WIDTH_TO_SKIP_QKV`]), on 6-token texts (the mask of
+    /// `layers::tests`) and 32-wide image features.
+    fn tiny_with_wide_text() -> UmdModel {
+        let mut config = ModelConfig::preset("tiny", 32, 1, 8, 100, 6).unwrap();
+        config.text_width = layers::MIN_WIDTH_TO_SKIP_QKV;
+        config.fusion_width = layers::MIN_WIDTH_TO_SKIP_QKV;
         let mut store = ParamStore::new(&Device::Cpu, 7);
         UmdModel::new(
             &mut store,
             &config,
             FeatureDims {
                 image: 32,
-                text: 32,
+                text: config.text_width,
             },
         )
         .unwrap()
@@ -210,11 +216,12 @@ mod tests {
             .unwrap()
     }
 
-    // The wiring: the text encoder and the fusion's text stream do skip the MLP on padding rows
-    // (their outputs there differ from every-row blocks), and nothing a real row reads changes.
+    // The wiring: the text encoder and the fusion's text stream do skip their residual branches
+    // on padding rows (their outputs there differ from every-row blocks), the fusion's image stream
+    // reads the text's real rows only, and nothing a real row reads changes.
     #[test]
     fn the_text_encoder_and_the_fusion_skip_padding_rows_only() {
-        let model = tiny();
+        let model = tiny_with_wide_text();
         let (mask, bias) = (mask(), key_bias(&mask()).unwrap());
         let ids = (values((3, 6, 1))
             .squeeze(2)
@@ -252,10 +259,10 @@ mod tests {
         let (mut t, mut i) = model.project(&text.last, &image).unwrap();
         for k in 0..2 {
             let t_next = model.text_layers[k]
-                .forward(&t, Some(&bias), &i, None, None)
+                .forward(&t, Some(&bias), None, &i, None, None)
                 .unwrap();
             i = model.vision_layers[k]
-                .forward(&i, None, &t, Some(&bias), None)
+                .forward(&i, None, None, &t, Some(&bias), None)
                 .unwrap();
             t = t_next;
         }
@@ -267,5 +274,16 @@ mod tests {
         );
         let image_difference = crate::kernels::tests::max_abs_diff(fused.image.last().unwrap(), &i);
         assert!(image_difference < 1e-5, "fusion image: {image_difference}");
+
+        // Both streams read the text's keys and values on its real rows only: NaN in the padding
+        // rows reaches neither the image stream nor a real text row.
+        let fused = model.fuse(&poisoned(&text.last), &mask, &image, 2).unwrap();
+        let image_difference = crate::kernels::tests::max_abs_diff(fused.image.last().unwrap(), &i);
+        assert!(image_difference < 1e-5, "fusion image: {image_difference}");
+        let text_difference = crate::kernels::tests::max_abs_diff(
+            &real_rows(fused.text.last().unwrap()),
+            &real_rows(&t),
+        );
+        assert!(text_difference < 1e-5, "fusion text: {text_difference}");
     }
 }

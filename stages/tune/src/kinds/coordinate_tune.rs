@@ -135,7 +135,8 @@ impl StageKind for CoordinateTuneKind {
         // 5: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
         // 6: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
         // 7: the text stream's MLPs run on its real (non-padding) rows only (`layers::RealRows`): the same values wherever a loss or a head reads them, rounded differently.
-        7
+        // 8: the attention's output projection on the text stream's real rows, and in attention at least `layers::MIN_WIDTH_TO_SKIP_QKV` wide its queries, keys and values too: the same values wherever a loss or a head reads them, rounded differently.
+        8
     }
     fn summary(&self) -> &'static str {
         "Task fine-tuning (VQA, classification, retrieval) with GM-Coord gradient modulation"

@@ -59,7 +59,8 @@ impl StageKind for EvaluateKind {
         // 4: fused linear layers, polynomial exp/erf in the f32 kernels: different rounding.
         // 5: fused attention (heads read in place) and gemm's AVX-512 kernels on CPUs that have them: different rounding.
         // 6: the text stream's MLPs run on its real (non-padding) rows only (`layers::RealRows`): the same values wherever a loss or a head reads them, rounded differently.
-        6
+        // 7: the attention's output projection on the text stream's real rows, and in attention at least `layers::MIN_WIDTH_TO_SKIP_QKV` wide its queries, keys and values too: the same values wherever a loss or a head reads them, rounded differently.
+        7
     }
     fn summary(&self) -> &'static str {
         "Test-split metrics (VQA, classification, retrieval), ECE, blank-image and blank-text passes"
