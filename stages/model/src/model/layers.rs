@@ -441,17 +441,17 @@ enum Picked<'a> {
     /// Every row is real.
     All,
     /// The real rows, and where they came from.
-    Some(Tensor, &'a RealRows),
+    Rows(Tensor, &'a RealRows),
     /// Nothing but padding.
-    None,
+    NoRow,
 }
 
 impl<'a> OnRows<'a> {
     fn pick(x: &'a Tensor, rows: Option<&'a RealRows>) -> Result<Self> {
         let rows = match rows {
             None => Picked::All,
-            Some(rows) if rows.index.elem_count() == 0 => Picked::None,
-            Some(rows) => Picked::Some(x.flatten_to(1)?.index_select(&rows.index, 0)?, rows),
+            Some(rows) if rows.index.elem_count() == 0 => Picked::NoRow,
+            Some(rows) => Picked::Rows(x.flatten_to(1)?.index_select(&rows.index, 0)?, rows),
         };
         Ok(OnRows { x, rows })
     }
@@ -463,10 +463,10 @@ impl<'a> OnRows<'a> {
         let zeros = || Tensor::zeros((b * s, width), self.x.dtype(), self.x.device());
         Ok(match &self.rows {
             Picked::All => linear.forward(self.x)?,
-            Picked::Some(picked, rows) => zeros()?
+            Picked::Rows(picked, rows) => zeros()?
                 .index_add(&rows.index, &linear.forward(picked)?, 0)?
                 .reshape((b, s, width))?,
-            Picked::None => zeros()?.reshape((b, s, width))?,
+            Picked::NoRow => zeros()?.reshape((b, s, width))?,
         })
     }
 }
